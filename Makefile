@@ -1,0 +1,45 @@
+# Esper: `make run` runs the main job, `make test` the whole suite. Both install first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+# Every installable package, in dependency order. Each can be installed alone
+# (`pip install libs/leyline libs/oona`), so a service's image carries only what it uses.
+PACKAGES := libs/leyline libs/oona libs/kasmina services/tolaria services/tamiyo libs/cli
+STAMP := $(VENV)/.installed
+# Where the CPU build of torch comes from; override for another index.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test run lint proto proto-check bench clean
+
+install: $(STAMP)
+
+$(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (torch CPU first, then pinned dependencies)"
+	$(PIP) "$(TORCH_SPEC)" setuptools wheel
+	$(PIP) --no-build-isolation -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
+	@touch $(STAMP)
+
+test: install proto-check
+	$(BIN)/python -m pytest
+
+run: install
+	$(BIN)/python benchmarks/codec.py
+
+lint: install
+	$(BIN)/ruff check libs services tests benchmarks
+	$(BIN)/ruff format --check libs services tests benchmarks
+	$(BIN)/mypy libs/leyline/src
+
+proto: install
+	$(BIN)/python -m esper.leyline.jsonschema proto
+
+proto-check: install
+	$(BIN)/python -m esper.leyline.jsonschema proto --check
+
+bench: install
+	$(BIN)/python benchmarks/codec.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,60 @@
+"""Stream names, consumer groups and bus defaults: the only place they are spelled."""
+
+from __future__ import annotations
+
+TELEMETRY_TRAINING = "esper.telemetry.training"
+TELEMETRY_HEALTH = "esper.telemetry.health"
+CONTROL_COMMANDS = "esper.control.commands"
+CONTROL_RESULTS = "esper.control.results"
+COMPILE_REQUESTS = "esper.compile.requests"
+COMPILE_RESULTS = "esper.compile.results"
+TELEMETRY_EVENTS = "esper.telemetry.events"
+DEAD_LETTER = "esper.dlq"
+
+ALL_STREAMS: tuple[str, ...] = (
+    TELEMETRY_TRAINING,
+    TELEMETRY_HEALTH,
+    TELEMETRY_EVENTS,
+    CONTROL_COMMANDS,
+    CONTROL_RESULTS,
+    COMPILE_REQUESTS,
+    COMPILE_RESULTS,
+    DEAD_LETTER,
+)
+
+#: Consumer groups, one per consuming service.
+GROUP_TAMIYO = "tamiyo"
+GROUP_TOLARIA = "tolaria"
+GROUP_NISSA = "nissa"
+GROUP_TEZZERET = "tezzeret"
+
+#: The one field of a stream entry that holds the msgpack-encoded envelope.
+ENVELOPE_FIELD = "m"
+
+#: Approximate (``MAXLEN ~``) length each stream is trimmed to.
+DEFAULT_MAXLEN = 100_000
+MAXLEN: dict[str, int] = {
+    TELEMETRY_TRAINING: 100_000,
+    TELEMETRY_HEALTH: 100_000,
+    TELEMETRY_EVENTS: 100_000,
+    CONTROL_COMMANDS: 50_000,
+    CONTROL_RESULTS: 50_000,
+    COMPILE_REQUESTS: 10_000,
+    COMPILE_RESULTS: 10_000,
+    DEAD_LETTER: 100_000,
+}
+
+#: Deliveries after which a message that keeps failing goes to the dead-letter stream.
+MAX_DELIVERIES = 5
+#: Milliseconds a pending entry sits unacknowledged before another consumer may claim it.
+CLAIM_IDLE_MS = 30_000
+#: Seconds a processed message id is remembered for idempotency.
+IDEMPOTENCY_TTL_S = 7 * 24 * 3600
+#: Longest blocking read, milliseconds.
+READ_BLOCK_MS = 1_000
+#: Entries read per XREADGROUP call.
+READ_COUNT = 64
+
+
+def maxlen_for(stream: str) -> int:
+    return MAXLEN.get(stream, DEFAULT_MAXLEN)
