@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import msgspec
@@ -13,7 +13,7 @@ BlueprintConfig = dict[str, int | float | str | bool]
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
-class CommandAction(str, Enum):
+class CommandAction(StrEnum):
     # adaptations of one slot
     GERMINATE = "germinate"
     ADVANCE = "advance"
@@ -68,7 +68,7 @@ class AdaptationCommand(Message, frozen=True, kw_only=True):
             raise ValueError("field 'alpha': action 'set_alpha' needs alpha (value None)")
 
 
-class CommandStatus(str, Enum):
+class CommandStatus(StrEnum):
     APPLIED = "applied"
     REJECTED = "rejected"
     DUPLICATE = "duplicate"
@@ -87,7 +87,7 @@ class CommandResult(Message, frozen=True, kw_only=True):
     reason: str = ""
 
 
-class DecisionAction(str, Enum):
+class DecisionAction(StrEnum):
     WAIT = "wait"
     GERMINATE = "germinate"
     ADVANCE = "advance"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import msgspec
@@ -35,7 +35,7 @@ class CompileRequest(Message, frozen=True, kw_only=True):
     device: str = "cpu"
 
 
-class CompileStatus(str, Enum):
+class CompileStatus(StrEnum):
     OK = "ok"
     FAILED = "failed"
 

@@ -16,7 +16,6 @@ import msgspec
 
 from esper.leyline.stages import SeedStage
 
-
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
 

@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = render()
     if args.check:
-        stale = [n for n, text in files.items() if not (args.directory / n).is_file() or (args.directory / n).read_text() != text]
+        stale = [
+            n
+            for n, text in files.items()
+            if not (args.directory / n).is_file() or (args.directory / n).read_text() != text
+        ]
         extra = [p.name for p in args.directory.glob("*.schema.json") if p.name not in files]
         for name in stale:
             print(f"proto/{name} is out of date with Leyline; run 'make proto'", file=sys.stderr)

@@ -55,9 +55,7 @@ class SlotFeatures(NamedTuple):
 
 
 _STAGE_NAMES = tuple(f"stage_{stage.name.lower()}" for stage in SeedStage)
-_SLOT_NAMES = tuple(
-    name for f in SlotFeatures._fields for name in (_STAGE_NAMES if f == "stage" else (f,))
-)
+_SLOT_NAMES = tuple(name for f in SlotFeatures._fields for name in (_STAGE_NAMES if f == "stage" else (f,)))
 SLOT_FEATURE_SIZE = len(_SLOT_NAMES)
 
 FEATURE_NAMES: tuple[str, ...] = (

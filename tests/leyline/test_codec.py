@@ -1,0 +1,179 @@
+"""The codec: every message round-trips; bad bytes only ever raise CodecError, naming the field."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from esper.leyline import (
+    MESSAGE_TYPES,
+    CodecError,
+    Envelope,
+    SeedStage,
+    SeedStateReport,
+    TrainingSignals,
+    decode,
+    encode,
+    encode_message,
+)
+
+from .strategies import envelopes, for_struct
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def signals(**overrides: Any) -> TrainingSignals:
+    fields: dict[str, Any] = dict(
+        epoch=3,
+        train_loss=0.5,
+        val_loss=0.6,
+        train_accuracy=0.8,
+        val_accuracy=0.75,
+        seeds=[SeedStateReport(slot_id="s1", stage=SeedStage.TRAINING, alpha=0.0)],
+    )
+    fields.update(overrides)
+    return TrainingSignals(**fields)
+
+
+def raw_of(message: TrainingSignals) -> dict[str, Any]:
+    return msgpack.unpackb(encode_message(message, run_id="r1"))
+
+
+@pytest.mark.parametrize("message_type", sorted(MESSAGE_TYPES))
+def test_every_message_type_round_trips_unchanged(message_type: str) -> None:
+    @SETTINGS
+    @given(envelopes(for_struct(MESSAGE_TYPES[message_type])))
+    def check(envelope: Envelope[Any]) -> None:
+        decoded = decode(encode(envelope))
+        assert decoded == envelope
+        assert type(decoded.payload) is type(envelope.payload)
+
+    check()
+
+
+@SETTINGS
+@given(st.binary(max_size=256))
+def test_random_bytes_raise_only_codec_error(data: bytes) -> None:
+    try:
+        decode(data)
+    except CodecError:
+        pass
+
+
+_WRONG_VALUES = [None, -1, "x", 1.5, [], {}, b"\x00", True, {"nested": [1]}, 2**64 - 1]
+
+
+@SETTINGS
+@given(envelopes(), st.randoms(use_true_random=False), st.integers(min_value=0, max_value=3))
+def test_mutated_valid_payloads_raise_only_codec_error(envelope: Envelope[Any], rnd: random.Random, op: int) -> None:
+    raw = msgpack.unpackb(encode(envelope))
+    target = raw if rnd.random() < 0.3 or not raw["payload"] else raw["payload"]
+    key = rnd.choice(sorted(target))
+    if op == 0:
+        del target[key]
+    elif op == 1:
+        target[key] = rnd.choice(_WRONG_VALUES)
+    elif op == 2:
+        target[f"unknown_{key}"] = rnd.choice(_WRONG_VALUES)
+    data = msgpack.packb(raw)
+    if op == 3:
+        data = bytearray(data)
+        data[rnd.randrange(len(data))] = rnd.randrange(256)
+        data = bytes(data)
+    try:
+        decode(data)
+    except CodecError:
+        pass
+
+
+def test_missing_field_is_named() -> None:
+    raw = raw_of(signals())
+    del raw["payload"]["val_loss"]
+    with pytest.raises(CodecError) as err:
+        decode(msgpack.packb(raw))
+    assert err.value.field == "payload.val_loss"
+    assert "missing" in str(err.value)
+
+
+def test_wrongly_typed_nested_field_names_path_value_and_type() -> None:
+    raw = raw_of(signals())
+    raw["payload"]["seeds"][0]["alpha"] = "high"
+    with pytest.raises(CodecError) as err:
+        decode(msgpack.packb(raw))
+    assert err.value.field == "payload.seeds.0.alpha"
+    assert err.value.value == "high"
+    text = str(err.value)
+    assert "payload.seeds.0.alpha" in text and "'high'" in text and "str" in text and "float" in text
+
+
+def test_constraint_violation_is_named() -> None:
+    raw = raw_of(signals())
+    raw["payload"]["epoch"] = -4
+    with pytest.raises(CodecError) as err:
+        decode(msgpack.packb(raw))
+    assert err.value.field == "payload.epoch"
+    assert err.value.value == -4
+
+
+def test_unknown_message_type_is_rejected_by_name() -> None:
+    raw = raw_of(signals())
+    raw["message_type"] = "teleport"
+    with pytest.raises(CodecError) as err:
+        decode(msgpack.packb(raw))
+    assert err.value.field == "message_type"
+    assert err.value.value == "teleport"
+
+
+def test_incompatible_major_version_is_rejected() -> None:
+    raw = raw_of(signals())
+    raw["schema_version"] = "2.0"
+    with pytest.raises(CodecError) as err:
+        decode(msgpack.packb(raw))
+    assert err.value.field == "schema_version"
+    assert "major version 2" in str(err.value)
+
+
+def test_malformed_version_is_rejected() -> None:
+    raw = raw_of(signals())
+    raw["schema_version"] = "one"
+    with pytest.raises(CodecError) as err:
+        decode(msgpack.packb(raw))
+    assert err.value.field == "schema_version"
+
+
+def test_newer_minor_version_with_unknown_fields_is_read() -> None:
+    raw = raw_of(signals())
+    raw["schema_version"] = "1.7"
+    raw["payload"]["field_from_the_future"] = {"anything": [1, 2]}
+    raw["payload"]["seeds"][0]["another_new_field"] = 3
+    raw["added_header"] = "ignored"
+    decoded = decode(msgpack.packb(raw))
+    assert decoded.payload == signals()
+    assert decoded.schema_version == "1.7"
+
+
+def test_missing_envelope_key_is_named() -> None:
+    raw = raw_of(signals())
+    del raw["run_id"]
+    with pytest.raises(CodecError) as err:
+        decode(msgpack.packb(raw))
+    assert err.value.field == "run_id"
+
+
+def test_cross_field_rule_of_a_command_is_a_codec_error() -> None:
+    raw = msgpack.unpackb(encode_message(signals(), run_id="r"))
+    raw["message_type"] = "adaptation_command"
+    raw["payload"] = {"command_id": "c1", "action": "germinate", "slot_id": "s1"}
+    with pytest.raises(CodecError) as err:
+        decode(msgpack.packb(raw))
+    assert "blueprint" in str(err.value)
+
+
+def test_non_bytes_input_is_a_codec_error() -> None:
+    with pytest.raises(CodecError):
+        decode("not bytes")  # type: ignore[arg-type]
