@@ -20,6 +20,7 @@ from esper.leyline import (
     decode,
     encode,
     encode_message,
+    validate,
 )
 
 from .strategies import envelopes, for_struct
@@ -177,3 +178,10 @@ def test_cross_field_rule_of_a_command_is_a_codec_error() -> None:
 def test_non_bytes_input_is_a_codec_error() -> None:
     with pytest.raises(CodecError):
         decode("not bytes")  # type: ignore[arg-type]
+
+
+def test_validate_names_the_field_of_a_message_built_in_python() -> None:
+    with pytest.raises(CodecError) as err:
+        validate(signals(epoch="seven"))
+    assert err.value.field == "epoch" and err.value.value == "seven"
+    assert validate(signals()) == signals()

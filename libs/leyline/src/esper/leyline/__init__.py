@@ -5,7 +5,7 @@ envelope and its msgpack codec, stream names and bus defaults, the observation
 schema the policies read, and the schema version. Leyline never imports torch.
 """
 
-from esper.leyline.codec import CodecError, decode, encode, encode_message
+from esper.leyline.codec import CodecError, decode, encode, encode_message, validate
 from esper.leyline.commands import (
     AdaptationCommand,
     AdaptationDecision,
@@ -18,7 +18,7 @@ from esper.leyline.compile import BlueprintMetadata, CompileRequest, CompileResu
 from esper.leyline.deadletter import DeadLetter
 from esper.leyline.envelope import Envelope, new_id
 from esper.leyline.gates import Gate, GateInputs, GateResult, GateThresholds, evaluate
-from esper.leyline.message import MESSAGE_TYPES, Message, Record, validate
+from esper.leyline.message import MESSAGE_TYPES, Message, Record
 from esper.leyline.observation import (
     FEATURE_NAMES,
     OBSERVATION_SIZE,

@@ -8,7 +8,7 @@ the value and what was expected. No other exception escapes.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -17,6 +17,7 @@ from esper.leyline.message import MESSAGE_TYPES, Message
 from esper.leyline.version import SCHEMA_VERSION, is_compatible, parse_version
 
 _MAX_VALUE_REPR = 80
+M = TypeVar("M", bound=Message)
 _MISSING = object()
 
 
@@ -93,6 +94,19 @@ def encode(envelope: Envelope[Any]) -> bytes:
 def encode_message(message: Message, run_id: str, **envelope_fields: Any) -> bytes:
     """Wrap ``message`` in a new envelope and encode it."""
     return encode(Envelope(payload=message, run_id=run_id, **envelope_fields))
+
+
+def validate(message: M) -> M:
+    """Check a message built in Python against its declared types and constraints.
+
+    Struct constructors do not type-check (decoding does). Producers that build
+    messages from untrusted input (the HTTP API, configuration) call this first;
+    it raises :class:`CodecError` naming the field and the value.
+    """
+    try:
+        return msgspec.convert(msgspec.to_builtins(message, builtin_types=(bytes,)), type(message))
+    except msgspec.ValidationError as exc:
+        raise _explain(exc, msgspec.msgpack.encode(message), "", message.message_type) from None
 
 
 def decode(data: bytes | bytearray | memoryview) -> Envelope[Message]:

@@ -7,7 +7,7 @@ pydantic v2 models first tried were not (``benchmarks/codec.py`` measures it).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -40,15 +40,3 @@ class Message(Record, frozen=True, kw_only=True):
             if name in MESSAGE_TYPES and MESSAGE_TYPES[name] is not cls:
                 raise TypeError(f"message type {name!r} is defined twice")
             MESSAGE_TYPES[name] = cls
-
-
-M = TypeVar("M", bound=Message)
-
-
-def validate(message: M) -> M:
-    """Check a message built in Python against its declared types and constraints.
-
-    Struct constructors do not type-check; the codec does on decode. Producers
-    that build messages from untrusted input (the HTTP API) call this first.
-    """
-    return msgspec.convert(msgspec.to_builtins(message), type(message))
