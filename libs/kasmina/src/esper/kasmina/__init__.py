@@ -1,0 +1,39 @@
+"""Kasmina: the morphogenetic body.
+
+Seed slots attached to named layers of any ``nn.Module`` (:func:`wrap`),
+blueprints that build seeds from a slot's feature shape, gradient isolation
+while a seed trains, alpha blending, the gated lifecycle, an isolation monitor,
+and :func:`export` to a plain module.
+"""
+
+from esper.kasmina.blueprints import Blueprint, get_blueprint, list_blueprints
+from esper.kasmina.config import ALPHA_SCHEDULES, KasminaConfig, alpha_progress
+from esper.kasmina.export import export
+from esper.kasmina.hosts import ConvHost1D, MLPHost
+from esper.kasmina.model import GateFailedError, MorphogeneticModel, NoForwardStepError, wrap
+from esper.kasmina.monitor import GradientIsolationMonitor
+from esper.kasmina.slot import SeedSlot, SlotMetrics
+from esper.leyline import GateThresholds, SeedStage, SeedStateReport, SeedTransition
+
+__all__ = [
+    "ALPHA_SCHEDULES",
+    "Blueprint",
+    "ConvHost1D",
+    "GateFailedError",
+    "GateThresholds",
+    "GradientIsolationMonitor",
+    "KasminaConfig",
+    "MLPHost",
+    "MorphogeneticModel",
+    "NoForwardStepError",
+    "SeedSlot",
+    "SeedStage",
+    "SeedStateReport",
+    "SeedTransition",
+    "SlotMetrics",
+    "alpha_progress",
+    "export",
+    "get_blueprint",
+    "list_blueprints",
+    "wrap",
+]
