@@ -1,0 +1,328 @@
+"""HeuristicTamiyo: the rule-based baseline policy.
+
+Rules, in priority order (one decision per epoch):
+
+1. cull a seed that harms validation (counterfactual contribution below
+   ``-cull_harm`` for ``cull_patience`` measurements), one whose isolated
+   training stalled, or one on probation that proved nothing;
+2. advance a seed whose next gate passes (the same Leyline gate Kasmina runs;
+   the step out of PROBATIONARY is FOSSILIZE);
+3. germinate on a plateau, after the cooldown that follows a cull, within the
+   parameter budget, with the blueprint whose running score is best;
+4. otherwise wait.
+
+Blueprint scores are running averages of outcomes (fossilized: +1, culled:
+-1), so a blueprint that keeps failing is chosen less; ties keep the
+configured order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from esper.leyline import (
+    ACTIVE_STAGES,
+    AdaptationDecision,
+    DecisionAction,
+    Gate,
+    GateInputs,
+    GateResult,
+    GateThresholds,
+    SeedStage,
+    SeedStateReport,
+    TrainingSignals,
+    evaluate,
+)
+from esper.leyline.commands import BlueprintConfig
+from esper.tamiyo.policy import decision_id, wait
+from esper.tamiyo.tracker import SignalTracker
+
+#: (slot_id, blueprint, config) -> parameters the seed would add, or None when it does not fit the slot.
+CostModel = Callable[[str, str, Mapping[str, Any]], int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class BlueprintChoice:
+    """A blueprint the policy may germinate, with its build configuration."""
+
+    name: str
+    config: BlueprintConfig = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HeuristicConfig:
+    """Knobs of :class:`HeuristicTamiyo`. Epoch counts are whole epochs."""
+
+    #: germinate once validation has not improved for this many epochs
+    plateau_patience: int = 3
+    #: no germination before this epoch (the host learns its easy part first)
+    min_epoch_to_germinate: int = 0
+    #: live (germinated .. probationary) seeds at once
+    max_active_seeds: int = 1
+    #: slots in the order they are offered seeds; empty = the order of the reports
+    slot_order: tuple[str, ...] = ()
+    #: blueprints to choose from, in tie-break order
+    candidates: tuple[BlueprintChoice, ...] = (BlueprintChoice("conv_light"), BlueprintChoice("conv_heavy"))
+    #: per-slot candidates overriding ``candidates``
+    slot_candidates: Mapping[str, tuple[BlueprintChoice, ...]] = field(default_factory=dict)
+    #: largest total parameter count a germination may lead to (None: unlimited; needs a cost model)
+    param_budget: int | None = None
+    #: contribution below -cull_harm counts as harm
+    cull_harm: float = 0.01
+    #: consecutive harmful measurements before a cull
+    cull_patience: int = 2
+    #: epochs of isolated training after which a seed that cannot pass G2 is culled
+    max_training_epochs: int = 12
+    #: epochs on probation after which a seed that cannot pass G5 is culled
+    max_probation_epochs: int = 6
+    #: epochs without germination after any cull
+    cooldown_epochs: int = 3
+    #: weight of the newest outcome in a blueprint's running score
+    score_rate: float = 0.5
+    #: thresholds the policy checks gates with (keep equal to Kasmina's)
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+
+    def __post_init__(self) -> None:
+        for name in ("plateau_patience", "min_epoch_to_germinate", "cull_patience", "cooldown_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"field {name!r}: must be >= 0 (value {getattr(self, name)!r})")
+        for name in ("max_active_seeds", "max_training_epochs", "max_probation_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"field {name!r}: must be >= 1 (value {getattr(self, name)!r})")
+        if not 0.0 < self.score_rate <= 1.0:
+            raise ValueError(f"field 'score_rate': must be in (0, 1] (value {self.score_rate!r})")
+        if not math.isfinite(self.cull_harm) or self.cull_harm < 0:
+            raise ValueError(f"field 'cull_harm': must be a finite number >= 0 (value {self.cull_harm!r})")
+        if not self.candidates and not self.slot_candidates:
+            raise ValueError("field 'candidates': at least one blueprint is needed (value ())")
+
+
+_NEXT_GATE: dict[SeedStage, Gate] = {
+    SeedStage.GERMINATED: Gate.G1_TRAIN,
+    SeedStage.TRAINING: Gate.G2_BLEND,
+    SeedStage.BLENDING: Gate.G3_SHADOW,
+    SeedStage.SHADOWING: Gate.G4_PROBATION,
+    SeedStage.PROBATIONARY: Gate.G5_FOSSILIZE,
+}
+
+
+class HeuristicTamiyo:
+    """The rule-based :class:`~esper.tamiyo.policy.Policy` (see the module docstring).
+
+    ``cost_model`` lets the policy respect ``param_budget`` and skip blueprints
+    that do not fit a slot; without one every candidate is assumed to fit.
+    """
+
+    name = "heuristic"
+
+    def __init__(self, config: HeuristicConfig | None = None, *, cost_model: CostModel | None = None) -> None:
+        self.config = config or HeuristicConfig()
+        if self.config.param_budget is not None and cost_model is None:
+            raise ValueError("field 'cost_model': a param_budget needs a cost model (value None)")
+        self.cost_model = cost_model
+        self.tracker = SignalTracker()
+        self.scores: dict[str, float] = {}
+        self.outcomes: dict[str, list[int]] = {}
+        self.last_cull_epoch: int | None = None
+        self._live: dict[str, tuple[str | None, str | None]] = {}
+
+    # -- bookkeeping ---------------------------------------------------------
+    def _score_outcomes(self, seeds: list[SeedStateReport], epoch: int) -> None:
+        """Credit or blame blueprints for seeds that left the live stages since last epoch."""
+        for report in seeds:
+            before = self._live.get(report.slot_id)
+            if before is not None and before[0] != report.seed_id and report.stage in ACTIVE_STAGES:
+                self._fail(before[1], epoch)
+            if report.stage in ACTIVE_STAGES:
+                self._live[report.slot_id] = (report.seed_id, report.blueprint)
+            elif before is not None:
+                if report.stage is SeedStage.FOSSILIZED and report.seed_id == before[0]:
+                    self._record(before[1] or "?", +1)
+                else:
+                    self._fail(before[1], epoch)
+                del self._live[report.slot_id]
+
+    def _fail(self, blueprint: str | None, epoch: int) -> None:
+        self._record(blueprint or "?", -1)
+        self.last_cull_epoch = epoch
+
+    def _record(self, blueprint: str, outcome: int) -> None:
+        rate = self.config.score_rate
+        self.scores[blueprint] = (1 - rate) * self.scores.get(blueprint, 0.0) + rate * outcome
+        self.outcomes.setdefault(blueprint, []).append(outcome)
+
+    # -- the decision --------------------------------------------------------
+    def decide(self, signals: TrainingSignals) -> AdaptationDecision:
+        """One decision for ``signals.epoch`` (see the module docstring for the rules)."""
+        tracked = self.tracker.observe(signals)
+        epoch = signals.epoch
+        self._score_outcomes(list(signals.seeds), epoch)
+        if tracked.sanitized:
+            return wait(self.name, epoch, f"signals not finite ({', '.join(tracked.sanitized)}); holding", 0.5)
+        for decide in (self._cull, self._advance, self._germinate):
+            decision = decide(signals)
+            if decision is not None:
+                return decision
+        active = sum(1 for r in signals.seeds if r.stage in ACTIVE_STAGES)
+        return wait(self.name, epoch, self._wait_reason(signals, active), 0.8)
+
+    def _decision(
+        self,
+        signals: TrainingSignals,
+        action: DecisionAction,
+        slot: str,
+        reason: str,
+        confidence: float,
+        choice: BlueprintChoice | None = None,
+    ) -> AdaptationDecision:
+        return AdaptationDecision(
+            decision_id=decision_id(self.name, signals.epoch),
+            epoch=signals.epoch,
+            action=action,
+            reason=reason,
+            confidence=min(1.0, max(0.0, confidence)),
+            slot_id=slot,
+            blueprint=choice.name if choice else None,
+            blueprint_config=dict(choice.config) if choice else {},
+            policy=self.name,
+        )
+
+    def _cull(self, signals: TrainingSignals) -> AdaptationDecision | None:
+        c = self.config
+        for r in signals.seeds:
+            if r.stage not in ACTIVE_STAGES:
+                continue
+            if r.stage in (SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY):
+                recent = self.tracker.contributions(r.slot_id)[-c.cull_patience :]
+                if c.cull_patience and len(recent) == c.cull_patience and all(x < -c.cull_harm for x in recent):
+                    harm = -max(recent)
+                    reason = (
+                        f"seed {r.seed_id} ({r.blueprint}) harms validation: contribution "
+                        f"{-harm:+.4f} < {-c.cull_harm:+.4f} for {c.cull_patience} epochs"
+                    )
+                    return self._decision(
+                        signals,
+                        DecisionAction.CULL,
+                        r.slot_id,
+                        reason,
+                        0.6 + 0.4 * min(1.0, harm / max(4 * c.cull_harm, 1e-9)),
+                    )
+            gate = self._gate(r)
+            if r.stage is SeedStage.TRAINING and r.epochs_in_stage >= c.max_training_epochs and not gate.passed:
+                reason = f"isolated training stalled after {r.epochs_in_stage} epochs ({gate.reason})"
+                return self._decision(signals, DecisionAction.CULL, r.slot_id, reason, 0.7)
+            if r.stage is SeedStage.PROBATIONARY and r.epochs_in_stage >= c.max_probation_epochs and not gate.passed:
+                reason = f"no proven contribution after {r.epochs_in_stage} epochs on probation ({gate.reason})"
+                return self._decision(signals, DecisionAction.CULL, r.slot_id, reason, 0.7)
+        return None
+
+    def _gate(self, r: SeedStateReport) -> GateResult:
+        gate = _NEXT_GATE[SeedStage(r.stage)]
+        inputs = GateInputs(
+            stage=SeedStage(r.stage),
+            epochs_in_stage=r.epochs_in_stage,
+            seed_built=True,
+            improvement=r.improvement,
+            alpha=r.alpha,
+            contribution=r.contribution,
+            seed_grad_norm=r.seed_grad_norm,
+        )
+        return evaluate(gate, inputs, self.config.thresholds)
+
+    def _advance(self, signals: TrainingSignals) -> AdaptationDecision | None:
+        for r in signals.seeds:
+            if r.stage not in ACTIVE_STAGES:
+                continue
+            gate = self._gate(r)
+            if not gate.passed:
+                continue
+            if r.stage is SeedStage.PROBATIONARY:
+                contribution = r.contribution or 0.0
+                return self._decision(
+                    signals,
+                    DecisionAction.FOSSILIZE,
+                    r.slot_id,
+                    f"fossilize: {gate.reason}",
+                    0.6 + 0.4 * min(1.0, contribution / 0.05),
+                )
+            return self._decision(
+                signals, DecisionAction.ADVANCE, r.slot_id, f"advance {SeedStage(r.stage).name}: {gate.reason}", 0.9
+            )
+        return None
+
+    def _germinate(self, signals: TrainingSignals) -> AdaptationDecision | None:
+        c = self.config
+        epoch = signals.epoch
+        t = self.tracker.last
+        assert t is not None
+        active = sum(1 for r in signals.seeds if r.stage in ACTIVE_STAGES)
+        if epoch < c.min_epoch_to_germinate or active >= c.max_active_seeds or t.plateau_epochs < c.plateau_patience:
+            return None
+        if self.last_cull_epoch is not None and epoch - self.last_cull_epoch < c.cooldown_epochs:
+            return None
+        by_slot = {r.slot_id: r for r in signals.seeds}
+        order = c.slot_order or tuple(by_slot)
+        for slot_id in order:
+            report = by_slot.get(slot_id)
+            if report is None or report.stage is not SeedStage.DORMANT:
+                continue
+            choice = self._best_choice(slot_id, signals.params_total)
+            if choice is None:
+                continue
+            choice, cost = choice
+            score = self.scores.get(choice.name, 0.0)
+            reason = (
+                f"plateau for {t.plateau_epochs} epochs (val acc {t.val_accuracy:.4f}, best "
+                f"{t.best_val_accuracy:.4f}); {choice.name} scores {score:+.2f}"
+                + (f", adds {cost} params" if cost is not None else "")
+            )
+            confidence = 0.5 + 0.5 * min(1.0, t.plateau_epochs / max(2 * c.plateau_patience, 1)) * (1 + score) / 2
+            return self._decision(signals, DecisionAction.GERMINATE, slot_id, reason, confidence, choice)
+        return None
+
+    def _best_choice(self, slot_id: str, params_total: int) -> tuple[BlueprintChoice, int | None] | None:
+        c = self.config
+        best: tuple[float, int, BlueprintChoice, int | None] | None = None
+        for index, choice in enumerate(c.slot_candidates.get(slot_id, c.candidates)):
+            cost = self.cost_model(slot_id, choice.name, choice.config) if self.cost_model else None
+            if self.cost_model is not None and cost is None:
+                continue
+            if c.param_budget is not None and params_total + (cost or 0) > c.param_budget:
+                continue
+            key = (self.scores.get(choice.name, 0.0), -index)
+            if best is None or key > best[:2]:
+                best = (key[0], key[1], choice, cost)
+        return None if best is None else (best[2], best[3])
+
+    def _wait_reason(self, signals: TrainingSignals, active: int) -> str:
+        c, t = self.config, self.tracker.last
+        assert t is not None
+        if active:
+            return f"{active} seed(s) in progress; no gate passes yet"
+        if signals.epoch < c.min_epoch_to_germinate:
+            return f"epoch {signals.epoch} < {c.min_epoch_to_germinate}: host still warming up"
+        if self.last_cull_epoch is not None and signals.epoch - self.last_cull_epoch < c.cooldown_epochs:
+            return f"cooldown after the cull at epoch {self.last_cull_epoch}"
+        if t.plateau_epochs < c.plateau_patience:
+            return f"still improving (plateau {t.plateau_epochs} < {c.plateau_patience})"
+        return "no dormant slot with an affordable blueprint"
+
+    # -- checkpoints ---------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tracker": self.tracker.state_dict(),
+            "scores": dict(self.scores),
+            "outcomes": {k: list(v) for k, v in self.outcomes.items()},
+            "last_cull_epoch": self.last_cull_epoch,
+            "live": {k: list(v) for k, v in self._live.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+        self.scores = dict(state["scores"])
+        self.outcomes = {k: list(v) for k, v in state["outcomes"].items()}
+        self.last_cull_epoch = state["last_cull_epoch"]
+        self._live = {k: (v[0], v[1]) for k, v in state["live"].items()}
