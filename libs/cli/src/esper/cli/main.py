@@ -1,0 +1,94 @@
+"""The ``esper`` command line: ``esper train`` and ``esper report``.
+
+Later issues add subcommands (up, runs, ppo, ...) next to these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from esper.cli.build import POLICIES, RunSpec, run
+from esper.tolaria.checkpoint import read_checkpoint
+from esper.tolaria.report import format_summary, load_report
+from esper.tolaria.tasks import TASKS
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (value {value!r})")
+    return number
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="esper", description="Esper: neural networks that grow while they train.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a task in one process, Tamiyo deciding each epoch")
+    train.add_argument("--task", choices=TASKS, default="mnist1d")
+    train.add_argument("--policy", choices=POLICIES, default="heuristic", help="'none' trains the static host")
+    train.add_argument(
+        "--epochs", type=_positive, default=None, help="planned epochs (default 40; with --resume: keep)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="global seed: the same seed reproduces the run")
+    train.add_argument("--out", type=Path, default=None, help="run folder (default runs/TASK-POLICY-sSEED)")
+    train.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR")
+    train.add_argument("--data-dir", default=None, help="local data folder (cifar10: the python batches)")
+    train.add_argument("--max-train-samples", type=_positive, default=None, help="train on the first N rows only")
+    train.add_argument("--lr", type=float, default=1e-2)
+    train.add_argument("--batch-size", type=_positive, default=100)
+    train.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
+    train.add_argument("--param-budget", type=_positive, default=None, help="largest parameter count seeds may grow to")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    report = sub.add_parser("report", help="print a run's summary")
+    report.add_argument("dir", type=Path, help="run folder holding report.json")
+    return top
+
+
+def train(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            raise ValueError(
+                f"field 'out': --resume continues in its own folder {str(args.resume)!r} (value {str(args.out)!r})"
+            )
+        out = args.resume
+        stored = read_checkpoint(out)["meta"]
+        spec = RunSpec.from_dict({**stored, "epochs": args.epochs or stored["epochs"]})
+    else:
+        spec = RunSpec(
+            task=args.task,
+            policy=args.policy,
+            epochs=args.epochs or RunSpec.epochs,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            max_train_samples=args.max_train_samples,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            lr_schedule=args.lr_schedule,
+            param_budget=args.param_budget,
+        )
+        out = args.out or Path("runs") / f"{spec.task}-{spec.policy}-s{spec.seed}"
+    report = run(spec, out, resume=args.resume is not None, progress=not args.no_progress)
+    print(format_summary(report))
+    print(f"report: {out / 'report.json'}  curves: {out / 'curves.png'}  events: {out / 'events.jsonl'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return train(args)
+        print(format_summary(load_report(args.dir)))
+        return 0
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"esper {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

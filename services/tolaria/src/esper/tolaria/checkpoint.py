@@ -1,0 +1,117 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped.
+
+One file, ``checkpoint.pt``, rewritten atomically at every epoch: model weights,
+every optimizer, the slots' lifecycle, tracker, policy and governor state, the
+epoch history, and the RNG states (python, numpy, torch, the data order
+generator). Resuming on CPU reproduces the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import torch
+
+from esper.leyline import AdaptationDecision
+from esper.tolaria.trainer import EpochRecord, Trainer
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = 1
+
+
+def save_checkpoint(trainer: Trainer, path: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``trainer``'s full state to ``path`` (a file, or a folder to hold ``checkpoint.pt``).
+
+    ``meta`` is the caller's JSON-able run description (the CLI stores its arguments).
+    """
+    target = Path(path)
+    if target.is_dir() or not target.suffix:
+        target = target / CHECKPOINT_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": FORMAT,
+        "meta": meta or {},
+        "epoch": trainer.epoch,
+        "step": trainer.step,
+        "model": trainer.model.state_dict(),
+        "lifecycle": trainer.model.lifecycle_state(),
+        "optimizers": {name: opt.state_dict() for name, opt in trainer.optimizers.items()},
+        "tracker": trainer.tracker.state_dict(),
+        "policy": trainer.policy.state_dict(),
+        "governor": trainer.governor.state_dict(),
+        "history": [asdict(r) for r in trainer.history],
+        "decisions": [d.to_dict() for d in trainer.decisions],
+        "applied_commands": list(trainer.applied_commands),
+        "published": trainer.published,
+        "events_seen": trainer.events_seen,
+        "paused": trainer.paused,
+        "params_initial": trainer.params_initial,
+        "wall_seconds": trainer.wall_seconds,
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "data": trainer.generator.get_state(),
+        },
+    }
+    tmp = target.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file (or ``DIR/checkpoint.pt``); FileNotFoundError naming the path."""
+    target = Path(path)
+    if target.is_dir():
+        target = target / CHECKPOINT_NAME
+    if not target.is_file():
+        raise FileNotFoundError(f"field 'resume': no checkpoint at {str(target)!r}")
+    # our own file: it holds RNG states and plain python objects, not just tensors
+    state: dict[str, Any] = torch.load(target, map_location="cpu", weights_only=False)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"field 'format': checkpoint format {state.get('format')!r} is not {FORMAT}")
+    return state
+
+
+def restore_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
+    """Load ``state`` (from :func:`read_checkpoint`) into a freshly built ``trainer`` of the same run."""
+    model = trainer.model
+    model.restore_lifecycle(state["lifecycle"])
+    model.load_state_dict(state["model"])
+    trainer.optimizers = {"host": trainer._optimizer(trainer.host_parameters())}
+    for slot_id, slot in model.slots.items():
+        if slot_id in state["optimizers"] and slot.seed is not None:
+            trainer.optimizers[slot_id] = trainer.new_seed_optimizer(list(slot.seed.parameters()))
+    missing = set(state["optimizers"]) - set(trainer.optimizers)
+    if missing:
+        raise ValueError(f"field 'optimizers': checkpoint has optimizers for {sorted(missing)} but no such seeds")
+    for name, opt in trainer.optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    trainer.tracker.load_state_dict(state["tracker"])
+    trainer.policy.load_state_dict(state["policy"])
+    trainer.governor.load_state_dict(state["governor"])
+    trainer.history = [EpochRecord(**r) for r in state["history"]]
+    trainer.decisions = [_decision(d) for d in state["decisions"]]
+    trainer.applied_commands = list(state["applied_commands"])
+    trainer.epoch, trainer.step = state["epoch"], state["step"]
+    trainer.published, trainer.events_seen = state["published"], state["events_seen"]
+    trainer.paused = state["paused"]
+    trainer.params_initial = state["params_initial"]
+    trainer.wall_seconds = state["wall_seconds"]
+    rng = state["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    trainer.generator.set_state(rng["data"])
+    trainer.governor.take_snapshot(trainer.epoch, model, trainer.optimizers)
+
+
+def _decision(data: dict[str, Any]) -> AdaptationDecision:
+    return msgspec.convert(data, AdaptationDecision)

@@ -1,0 +1,72 @@
+"""Applying adaptation commands to a model at an epoch boundary.
+
+Slot commands go to Kasmina, which runs the gates; whatever Kasmina refuses
+(a failing gate, an illegal transition, bad arguments) becomes a REJECTED
+result carrying Kasmina's reason, never an exception that stops training.
+Each seed gets its own optimizer at germination, dropped when it is culled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from esper.kasmina import MorphogeneticModel
+from esper.leyline import AdaptationCommand, CommandAction, CommandResult, CommandStatus, SeedStage
+
+SeedOptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def apply_slot_command(
+    model: MorphogeneticModel,
+    optimizers: dict[str, torch.optim.Optimizer],
+    command: AdaptationCommand,
+    epoch: int,
+    new_optimizer: SeedOptimizerFactory,
+) -> CommandResult:
+    """Carry out a slot command (germinate, advance, fossilize, cull, set_alpha) on ``model``.
+
+    ``optimizers`` maps ``"host"`` and slot ids to optimizers; it gains an entry on
+    germination and loses one on cull.
+    """
+
+    def result(status: CommandStatus, reason: str) -> CommandResult:
+        return CommandResult(
+            command_id=command.command_id,
+            action=command.action,
+            status=status,
+            slot_id=command.slot_id,
+            epoch=epoch,
+            reason=reason,
+        )
+
+    slot_id = command.slot_id
+    assert slot_id is not None  # AdaptationCommand validates slot actions carry a slot
+    reason = command.reason or f"{command.action.value} by {command.issued_by}"
+    try:
+        if slot_id not in model.slots:
+            raise ValueError(f"field 'slot_id': unknown slot {slot_id!r} (known: {', '.join(model.slots)})")
+        action = command.action
+        if action is CommandAction.GERMINATE:
+            assert command.blueprint is not None
+            model.germinate(slot_id, command.blueprint, command.blueprint_config, epoch=epoch, reason=reason)
+            optimizers[slot_id] = new_optimizer(model.seed_parameters(slot_id))
+        elif action in (CommandAction.ADVANCE, CommandAction.FOSSILIZE):
+            stage = SeedStage(model.slots[slot_id].stage)
+            if action is CommandAction.FOSSILIZE and stage is not SeedStage.PROBATIONARY:
+                raise ValueError(
+                    f"field 'action': fossilize needs a PROBATIONARY seed (slot {slot_id!r} is {stage.name})"
+                )
+            model.advance(slot_id, epoch=epoch, reason=reason)
+        elif action is CommandAction.CULL:
+            model.cull(slot_id, epoch=epoch, reason=reason)
+            optimizers.pop(slot_id, None)
+        elif action is CommandAction.SET_ALPHA:
+            assert command.alpha is not None
+            model.set_alpha(slot_id, command.alpha, epoch=epoch, reason=reason)
+        else:
+            raise ValueError(f"field 'action': {action.value!r} is not a slot command")
+    except ValueError as exc:  # GateFailedError and IllegalTransitionError are ValueErrors
+        return result(CommandStatus.REJECTED, str(exc))
+    return result(CommandStatus.APPLIED, reason)

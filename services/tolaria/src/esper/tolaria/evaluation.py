@@ -1,0 +1,118 @@
+"""Evaluation: full passes over a split, counterfactual seed measurement, layer health.
+
+Counterfactuals are measured on the validation split: the same batches with
+the seed in and with it switched off (``model.seed_disabled``), so the
+difference is the seed's worth and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from esper.leyline import LayerHealthReport, SeedStage
+from esper.tolaria.tasks import Split
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Mean cross-entropy and accuracy (fraction) over a split."""
+
+    loss: float
+    accuracy: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeedMeasurement:
+    """What the counterfactual passes measured for one slot (Kasmina's record_metrics terms)."""
+
+    improvement: float
+    contribution: float
+    contribution_loss: float
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> Evaluation:
+    """Full pass over ``split`` in eval mode (restores the previous mode)."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == y).sum())
+    model.train(was_training)
+    n = max(len(split), 1)
+    return Evaluation(total_loss / n, correct / n)
+
+
+def measure_seed(
+    model: nn.Module, slot_id: str, split: Split, current: Evaluation, batch_size: int = 1000
+) -> SeedMeasurement:
+    """Counterfactual worth of the seed in ``slot_id`` on ``split``.
+
+    ``improvement``: loss without the seed minus loss with it at alpha 1.
+    ``contribution`` / ``contribution_loss``: accuracy with the seed at its current
+    alpha (alpha 1 while TRAINING, whose forward value is the host's) minus without,
+    and loss without minus with. ``current`` is the plain evaluation of the model.
+    """
+    with model.seed_disabled(slot_id):
+        without = evaluate(model, split, batch_size)
+    with model.alpha_override(slot_id, 1.0):
+        full = evaluate(model, split, batch_size)
+    stage = SeedStage(model.slots[slot_id].stage)
+    with_seed = full if stage is SeedStage.TRAINING else current
+    return SeedMeasurement(
+        improvement=without.loss - full.loss,
+        contribution=with_seed.accuracy - without.accuracy,
+        contribution_loss=without.loss - with_seed.loss,
+    )
+
+
+@torch.no_grad()
+def layer_health(model: nn.Module, layers: dict[str, str], x: torch.Tensor) -> list[LayerHealthReport]:
+    """Activation statistics at each slot's host layer on inputs ``x`` (N, ...).
+
+    ``layers`` maps slot ids to dotted module names of ``model.host``. Units are
+    channels (dim 1); ``dead_ratio`` is the fraction of units never positive on ``x``;
+    ``grad_norm`` is the norm of the gradients left on the layer's parameters by the
+    last training step (0 for parameter-free layers such as activations).
+    """
+    captured: dict[str, torch.Tensor] = {}
+    modules = dict(model.host.named_modules())
+    handles = []
+    for slot_id, name in layers.items():
+
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor, slot_id: str = slot_id) -> None:
+            captured[slot_id] = output.detach()
+
+        handles.append(modules[name].register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    reports = []
+    for slot_id, name in layers.items():
+        h = captured[slot_id].float()
+        units = h.transpose(0, 1).reshape(h.shape[1], -1) if h.dim() > 1 else h.reshape(1, -1)
+        grads = [p.grad for p in modules[name].parameters() if p.grad is not None]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+        reports.append(
+            LayerHealthReport(
+                layer=f"{slot_id}:{name}",
+                activation_mean=float(h.mean()),
+                activation_variance=float(h.var()) if h.numel() > 1 else 0.0,
+                dead_ratio=float((units.max(dim=1).values <= 0).float().mean()),
+                grad_norm=grad_norm,
+                error_count=int((~torch.isfinite(h)).sum()),
+            )
+        )
+    return reports

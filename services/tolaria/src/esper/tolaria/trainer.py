@@ -1,0 +1,416 @@
+"""The epoch loop: train with the mode the slots' stages call for, validate, measure
+seeds, publish signals, ask the policy, apply its command at the epoch boundary.
+
+Order within epoch ``e`` (1-based): train steps -> (governor rollback if a step
+tripped) -> validation and counterfactuals on the validation split -> tracker ->
+``TrainingSignals``/``LayerHealth`` published -> policy decides on them -> the
+command is applied -> ``model.end_epoch(e)`` -> snapshot for the governor. The test
+split is evaluated for the record only; nothing reads it back.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from esper.kasmina import GradientIsolationMonitor, KasminaConfig, MorphogeneticModel, wrap
+from esper.leyline import (
+    ACTIVE_STAGES,
+    AdaptationCommand,
+    AdaptationDecision,
+    CommandAction,
+    CommandResult,
+    CommandStatus,
+    LayerHealth,
+    Message,
+    SeedStage,
+    TelemetryEvent,
+    TrainingSignals,
+)
+from esper.tamiyo.policy import Policy, decision_to_command
+from esper.tamiyo.tracker import SignalTracker
+from esper.tolaria.commands import apply_slot_command
+from esper.tolaria.evaluation import Evaluation, evaluate, layer_health, measure_seed
+from esper.tolaria.governor import Governor, GovernorConfig, Trip, offending_slot
+from esper.tolaria.tasks import Task
+
+Sink = Callable[[Message], None]
+
+#: Stages whose seed takes part in the forward value (its optimizer steps in BLENDED mode).
+_BLENDED = frozenset({SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY})
+#: Stages whose seed optimizer steps.
+_STEPPED = frozenset({SeedStage.TRAINING, *_BLENDED, SeedStage.FOSSILIZED})
+#: Stages whose seed is measured counterfactually.
+_MEASURED = frozenset({SeedStage.TRAINING, *_BLENDED})
+
+
+class TrainingMode(StrEnum):
+    """NORMAL: host only. ISOLATED: seeds learn on detached host features. BLENDED: a seed is in the forward value."""
+
+    NORMAL = "normal"
+    ISOLATED = "isolated"
+    BLENDED = "blended"
+
+
+def training_mode(stages: Iterable[SeedStage]) -> TrainingMode:
+    """The mode a step runs in, given every slot's stage."""
+    stages = set(stages)
+    if stages & _BLENDED:
+        return TrainingMode.BLENDED
+    if SeedStage.TRAINING in stages:
+        return TrainingMode.ISOLATED
+    return TrainingMode.NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerConfig:
+    """Training hyper-parameters. ``seed`` makes a run reproducible; ``epochs`` is the planned length."""
+
+    epochs: int = 30
+    batch_size: int = 100
+    lr: float = 1e-2
+    seed_lr: float | None = None
+    lr_schedule: str = "cosine"
+    grad_clip: float = 5.0
+    seed: int = 0
+    eval_batch_size: int = 1000
+    governor: GovernorConfig = field(default_factory=GovernorConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"field {name!r}: must be >= 1 (value {getattr(self, name)!r})")
+        for name in ("lr", "grad_clip"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"field {name!r}: must be a finite number > 0 (value {getattr(self, name)!r})")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"field 'lr_schedule': must be 'cosine' or 'constant' (value {self.lr_schedule!r})")
+
+
+@dataclass(slots=True)
+class EpochRecord:
+    """One epoch as the report sees it (the only place test numbers live)."""
+
+    epoch: int
+    step: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    lr: float
+    params: int
+    modes: dict[str, int]
+    stages: dict[str, int]
+    rolled_back: bool
+    epoch_seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains ``task``'s host wrapped by Kasmina, with ``policy`` deciding each epoch.
+
+    Every message (signals, health, decisions, command results, seed transitions,
+    events) goes to each of ``sinks`` in order.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        policy: Policy,
+        config: TrainerConfig | None = None,
+        *,
+        kasmina: KasminaConfig | None = None,
+        sinks: Iterable[Sink] = (),
+    ) -> None:
+        self.task, self.policy = task, policy
+        self.config = config or TrainerConfig()
+        seed_everything(self.config.seed)
+        self.model: MorphogeneticModel = wrap(task.build_host(), task.slots, config=kasmina)
+        self.model.probe(task.train.x[:2])
+        self.params_initial = self.model.param_count()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {"host": self._optimizer(self.host_parameters())}
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.tracker = SignalTracker()
+        self.governor = Governor(self.config.governor)
+        self.sinks: list[Sink] = list(sinks)
+        self.epoch = 0
+        self.step = 0
+        self.history: list[EpochRecord] = []
+        self.decisions: list[AdaptationDecision] = []
+        self.applied_commands: list[str] = []
+        self.published = 0
+        self.events_seen = 0
+        self.paused = False
+        self.stop_requested = False
+        self.wall_seconds = 0.0
+        self.governor.take_snapshot(0, self.model, self.optimizers)
+
+    # -- parameters and optimizers --------------------------------------------
+    def host_parameters(self) -> list[torch.nn.Parameter]:
+        """The host's own parameters (every parameter that no seed owns)."""
+        seeds = {id(p) for slot in self.model.slots.values() if slot.seed is not None for p in slot.seed.parameters()}
+        return [p for p in self.model.parameters() if id(p) not in seeds]
+
+    def _optimizer(self, params: list[torch.nn.Parameter], *, seed: bool = False) -> torch.optim.Optimizer:
+        base = (self.config.seed_lr or self.config.lr) if seed else self.config.lr
+        return torch.optim.Adam(params, lr=base * self._lr_factor(getattr(self, "step", 0)))
+
+    def new_seed_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimizer a freshly germinated seed trains with."""
+        return self._optimizer(params, seed=True)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.task.train) / self.config.batch_size)
+
+    def _lr_factor(self, step: int) -> float:
+        if self.config.lr_schedule == "constant":
+            return 1.0
+        total = self.config.epochs * self.steps_per_epoch()
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+    def _set_lr(self) -> float:
+        factor = self._lr_factor(self.step)
+        for name, opt in self.optimizers.items():
+            base = self.config.lr if name == "host" else (self.config.seed_lr or self.config.lr)
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+        return self.config.lr * factor
+
+    # -- publishing -----------------------------------------------------------
+    def publish(self, message: Message) -> None:
+        self.published += 1
+        for sink in self.sinks:
+            sink(message)
+
+    def _publish_transitions(self) -> None:
+        for event in self.model.events[self.events_seen :]:
+            self.publish(event)
+        self.events_seen = len(self.model.events)
+
+    # -- one epoch ------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> tuple[float, float, dict[str, int], Trip | None, dict[str, float]]:
+        """All training steps of one epoch; stops at the first step the governor trips on."""
+        model, cfg = self.model, self.config
+        model.train()
+        n = len(self.task.train)
+        order = torch.randperm(n, generator=self.generator)
+        total_loss, correct, seen = 0.0, 0, 0
+        modes: Counter[str] = Counter()
+        norms: Counter[str] = Counter()
+        monitored = False
+        for start in range(0, n, cfg.batch_size):
+            index = order[start : start + cfg.batch_size]
+            x, y = self.task.train.x[index], self.task.train.y[index]
+            stages = {sid: SeedStage(slot.stage) for sid, slot in model.slots.items()}
+            mode = training_mode(stages.values())
+            modes[mode.value] += 1
+            self._set_lr()
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            if mode is TrainingMode.ISOLATED and not monitored:
+                # one monitored step per epoch proves isolation without hooking every step
+                with GradientIsolationMonitor(model) as monitor:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                    loss.backward()
+                norms["isolation_violations"] += monitor.violations
+                monitored = True
+                trip = self.governor.check(loss.item())
+            else:
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                trip = self.governor.check(loss.item())
+                if trip is None:
+                    loss.backward()
+            if trip is not None:
+                return self._means(total_loss, correct, seen, modes, norms, trip)
+            norms["host"] += float(torch.nn.utils.clip_grad_norm_(self.host_parameters(), cfg.grad_clip))
+            stepping = ["host"]
+            for sid, stage in stages.items():
+                if stage in _STEPPED and sid in self.optimizers:
+                    params = [p for p in model.slots[sid].seed.parameters() if p.grad is not None]
+                    if params:
+                        norms[sid] += float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+                    stepping.append(sid)
+            for name in stepping:
+                self.optimizers[name].step()
+            self.step += 1
+            norms["steps"] += 1
+            total_loss += loss.item() * len(y)
+            correct += int((logits.argmax(dim=1) == y).sum())
+            seen += len(y)
+        return self._means(total_loss, correct, seen, modes, norms, None)
+
+    @staticmethod
+    def _means(
+        total_loss: float, correct: int, seen: int, modes: Counter[str], norms: Counter[str], trip: Trip | None
+    ) -> tuple[float, float, dict[str, int], Trip | None, dict[str, float]]:
+        steps = max(norms.pop("steps", 0), 1)
+        violations = norms.pop("isolation_violations", 0)
+        means = {k: v / steps for k, v in norms.items()}
+        means["isolation_violations"] = violations
+        if seen == 0:
+            return math.nan, math.nan, dict(modes), trip, means
+        return total_loss / seen, correct / seen, dict(modes), trip, means
+
+    def _rollback(self, epoch: int, trip: Trip) -> None:
+        """Restore the last good state, cull the seed held responsible, say why."""
+        restored = self.governor.restore(self.model, self.optimizers)
+        culprit = offending_slot(self.model)
+        reason = f"governor: {trip.reason}; rolled back to the end of epoch {restored}"
+        if culprit is not None:
+            self.model.cull(culprit, epoch=epoch, reason=reason)
+            self.optimizers.pop(culprit, None)
+        self.publish(
+            TelemetryEvent(
+                kind="governor_rollback",
+                epoch=epoch,
+                slot_id=culprit,
+                message=reason if culprit else reason + "; no live seed to cull",
+                attributes={"trip": trip.kind, "loss": trip.loss, "restored_epoch": restored},
+            )
+        )
+        self._publish_transitions()
+
+    def _measure(self, val: Evaluation, grad_norms: dict[str, float]) -> None:
+        for slot_id, slot in self.model.slots.items():
+            if SeedStage(slot.stage) not in _MEASURED:
+                continue
+            m = measure_seed(self.model, slot_id, self.task.val, val, self.config.eval_batch_size)
+            self.model.record_metrics(
+                slot_id,
+                improvement=m.improvement,
+                contribution=m.contribution,
+                contribution_loss=m.contribution_loss,
+                seed_grad_norm=grad_norms.get(slot_id, 0.0),
+                host_grad_norm=grad_norms.get("host", 0.0),
+                isolation_violations=int(grad_norms.get("isolation_violations", 0)),
+            )
+
+    def _apply(self, command: AdaptationCommand, epoch: int) -> CommandResult:
+        if command.command_id in self.applied_commands:
+            return CommandResult(
+                command_id=command.command_id,
+                action=command.action,
+                status=CommandStatus.DUPLICATE,
+                slot_id=command.slot_id,
+                epoch=epoch,
+                reason="already applied",
+            )
+        self.applied_commands.append(command.command_id)
+        if command.action in (CommandAction.PAUSE, CommandAction.RESUME, CommandAction.STOP):
+            self.paused = command.action is CommandAction.PAUSE or (
+                self.paused and command.action is CommandAction.STOP
+            )
+            self.stop_requested = command.action is CommandAction.STOP
+            return CommandResult(
+                command_id=command.command_id,
+                action=command.action,
+                status=CommandStatus.APPLIED,
+                epoch=epoch,
+                reason=command.reason or command.action.value,
+            )
+        return apply_slot_command(self.model, self.optimizers, command, epoch, self.new_seed_optimizer)
+
+    def run_epoch(self, commands: Iterable[AdaptationCommand] = ()) -> EpochRecord:
+        """Run the next epoch; ``commands`` (e.g. from an operator) apply after the policy's."""
+        epoch = self.epoch + 1
+        started = time.perf_counter()
+        if self.paused:
+            train_loss = train_acc = math.nan
+            modes, trip, norms = {}, None, {}
+        else:
+            train_loss, train_acc, modes, trip, norms = self._train_epoch(epoch)
+        if trip is not None:
+            self._rollback(epoch, trip)
+        val = evaluate(self.model, self.task.val, self.config.eval_batch_size)
+        test = evaluate(self.model, self.task.test, self.config.eval_batch_size)
+        self._measure(val, norms)
+        tracked = self.tracker.update(
+            epoch=epoch, train_loss=train_loss, val_loss=val.loss, train_accuracy=train_acc, val_accuracy=val.accuracy
+        )
+        lr = self.config.lr * self._lr_factor(self.step)
+        signals = TrainingSignals(
+            epoch=epoch,
+            step=self.step,
+            train_loss=tracked.train_loss,
+            val_loss=tracked.val_loss,
+            train_accuracy=tracked.train_accuracy,
+            val_accuracy=tracked.val_accuracy,
+            loss_delta=tracked.loss_delta,
+            accuracy_delta=tracked.accuracy_delta,
+            plateau_epochs=tracked.plateau_epochs,
+            best_val_loss=tracked.best_val_loss,
+            best_val_accuracy=tracked.best_val_accuracy,
+            learning_rate=lr,
+            params_total=self.model.param_count(),
+            epoch_seconds=time.perf_counter() - started,
+            seeds=self.model.reports(),
+            paused=self.paused,
+        )
+        self.publish(signals)
+        self.publish(LayerHealth(epoch=epoch, layers=layer_health(self.model, self.task.slots, self.task.val.x[:256])))
+        decision = self.policy.decide(signals)
+        self.decisions.append(decision)
+        self.publish(decision)
+        command = decision_to_command(decision)
+        for cmd in ([command] if command else []) + list(commands):
+            self.publish(self._apply(cmd, epoch))
+            self._publish_transitions()
+        self.model.end_epoch(epoch)
+        self._publish_transitions()
+        self.governor.take_snapshot(epoch, self.model, self.optimizers)
+        seconds = time.perf_counter() - started
+        self.wall_seconds += seconds
+        record = EpochRecord(
+            epoch=epoch,
+            step=self.step,
+            train_loss=tracked.train_loss,
+            train_accuracy=tracked.train_accuracy,
+            val_loss=val.loss,
+            val_accuracy=val.accuracy,
+            test_loss=test.loss,
+            test_accuracy=test.accuracy,
+            lr=lr,
+            params=self.model.param_count(),
+            modes=modes,
+            stages=dict(Counter(SeedStage(s.stage).name for s in self.model.slots.values())),
+            rolled_back=trip is not None,
+            epoch_seconds=seconds,
+        )
+        self.history.append(record)
+        self.epoch = epoch
+        return record
+
+    def fit(
+        self, *, stop_after: int | None = None, on_epoch: Callable[[Trainer, EpochRecord], Any] | None = None
+    ) -> list[EpochRecord]:
+        """Train up to ``config.epochs`` (or until epoch ``stop_after``, or a STOP command);
+        ``on_epoch`` runs after each epoch (checkpointing, progress)."""
+        last = self.config.epochs if stop_after is None else min(stop_after, self.config.epochs)
+        while self.epoch < last and not self.stop_requested:
+            record = self.run_epoch()
+            if on_epoch is not None:
+                on_epoch(self, record)
+        return self.history
+
+    def live_seeds(self) -> int:
+        return sum(1 for s in self.model.slots.values() if SeedStage(s.stage) in ACTIVE_STAGES)
