@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 
+import msgspec
 import pytest
 from oona_helpers import FAST, RUN_ID, BusFactory, Recorder, consume, eventually, run, sample, signals
 
-from esper.leyline import DeadLetter, decode
+from esper.leyline import DeadLetter, decode, encode
 from esper.leyline import streams as ls
 from esper.oona import BusMetrics, ConsumerOptions, MemoryIdempotencyStore, RedisBus, RedisIdempotencyStore, idempotent
 
@@ -142,13 +144,24 @@ def test_a_message_that_keeps_failing_is_dead_lettered_with_its_error_and_acked(
     run(scenario())
 
 
+def _tampered(**fields: object) -> bytes:
+    """A valid envelope's bytes with some envelope fields replaced."""
+    envelope = msgspec.msgpack.decode(encode(signals(0)))
+    envelope.update(fields)
+    return msgspec.msgpack.encode(envelope)
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
+        (bytes(random.Random(7).randrange(256) for _ in range(64)), "field '"),
         (b"\xc1\x00not msgpack at all", "<bytes>"),
-        (b"", "m"),
+        (b"", "'m'"),
+        (_tampered(message_type="no_such_message"), "'message_type'"),
+        (_tampered(schema_version="9.0"), "'schema_version'"),
+        (_tampered(payload={"epoch": -1}), "'payload.epoch'"),
     ],
-    ids=["random-bytes", "empty"],
+    ids=["random-bytes", "not-msgpack", "empty", "unknown-type", "incompatible-version", "invalid-payload"],
 )
 def test_undecodable_bytes_go_to_the_dead_letter_stream_at_once(make_bus: BusFactory, data: bytes, field: str) -> None:
     async def scenario() -> None:
@@ -160,7 +173,8 @@ def test_undecodable_bytes_go_to_the_dead_letter_stream_at_once(make_bus: BusFac
         await consume(bus.subscribe(STREAM, ls.GROUP_NISSA, "n1", got, FAST), lambda: len(got.got) == 1)
         (letter,) = await dead_letters(bus)
         assert letter.deliveries == 1 and letter.original == data
-        assert field in letter.error
+        assert letter.error_type in ("CodecError", "MissingEnvelope")
+        assert field in letter.error, letter.error
         assert got.message_ids == [good.message_id]
         await bus.aclose()
 
