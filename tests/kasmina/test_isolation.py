@@ -1,0 +1,130 @@
+"""Gradient isolation while TRAINING, alpha blending while BLENDING, and the isolation monitor."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+
+from esper.kasmina import ConvHost1D, GradientIsolationMonitor, KasminaConfig, SeedSlot, alpha_progress, wrap
+from esper.leyline import SeedStage
+
+
+def _host_grads(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    module.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(module(x), y).backward()
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("blueprint", ["conv_light", "conv_heavy", "se_attention", "bottleneck"])
+def test_training_seed_gives_the_host_exactly_the_bare_host_gradients(blueprint, conv_model, drive_to) -> None:
+    bare = copy.deepcopy(conv_model.host)
+    for slot_id in ("s1", "s2", "s3"):
+        drive_to(conv_model, slot_id, SeedStage.TRAINING, blueprint=blueprint)
+    x, y = torch.randn(16, 40), torch.randint(0, 10, (16,))
+    expected = _host_grads(bare, x, y)
+    got = _host_grads(conv_model.host, x, y)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    for slot_id in ("s1", "s2", "s3"):
+        grads = [p.grad for p in conv_model.seed_parameters(slot_id)]
+        assert all(g is not None for g in grads)
+        assert sum(float(g.norm()) for g in grads) > 0, "the seed must learn from the downstream loss"
+
+
+def test_monitor_reports_no_violation_and_a_positive_seed_gradient(conv_model, drive_to) -> None:
+    drive_to(conv_model, "s2", SeedStage.TRAINING, blueprint="conv_heavy")
+    x, y = torch.randn(16, 40), torch.randint(0, 10, (16,))
+    with GradientIsolationMonitor(conv_model) as monitor:
+        for _ in range(3):
+            conv_model.zero_grad()
+            torch.nn.functional.cross_entropy(conv_model(x), y).backward()
+    assert monitor.violations == 0
+    assert monitor.passes == 3
+    assert monitor.seed_grad_norm > 0 and monitor.seed_grad_norms["s2"] == pytest.approx(monitor.seed_grad_norm)
+    expected = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in conv_model.host.parameters()))
+    assert monitor.host_grad_norm == pytest.approx(expected, rel=1e-5)
+
+
+def test_monitor_catches_a_seed_that_reads_undetached_features(conv_model, drive_to, monkeypatch) -> None:
+    drive_to(conv_model, "s1", SeedStage.TRAINING)
+    # Simulate the bug isolation guards against: the seed reading the live host features.
+    monkeypatch.setattr(SeedSlot, "_seed_input", lambda self, h: h)
+    x = torch.randn(8, 40)
+    bare = copy.deepcopy(conv_model.host)
+    with GradientIsolationMonitor(conv_model) as monitor:
+        conv_model(x).sum().backward()
+    assert monitor.violations == 1
+    bare(x).sum().backward()
+    leaked = conv_model.host.conv1.weight.grad
+    assert not torch.equal(leaked, bare.conv1.weight.grad), "the leak reaches the host"
+
+
+def test_monitor_removes_its_hooks_on_exit(conv_model, drive_to) -> None:
+    drive_to(conv_model, "s1", SeedStage.TRAINING)
+    params = list(conv_model.parameters())
+    seed = conv_model.slot("s1").seed
+    with GradientIsolationMonitor(conv_model) as monitor:
+        assert any(p._backward_hooks for p in params)
+        assert seed._forward_pre_hooks
+    assert not any(p._backward_hooks for p in params)
+    assert not seed._forward_pre_hooks
+    conv_model(torch.randn(4, 40)).sum().backward()
+    assert monitor.passes == 0
+
+
+def test_blending_output_is_the_alpha_mix(conv_model, drive_to) -> None:
+    drive_to(conv_model, "s3", SeedStage.BLENDING, blueprint="conv_light")
+    slot = conv_model.slot("s3")
+    conv_model.set_alpha("s3", 0.3, epoch=0, reason="test")
+    h = torch.randn(5, *slot.feature_shape)
+    expected = 0.3 * slot.seed(h) + 0.7 * h
+    assert torch.allclose(slot(h), expected, atol=1e-6)
+    # BLENDING lets the host learn through the seed as well.
+    h.requires_grad_(True)
+    slot(h).sum().backward()
+    assert h.grad is not None
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
+def test_alpha_follows_the_schedule_over_the_tempo(schedule: str, drive_to) -> None:
+    from esper.leyline import GateThresholds
+
+    config = KasminaConfig(thresholds=GateThresholds(min_training_epochs=0), blend_epochs=4, alpha_schedule=schedule)
+    model = wrap(ConvHost1D(), ConvHost1D.DEFAULT_SLOTS, config=config)
+    model.probe(torch.randn(2, 40))
+    drive_to(model, "s1", SeedStage.BLENDING)
+    alphas = [model.slot("s1").alpha]
+    for epoch in range(5):
+        model.end_epoch(epoch)
+        alphas.append(model.slot("s1").alpha)
+    assert alphas[0] == 0.0
+    assert alphas[4] == pytest.approx(1.0) and alphas[5] == pytest.approx(1.0)
+    assert all(a <= b for a, b in itertools.pairwise(alphas))
+    assert alphas[2] == pytest.approx(alpha_progress(schedule, 0.5))
+    if schedule == "linear":
+        assert alphas[1] == pytest.approx(0.25)
+    else:
+        assert alphas[1] < 0.25, f"{schedule} starts slower than linear"
+
+
+def test_set_alpha_rebases_the_ramp(conv_model, drive_to) -> None:
+    drive_to(conv_model, "s1", SeedStage.BLENDING)
+    conv_model.set_alpha("s1", 0.5, epoch=0, reason="test")
+    conv_model.end_epoch(0)
+    assert conv_model.slot("s1").alpha == pytest.approx(0.75)  # halfway from 0.5 to 1 over a 2-epoch tempo
+    conv_model.end_epoch(1)
+    assert conv_model.slot("s1").alpha == pytest.approx(1.0)
+
+
+def test_fossilized_seed_replaces_the_features(conv_model, drive_to) -> None:
+    drive_to(conv_model, "s2", SeedStage.FOSSILIZED)
+    slot = conv_model.slot("s2")
+    h = torch.randn(3, *slot.feature_shape)
+    assert torch.equal(slot(h), slot.seed(h))
+    assert set(map(id, slot.seed.parameters())) <= set(map(id, conv_model.host_parameters()))
+    assert conv_model.seed_parameters() == []
