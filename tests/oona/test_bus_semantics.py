@@ -280,6 +280,27 @@ def test_stop_finishes_and_acks_the_message_in_flight(make_bus: BusFactory) -> N
     run(scenario())
 
 
+def test_a_handler_can_stop_its_own_consumer_and_its_message_is_acked(make_bus: BusFactory) -> None:
+    async def scenario() -> None:
+        bus = make_bus()
+        await bus.publish_many(STREAM, [signals(1), signals(2)])
+        got = Recorder()
+
+        async def stop_on_first(envelope: object, delivery: object) -> None:
+            await got(envelope, delivery)  # type: ignore[arg-type]
+            await consumer.stop()
+
+        consumer = bus.subscribe(STREAM, ls.GROUP_TOLARIA, "w", stop_on_first, dataclasses.replace(FAST, batch_size=1))
+        await asyncio.wait_for(consumer.run(), 10)
+        assert len(got.got) == 1
+        rest = Recorder()
+        await consume(bus.subscribe(STREAM, ls.GROUP_TOLARIA, "w", rest, FAST), lambda: len(rest.got) == 1)
+        assert rest.got[0][1].deliveries == 1  # the first was acked, not redelivered
+        await bus.aclose()
+
+    run(scenario())
+
+
 def test_handlers_run_at_most_concurrency_at_a_time(make_bus: BusFactory) -> None:
     async def scenario() -> None:
         bus = make_bus()

@@ -113,6 +113,9 @@ class Consumer:
         self._stop = asyncio.Event()
         self._done = asyncio.Event()
         self._started = False
+        self._task: asyncio.Task[None] | None = None
+        self._in_blocking_read = False
+        self._cancelled_by_stop = False
         self._retry_due: float | None = None
         self._next_claim = 0.0
         self._next_stats = 0.0
@@ -122,6 +125,7 @@ class Consumer:
         if self._started:
             raise RuntimeError(f"consumer {self.name!r} of group {self.group!r} is already running")
         self._started = True
+        self._task = asyncio.current_task()
         delay = self.options.reconnect_min_s
         ready = False
         try:
@@ -150,7 +154,11 @@ class Consumer:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._started:
+        if self._in_blocking_read and self._task is not None and not self._cancelled_by_stop:
+            self._cancelled_by_stop = True
+            self._task.cancel()
+        # A handler may stop its own consumer (a STOP command): then run() exits after this batch.
+        if self._started and asyncio.current_task() is not self._task:
             await self._done.wait()
 
     async def _start(self) -> None:
@@ -197,21 +205,24 @@ class Consumer:
     async def _read_new(self, block_ms: int) -> list[Entry]:
         """Block for new entries, but give up the wait at once when stop() is called.
 
-        An entry the store delivered just as the read was cancelled stays in this
-        consumer's pending list: the next start drains it, or another consumer claims it.
+        stop() cancels this task only while it is suspended inside this read (no
+        task per read: this is the hot path). An entry the store delivered just as
+        the read was cancelled stays in this consumer's pending list: the next
+        start drains it, or another consumer claims it.
         """
         ids = dict.fromkeys(self.streams, NEW)
-        read = asyncio.ensure_future(self._backend.read(self.group, self.name, ids, self.options.batch_size, block_ms))
-        stopping = asyncio.ensure_future(self._stop.wait())
+        self._in_blocking_read = True
         try:
-            await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if not read.done():
-            read.cancel()
-            await asyncio.gather(read, return_exceptions=True)
+            return await self._backend.read(self.group, self.name, ids, self.options.batch_size, block_ms)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._cancelled_by_stop or task is None:
+                raise
+            self._cancelled_by_stop = False
+            task.uncancel()
             return []
-        return read.result()
+        finally:
+            self._in_blocking_read = False
 
     async def _claim(self) -> None:
         more = False
