@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from esper.leyline import CodecError, DeadLetter, Envelope, decode, encode
 
@@ -20,7 +21,7 @@ def dead_letter_bytes(
     error_type: str,
     error: str,
     original: bytes,
-    envelope: Envelope[object] | None = None,
+    envelope: Envelope[Any] | None = None,
 ) -> bytes:
     """Encode a :class:`DeadLetter` envelope for ``original``.
 

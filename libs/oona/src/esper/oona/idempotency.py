@@ -91,7 +91,7 @@ class RedisIdempotencyStore:
                 await tx.watch(key)
                 if await tx.exists(key):
                     return False
-                tx.multi()
+                tx.multi()  # type: ignore[no-untyped-call]
                 effect(tx)
                 tx.set(key, 1, ex=self.ttl_s)
                 await tx.execute()

@@ -90,11 +90,11 @@ class RedisBus:
 
     async def publish_raw(self, stream: str, data: bytes) -> str:
         maxlen = self.maxlen_for(stream)
-        entry_id = await self._retrying(
+        entry_id: Any = await self._retrying(
             stream, lambda: self.client.xadd(stream, {_FIELD: data}, maxlen=maxlen, approximate=True)
         )
         self._counter(stream).inc()
-        return entry_id.decode()  # type: ignore[no-any-return]
+        return str(entry_id.decode())
 
     async def publish_many(self, stream: str, envelopes: Sequence[Envelope[Any]]) -> list[str]:
         if not envelopes:
@@ -106,7 +106,8 @@ class RedisBus:
             pipe = self.client.pipeline(transaction=False)
             for data in payloads:
                 pipe.xadd(stream, {_FIELD: data}, maxlen=maxlen, approximate=True)
-            return await pipe.execute()  # type: ignore[no-any-return]
+            replies: list[bytes] = await pipe.execute()
+            return replies
 
         ids = await self._retrying(stream, send)
         self._counter(stream).inc(len(ids))
@@ -153,7 +154,7 @@ class RedisBus:
 class _RedisBackend:
     """The consumer's stream primitives as Redis commands."""
 
-    unavailable = _UNAVAILABLE
+    unavailable: tuple[type[BaseException], ...] = _UNAVAILABLE
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
@@ -171,7 +172,7 @@ class _RedisBackend:
     async def read(
         self, group: str, consumer: str, ids: dict[str, str], count: int, block_ms: int | None
     ) -> list[Entry]:
-        reply = await self._client.xreadgroup(group, consumer, ids, count=count, block=block_ms)  # type: ignore[arg-type]
+        reply: Any = await self._client.xreadgroup(group, consumer, ids, count=count, block=block_ms)  # type: ignore[arg-type]
         if not reply:
             return []
         entries: list[Entry] = []
@@ -186,7 +187,7 @@ class _RedisBackend:
     async def autoclaim(
         self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int, cursor: str
     ) -> tuple[str, list[Entry]]:
-        reply = await self._client.xautoclaim(stream, group, consumer, min_idle_ms, cursor, count=count)
+        reply: Any = await self._client.xautoclaim(stream, group, consumer, min_idle_ms, cursor, count=count)
         next_cursor = reply[0].decode()
         items = reply[1]
         return next_cursor, (await self._with_counts(stream, group, consumer, items) if items else [])
@@ -216,7 +217,7 @@ class _RedisBackend:
         """Entries re-read or claimed: their delivery counts come from the pending list."""
         first, last = items[0][0], items[-1][0]
         # The range may also hold other entries of ours (ones awaiting a retry), hence the slack in count.
-        pending = await self._client.xpending_range(
+        pending: Any = await self._client.xpending_range(
             stream, group, first, last, len(items) + 1_000, consumername=consumer
         )
         counts = {p["message_id"]: p["times_delivered"] for p in pending}
