@@ -99,10 +99,11 @@ def test_two_slots_on_one_module_are_refused() -> None:
 
 
 def test_probe_learns_shapes_and_layer_kinds() -> None:
-    model = wrap(_transformer(), {"a": "linear2", "b": "dropout"})
+    model = wrap(_transformer(), {"a": "linear2", "b": "dropout1"})
     model.probe(torch.randn(2, 7, 16))
     assert model.slot("a").feature_shape == (7, 16)
     assert model.slot("a").layer_kind == "sequence"
+    assert model.slot("b").layer_kind == "sequence", "inside a transformer, (T, D) features are sequences"
     conv = wrap(ConvHost1D(), ConvHost1D.DEFAULT_SLOTS)
     conv.probe(torch.randn(2, 40))
     assert [conv.slot(s).feature_shape for s in ("s1", "s2", "s3")] == [(8, 19), (8, 10), (8, 5)]

@@ -12,6 +12,7 @@ too. The result runs, pickles and loads where Esper is not installed, and
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -39,9 +40,15 @@ def _from_esper(module: nn.Module) -> bool:
 
 def _trace(module: nn.Module, what: str) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(module)
+        traced = fx.symbolic_trace(module)
     except Exception as exc:
         raise ValueError(f"export: cannot trace {what} ({type(module).__name__}) into a plain graph: {exc}") from exc
+    # Annotations written under `from __future__ import annotations` are strings, which fx would
+    # emit as globals that cannot be pickled; the graph needs no annotations to run.
+    for node in traced.graph.nodes:
+        node.type = None
+    traced.recompile()
+    return traced
 
 
 def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:
@@ -51,11 +58,17 @@ def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def export(model: MorphogeneticModel) -> nn.Module:
+def export(
+    model: MorphogeneticModel, *, example_inputs: tuple[Any, ...] | None = None, atol: float = 1e-5
+) -> nn.Module:
     """A plain copy of ``model``: fossilized (and blending) seeds merged in, every other slot removed.
 
     The copy keeps the host's input and output signature and its train/eval mode
-    and gives the same outputs as ``model``. ``model`` itself is not changed.
+    and gives the same outputs as ``model``; ``model`` itself is not changed.
+    With ``example_inputs`` the copy is checked against ``model`` on them (within
+    ``atol``) and ValueError raised if it differs: a host whose forward reads
+    attributes of a slotted submodule, or takes a fused fast path around it
+    (``nn.TransformerEncoderLayer`` in eval mode), cannot be merged this way.
     """
     if not isinstance(model, MorphogeneticModel):
         raise TypeError(f"export needs a MorphogeneticModel, got {type(model).__name__}")
@@ -77,8 +90,19 @@ def export(model: MorphogeneticModel) -> nn.Module:
         merges.append((slot.module_name, nn.Sequential(slot.target, seed)))
     for module_name, merged in merges:
         _replace(host, module_name, merged)
+    result: nn.Module = host
     if any(_from_esper(m) for m in host.modules() if not isinstance(m, fx.GraphModule)):
-        traced = _trace(host, "the host")
-        traced.train(host.training)
-        return traced
-    return host
+        result = _trace(host, "the host")
+        result.train(host.training)
+    if example_inputs is not None:
+        _verify(model, result, example_inputs, atol)
+    return result
+
+
+def _verify(model: MorphogeneticModel, exported: nn.Module, example_inputs: tuple[Any, ...], atol: float) -> None:
+    expected, got = model(*example_inputs), exported(*example_inputs)
+    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
+        raise ValueError(f"export: can only check tensor outputs, got {type(expected).__name__}")
+    if expected.shape != got.shape or not torch.allclose(expected.float(), got.float(), atol=atol, rtol=0.0):
+        diff = (expected.float() - got.float()).abs().max().item() if expected.shape == got.shape else "shape"
+        raise ValueError(f"export: the exported module differs from the model on example_inputs (max |diff| {diff})")

@@ -16,7 +16,7 @@ from torch import nn
 
 from esper.kasmina.blueprints import get_blueprint
 from esper.kasmina.config import KasminaConfig, alpha_progress
-from esper.kasmina.slot import BLENDED_STAGES, SEEDED_STAGES, SeedSlot, SlotMetrics
+from esper.kasmina.slot import BLENDED_STAGES, SEEDED_STAGES, SeedSlot, SlotMetrics, within_sequence_model
 from esper.leyline import (
     ACTIVE_STAGES,
     Gate,
@@ -82,7 +82,8 @@ class MorphogeneticModel(nn.Module):
                     f"slot {slot_id!r}: module {module_name!r} already carries slot {taken[module_name]!r}"
                 )
             taken[module_name] = slot_id
-            self.slots[slot_id] = SeedSlot(slot_id, module_name, modules[module_name])
+            in_sequence = within_sequence_model(host, module_name)
+            self.slots[slot_id] = SeedSlot(slot_id, module_name, modules[module_name], in_sequence)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The host's forward with every slot acting at its layer."""

@@ -72,7 +72,7 @@ class SeedSlot(nn.Module):
     - FOSSILIZED: ``seed(h)``.
     """
 
-    def __init__(self, slot_id: str, module_name: str, target: nn.Module) -> None:
+    def __init__(self, slot_id: str, module_name: str, target: nn.Module, in_sequence_model: bool = False) -> None:
         super().__init__()
         self.slot_id = slot_id
         self.module_name = module_name
@@ -86,6 +86,7 @@ class SeedSlot(nn.Module):
         self.embargo_left = 0
         self.feature_shape: tuple[int, ...] | None = None
         self.layer_kind: str | None = None
+        self.in_sequence_model = in_sequence_model
         self.metrics = SlotMetrics()
         # Where the alpha ramp started and how many epochs it has run (set_alpha re-bases it).
         self.ramp_from = 0.0
@@ -148,7 +149,7 @@ class SeedSlot(nn.Module):
                 "a slot needs (N, *features)"
             )
         self.feature_shape = tuple(int(s) for s in output.shape[1:])
-        self.layer_kind = infer_layer_kind(self.target, self.feature_shape)
+        self.layer_kind = infer_layer_kind(self.target, self.feature_shape, self.in_sequence_model)
 
     # ----------------------------------------------------------------- hook management
     @property
@@ -217,14 +218,23 @@ class SeedSlot(nn.Module):
         return f"{self.slot_id!r} at {self.module_name!r}, stage={self.stage.name}, blueprint={self.blueprint!r}"
 
 
-_SEQUENCE_MODULES = (nn.Linear, nn.LayerNorm, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Embedding)
+_TRANSFORMER_BLOCKS = (
+    nn.MultiheadAttention,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.Transformer,
+)
+_SEQUENCE_MODULES = (nn.Linear, nn.LayerNorm, nn.Embedding, *_TRANSFORMER_BLOCKS)
 
 
-def infer_layer_kind(module: nn.Module, feature_shape: tuple[int, ...]) -> str | None:
+def infer_layer_kind(module: nn.Module, feature_shape: tuple[int, ...], in_sequence_model: bool = False) -> str | None:
     """The layer kind of per-sample features: rank 1 linear, rank 3 conv2d, rank 2 sequence or conv1d.
 
     Rank-2 features are (T, D) sequences after modules that act on the last
-    dimension (Linear, LayerNorm, transformer layers), else (C, L) conv1d maps.
+    dimension (Linear, LayerNorm, attention, transformer layers) or anywhere
+    inside a transformer (``in_sequence_model``), else (C, L) conv1d maps.
     Other ranks have no kind (no blueprint serves them): None.
     """
     rank = len(feature_shape)
@@ -233,5 +243,15 @@ def infer_layer_kind(module: nn.Module, feature_shape: tuple[int, ...]) -> str |
     if rank == 3:
         return "conv2d"
     if rank == 2:
-        return "sequence" if isinstance(module, _SEQUENCE_MODULES) else "conv1d"
+        return "sequence" if in_sequence_model or isinstance(module, _SEQUENCE_MODULES) else "conv1d"
     return None
+
+
+def within_sequence_model(host: nn.Module, module_name: str) -> bool:
+    """Whether the submodule ``module_name`` of ``host`` sits inside a transformer or attention block."""
+    node = host
+    for part in module_name.split(".")[:-1]:
+        if isinstance(node, _TRANSFORMER_BLOCKS):
+            return True
+        node = node.get_submodule(part)
+    return isinstance(node, _TRANSFORMER_BLOCKS)
