@@ -4,7 +4,7 @@
   a private ``redis-server`` on a free port. With neither, tests that need Redis
   are skipped on a developer machine and FAIL when ``CI`` is set.
 * ``clean_redis_url`` (function): the same URL after FLUSHDB, so tests do not see
-  each other's keys.
+  each other's keys. Point ESPER_TEST_REDIS_URL at a scratch database: it is flushed.
 * ``redis_server_factory`` (function): start extra private servers a test may
   stop and start again (``RedisServer``, see ``tests/redis_server.py``); they are
   stopped after the test.
