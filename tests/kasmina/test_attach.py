@@ -145,3 +145,24 @@ def test_non_tensor_output_is_a_clear_error() -> None:
     model = wrap(TupleOut(), {"s1": "pair"})
     with pytest.raises(TypeError, match="returned tuple"):
         model.probe(torch.randn(2, 5, 3))
+
+
+def test_probe_does_not_touch_batch_norm_statistics_or_modes() -> None:
+    host = ResidualBlock().train()
+    before = {k: v.clone() for k, v in host.state_dict().items()}
+    model = wrap(host, {"s1": "body.1"})
+    model.probe(torch.randn(4, 3, 8, 8))
+    assert all(torch.equal(before[k], v) for k, v in host.state_dict().items())
+    assert host.training and host.body[1].training
+
+
+def test_a_deep_copy_is_independent_of_the_original(conv_model, drive_to) -> None:
+    drive_to(conv_model, "s1", SeedStage.BLENDING, blueprint="conv_heavy")
+    conv_model.set_alpha("s1", 0.5, epoch=0, reason="test")
+    clone = copy.deepcopy(conv_model)
+    clone.cull("s1", epoch=9, reason="only in the copy")
+    assert not clone.slot("s1").hooked and len(clone.host.act1._forward_hooks) == 0
+    assert conv_model.slot("s1").hooked and len(conv_model.host.act1._forward_hooks) == 1
+    assert conv_model.slot("s1").stage is SeedStage.BLENDING
+    x = torch.randn(3, 40)
+    assert not torch.allclose(conv_model(x), clone(x))

@@ -103,9 +103,15 @@ class MorphogeneticModel(nn.Module):
 
     @torch.no_grad()
     def probe(self, *example_inputs: Any, **example_kwargs: Any) -> None:
-        """Run one no-grad forward so every slot learns its per-sample feature shape and layer kind."""
+        """Run one no-grad forward so every slot learns its per-sample feature shape and layer kind.
+
+        The forward runs in eval mode (restored afterwards) so that probing does
+        not move batch-norm running statistics.
+        """
         slots = list(self._slots())
+        modes = {module: module.training for module in self.modules()}
         try:
+            self.eval()
             for slot in slots:
                 slot._probing = True
                 slot.sync_hook()
@@ -114,6 +120,8 @@ class MorphogeneticModel(nn.Module):
             for slot in slots:
                 slot._probing = False
                 slot.sync_hook()
+            for module, training in modes.items():
+                module.training = training
         missing = [s.slot_id for s in slots if s.feature_shape is None]
         if missing:
             raise ValueError(f"probe: slots {missing} saw no output (their modules did not run in the forward pass)")
