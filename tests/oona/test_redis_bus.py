@@ -202,7 +202,7 @@ def test_after_a_consumer_is_killed_mid_batch_another_reclaims_and_every_effect_
     assert sample(metrics, "esper_oona_redeliveries_total", stream=ls.CONTROL_COMMANDS, group=ls.GROUP_TOLARIA) > 0
 
 
-def test_a_consumer_recreates_its_group_when_redis_lost_it(clean_redis_url: str) -> None:
+def test_a_consumer_recreates_its_group_and_stream_when_redis_lost_them(clean_redis_url: str) -> None:
     async def scenario() -> None:
         bus = RedisBus.from_url(clean_redis_url)
         got = Recorder()
@@ -215,6 +215,12 @@ def test_a_consumer_recreates_its_group_when_redis_lost_it(clean_redis_url: str)
         second = signals(2)
         await bus.publish(STREAM, second)
         await eventually(lambda: second.message_id in got.message_ids, what="the message after the group was lost")
+        await bus.client.delete(STREAM)  # the whole stream gone, as after a FLUSHALL
+        third = signals(3)
+        await asyncio.sleep(0.1)
+        await bus.publish(STREAM, third)
+        await eventually(lambda: third.message_id in got.message_ids, what="the message after the stream was lost")
+        assert not task.done()
         await consumer.stop()
         await task
         await bus.aclose()

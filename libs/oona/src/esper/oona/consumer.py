@@ -145,10 +145,15 @@ class Consumer:
                     await self._sleep(delay)
                     delay = min(delay * 2, self.options.reconnect_max_s)
                 except Exception as exc:
-                    if not self._backend.is_missing_group(exc):
-                        raise
-                    log.warning("oona consumer %s/%s: group vanished (%s); recreating", self.group, self.name, exc)
                     ready = False
+                    if self._backend.is_missing_group(exc):
+                        log.warning("oona consumer %s/%s: group vanished (%s); recreating", self.group, self.name, exc)
+                        continue
+                    # A store error (out of memory, read-only replica, ...) must not end a
+                    # service's consumer: log it, back off, start over from the pending list.
+                    log.exception("oona consumer %s/%s: store error; retry in %.2fs", self.group, self.name, delay)
+                    await self._sleep(delay)
+                    delay = min(delay * 2, self.options.reconnect_max_s)
         finally:
             self._done.set()
 

@@ -206,7 +206,13 @@ class _RedisBackend:
         await pipe.execute()
 
     async def group_stats(self, stream: str, group: str) -> tuple[int | None, int]:
-        for info in await self._client.xinfo_groups(stream):
+        try:
+            groups: Any = await self._client.xinfo_groups(stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc):
+                return None, 0  # the stream is gone; the next read recreates it with the group
+            raise
+        for info in groups:
             name = info["name"]
             if (name.decode() if isinstance(name, bytes) else name) == group:
                 lag = info.get("lag")
