@@ -6,6 +6,8 @@ TELEMETRY_TRAINING = "esper.telemetry.training"
 TELEMETRY_HEALTH = "esper.telemetry.health"
 CONTROL_COMMANDS = "esper.control.commands"
 CONTROL_RESULTS = "esper.control.results"
+#: Tamiyo -> Nissa: every policy decision with its reason, confidence and the safety verdict.
+CONTROL_DECISIONS = "esper.control.decisions"
 COMPILE_REQUESTS = "esper.compile.requests"
 COMPILE_RESULTS = "esper.compile.results"
 TELEMETRY_EVENTS = "esper.telemetry.events"
@@ -17,6 +19,7 @@ ALL_STREAMS: tuple[str, ...] = (
     TELEMETRY_EVENTS,
     CONTROL_COMMANDS,
     CONTROL_RESULTS,
+    CONTROL_DECISIONS,
     COMPILE_REQUESTS,
     COMPILE_RESULTS,
     DEAD_LETTER,
@@ -39,6 +42,7 @@ MAXLEN: dict[str, int] = {
     TELEMETRY_EVENTS: 100_000,
     CONTROL_COMMANDS: 50_000,
     CONTROL_RESULTS: 50_000,
+    CONTROL_DECISIONS: 50_000,
     COMPILE_REQUESTS: 10_000,
     COMPILE_RESULTS: 10_000,
     DEAD_LETTER: 100_000,
