@@ -18,6 +18,7 @@ from esper.leyline.compile import BlueprintMetadata, CompileRequest, CompileResu
 from esper.leyline.deadletter import DeadLetter
 from esper.leyline.envelope import Envelope, new_id
 from esper.leyline.gates import Gate, GateInputs, GateResult, GateThresholds, evaluate
+from esper.leyline.jobs import TrainingJob
 from esper.leyline.message import MESSAGE_TYPES, Message, Record
 from esper.leyline.observation import (
     FEATURE_NAMES,
@@ -84,6 +85,7 @@ __all__ = [
     "SeedStateReport",
     "SeedTransition",
     "TelemetryEvent",
+    "TrainingJob",
     "TrainingSignals",
     "check_transition",
     "decode",

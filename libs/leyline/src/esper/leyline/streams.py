@@ -6,6 +6,8 @@ TELEMETRY_TRAINING = "esper.telemetry.training"
 TELEMETRY_HEALTH = "esper.telemetry.health"
 CONTROL_COMMANDS = "esper.control.commands"
 CONTROL_RESULTS = "esper.control.results"
+#: operator (control API) -> Tolaria: training jobs to run.
+CONTROL_JOBS = "esper.control.jobs"
 #: Tamiyo -> Nissa: every policy decision with its reason, confidence and the safety verdict.
 CONTROL_DECISIONS = "esper.control.decisions"
 COMPILE_REQUESTS = "esper.compile.requests"
@@ -20,6 +22,7 @@ ALL_STREAMS: tuple[str, ...] = (
     CONTROL_COMMANDS,
     CONTROL_RESULTS,
     CONTROL_DECISIONS,
+    CONTROL_JOBS,
     COMPILE_REQUESTS,
     COMPILE_RESULTS,
     DEAD_LETTER,
@@ -43,6 +46,7 @@ MAXLEN: dict[str, int] = {
     CONTROL_COMMANDS: 50_000,
     CONTROL_RESULTS: 50_000,
     CONTROL_DECISIONS: 50_000,
+    CONTROL_JOBS: 10_000,
     COMPILE_REQUESTS: 10_000,
     COMPILE_RESULTS: 10_000,
     DEAD_LETTER: 100_000,
