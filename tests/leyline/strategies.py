@@ -25,10 +25,15 @@ def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
         hi = t.le if t.le is not None else (t.lt - 1 if t.lt is not None else 2**40)
         return st.integers(min_value=lo, max_value=hi)
     if isinstance(t, mi.FloatType):
-        lo = t.ge if t.ge is not None else -_FLOAT_MAX
-        hi = t.le if t.le is not None else _FLOAT_MAX
+        lo = next((b for b in (t.ge, t.gt) if b is not None), -_FLOAT_MAX)
+        hi = next((b for b in (t.le, t.lt) if b is not None), _FLOAT_MAX)
         return st.floats(
-            min_value=lo, max_value=hi, allow_nan=False, allow_infinity=False, exclude_min=t.gt is not None
+            min_value=lo,
+            max_value=hi,
+            allow_nan=False,
+            allow_infinity=False,
+            exclude_min=t.gt is not None,
+            exclude_max=t.lt is not None,
         )
     if isinstance(t, mi.StrType):
         if t.pattern:
