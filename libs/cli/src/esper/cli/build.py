@@ -15,13 +15,13 @@ from typing import Any
 
 from esper.kasmina import KasminaConfig, MorphogeneticModel, get_blueprint
 from esper.leyline import GateThresholds, SeedStage
-from esper.tamiyo.heuristic import BlueprintChoice, HeuristicConfig, HeuristicTamiyo
+from esper.tamiyo.heuristic import BlueprintChoice, CostModel, HeuristicConfig, HeuristicTamiyo
 from esper.tamiyo.policy import Policy, StaticPolicy
 from esper.tolaria.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from esper.tolaria.governor import GovernorConfig
 from esper.tolaria.report import EVENTS_NAME, EventLog, write_report
 from esper.tolaria.tasks import load_task
-from esper.tolaria.trainer import EpochRecord, Trainer, TrainerConfig
+from esper.tolaria.trainer import EpochRecord, Sink, Trainer, TrainerConfig
 
 POLICIES = ("heuristic", "none")
 
@@ -61,7 +61,7 @@ KASMINA = KasminaConfig(
 )
 
 
-def cost_model(model: MorphogeneticModel):
+def cost_model(model: MorphogeneticModel) -> CostModel:
     """Exact parameters a blueprint would add at a slot of ``model``, or None where it does not fit."""
 
     def cost(slot_id: str, blueprint: str, config: Mapping[str, Any]) -> int | None:
@@ -76,32 +76,33 @@ def cost_model(model: MorphogeneticModel):
     return cost
 
 
-def heuristic_config(spec: RunSpec, params_initial: int) -> HeuristicConfig:
+def heuristic_config(spec: RunSpec) -> HeuristicConfig:
     """The heuristic's defaults: wide residual conv seeds, germinated early, one at a time, within the budget."""
-    budget = spec.param_budget
     candidates = (
-        BlueprintChoice("conv_heavy", {"kernel_size": 3, "expansion": 3.0}),
+        BlueprintChoice("conv_heavy", {"kernel_size": 3, "expansion": 3.5}),
         BlueprintChoice("bottleneck", {"kernel_size": 3, "reduction": 2}),
         BlueprintChoice("conv_light", {"kernel_size": 3}),
     )
     return HeuristicConfig(
         plateau_patience=2,
+        plateau_min_delta=0.005,
         min_epoch_to_germinate=2,
         max_active_seeds=1,
         slot_order=("s1", "s2", "s3"),
         candidates=candidates,
-        param_budget=budget,
+        param_budget=spec.param_budget,
         thresholds=KASMINA.thresholds,
     )
 
 
-def make_policy(spec: RunSpec, model: MorphogeneticModel, params_initial: int) -> Policy:
+def make_policy(spec: RunSpec, model: MorphogeneticModel) -> Policy:
+    """The policy ``spec`` names, wired to ``model``'s slots."""
     if spec.policy == "none":
         return StaticPolicy()
-    return HeuristicTamiyo(heuristic_config(spec, params_initial), cost_model=cost_model(model))
+    return HeuristicTamiyo(heuristic_config(spec), cost_model=cost_model(model))
 
 
-def build_trainer(spec: RunSpec, sinks: tuple = ()) -> Trainer:  # type: ignore[type-arg]
+def build_trainer(spec: RunSpec, sinks: tuple[Sink, ...] = ()) -> Trainer:
     """A ready trainer for ``spec`` (policy wired to the model's slots)."""
     task = load_task(
         spec.task, data_dir=spec.data_dir, max_train_samples=spec.max_train_samples, host_channels=spec.host_channels
@@ -115,11 +116,12 @@ def build_trainer(spec: RunSpec, sinks: tuple = ()) -> Trainer:  # type: ignore[
         governor=GovernorConfig(sigma=spec.spike_sigma),
     )
     trainer = Trainer(task, StaticPolicy(), config, kasmina=KASMINA, sinks=sinks)
-    trainer.policy = make_policy(spec, trainer.model, trainer.params_initial)
+    trainer.policy = make_policy(spec, trainer.model)
     return trainer
 
 
 def stage_summary(trainer: Trainer) -> str:
+    """Seeds by stage, e.g. ``fossilized:1 training:1`` (dormant slots left out)."""
     counts = Counter(SeedStage(s.stage).name.lower() for s in trainer.model.slots.values())
     return " ".join(f"{name}:{n}" for name, n in sorted(counts.items()) if name != "dormant") or "-"
 

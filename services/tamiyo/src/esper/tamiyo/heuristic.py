@@ -58,6 +58,8 @@ class HeuristicConfig:
 
     #: germinate once validation has not improved for this many epochs
     plateau_patience: int = 3
+    #: an epoch improves when validation accuracy rises, or loss falls, by more than this
+    plateau_min_delta: float = 1e-3
     #: no germination before this epoch (the host learns its easy part first)
     min_epoch_to_germinate: int = 0
     #: live (germinated .. probationary) seeds at once
@@ -123,7 +125,7 @@ class HeuristicTamiyo:
         if self.config.param_budget is not None and cost_model is None:
             raise ValueError("field 'cost_model': a param_budget needs a cost model (value None)")
         self.cost_model = cost_model
-        self.tracker = SignalTracker()
+        self.tracker = SignalTracker(min_delta=self.config.plateau_min_delta)
         self.scores: dict[str, float] = {}
         self.outcomes: dict[str, list[int]] = {}
         self.last_cull_epoch: int | None = None

@@ -216,6 +216,7 @@ class Trainer:
         modes: Counter[str] = Counter()
         norms: Counter[str] = Counter()
         monitored = False
+        host_params = self.host_parameters()  # seeds only change at epoch boundaries
         for start in range(0, n, cfg.batch_size):
             index = order[start : start + cfg.batch_size]
             x, y = self.task.train.x[index], self.task.train.y[index]
@@ -242,7 +243,10 @@ class Trainer:
                     loss.backward()
             if trip is not None:
                 return self._means(total_loss, correct, seen, modes, norms, trip)
-            norms["host"] += float(torch.nn.utils.clip_grad_norm_(self.host_parameters(), cfg.grad_clip))
+            isolated = [sid for sid, stage in stages.items() if stage is SeedStage.TRAINING and sid in self.optimizers]
+            if isolated:
+                self._isolated_seed_gradients(x, y, isolated)
+            norms["host"] += float(torch.nn.utils.clip_grad_norm_(host_params, cfg.grad_clip))
             stepping = ["host"]
             for sid, stage in stages.items():
                 if stage in _STEPPED and sid in self.optimizers:
@@ -258,6 +262,24 @@ class Trainer:
             correct += int((logits.argmax(dim=1) == y).sum())
             seen += len(y)
         return self._means(total_loss, correct, seen, modes, norms, None)
+
+    def _isolated_seed_gradients(self, x: torch.Tensor, y: torch.Tensor, slot_ids: list[str]) -> None:
+        """Replace each isolated seed's gradient by that of the loss with the seed at alpha 1.
+
+        The straight-through path gives a TRAINING seed dL/dh, which does not depend on
+        the seed's own output, so a seed following it alone drifts without bound (its
+        measured improvement only falls). Here the seed learns from its real effect on
+        the loss while the host stays frozen: the gradient is taken w.r.t. the seed's
+        parameters only, and the seed reads detached host features, so nothing reaches
+        the host.
+        """
+        for slot_id in slot_ids:
+            params = list(self.model.slots[slot_id].seed.parameters())
+            with self.model.alpha_override(slot_id, 1.0):
+                loss = F.cross_entropy(self.model(x), y)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for param, grad in zip(params, grads, strict=True):
+                param.grad = grad
 
     @staticmethod
     def _means(

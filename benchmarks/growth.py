@@ -1,0 +1,81 @@
+"""Growth benchmark on MNIST-1D: static small host vs Esper (heuristic) vs a static ~5k CNN.
+
+Each arm trains with the same budget (Adam 1e-2, batch 100, cosine schedule,
+EPOCHS epochs of 36 steps ~ 6,000 steps) over SEEDS seeds; every decision reads
+the validation split only. Progress goes to stderr; the last stdout line is JSON:
+{"static_small": {...}, "heuristic": {...}, "static_5k": {...}} with the median
+final test accuracy and median final parameter count of each arm.
+
+    .venv/bin/python benchmarks/growth.py [--seeds 5] [--epochs 165] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ARMS = {
+    "static_small": {"policy": "none"},
+    "heuristic": {"policy": "heuristic", "param_budget": 5210},
+    "static_5k": {"policy": "none", "host_channels": 25},
+}
+
+
+def one(arm: str, seed: int, epochs: int) -> dict[str, float]:
+    import torch
+
+    torch.set_num_threads(1)
+    from esper.cli.build import RunSpec, run
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        report = run(RunSpec(epochs=epochs, seed=seed, **ARMS[arm]), Path(out), progress=False)
+    seeds = [e for e in report["seed_events"] if e["to"] in ("GERMINATED", "FOSSILIZED", "CULLED")]
+    result = {
+        "arm": arm,
+        "seed": seed,
+        "final_test_accuracy": report["final_test_accuracy"],
+        "best_val_accuracy": report["best_val_accuracy"],
+        "params_final": report["params_final"],
+        "seed_events": [f"e{e['epoch']} {e['slot']} {e['blueprint']} {e['to']}" for e in seeds],
+        "seconds": time.perf_counter() - started,
+    }
+    print(json.dumps(result), file=sys.stderr, flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=165)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
+    args = parser.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        parser.error(f"unknown arms {unknown} (known: {', '.join(ARMS)})")
+    jobs = [(arm, seed) for seed in range(args.seeds) for arm in arms]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        results = list(pool.map(one, *zip(*jobs, strict=True), [args.epochs] * len(jobs)))
+    summary = {}
+    for arm in arms:
+        runs = [r for r in results if r["arm"] == arm]
+        summary[arm] = {
+            "median_final_test_accuracy": statistics.median(r["final_test_accuracy"] for r in runs),
+            "median_params_final": statistics.median(r["params_final"] for r in runs),
+            "final_test_accuracies": [round(r["final_test_accuracy"], 4) for r in runs],
+            "params_final": [r["params_final"] for r in runs],
+            "median_seconds": round(statistics.median(r["seconds"] for r in runs), 1),
+        }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

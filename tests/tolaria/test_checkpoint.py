@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from esper.tolaria.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+
+from .conftest import comparable, make_trainer
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["history"] == b["history"]
+    assert a["decisions"] == b["decisions"]
+    assert a["events"] == b["events"]
+    assert a["params"] == b["params"]
+    assert a["weights"].keys() == b["weights"].keys()
+    for name in a["weights"]:
+        assert torch.equal(a["weights"][name], b["weights"][name]), name
+
+
+def test_six_epochs_equal_three_plus_resume_plus_three(small_task, tmp_path):
+    straight = make_trainer(small_task, epochs=6, seed=3)
+    straight.fit()
+    assert any(e.epoch <= 3 for e in straight.model.events), "a seed lives across the resume point"
+
+    first = make_trainer(small_task, epochs=6, seed=3)
+    first.fit(stop_after=3)
+    path = save_checkpoint(first, tmp_path, meta={"note": "test"})
+    del first
+    resumed = make_trainer(small_task, epochs=6, seed=3)
+    state = read_checkpoint(tmp_path)
+    assert state["meta"] == {"note": "test"} and state["epoch"] == 3
+    restore_checkpoint(resumed, state)
+    resumed.fit()
+    assert path.name == "checkpoint.pt"
+    _assert_same(comparable(straight), comparable(resumed))
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        read_checkpoint(tmp_path / "nothing-here")
