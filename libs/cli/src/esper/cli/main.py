@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from esper.cli import up as up_command
 from esper.cli.build import POLICIES, RunSpec, run
 from esper.tolaria.checkpoint import read_checkpoint
 from esper.tolaria.report import format_summary, load_report
@@ -46,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="print a run's summary")
     report.add_argument("dir", type=Path, help="run folder holding report.json")
+
+    up_command.add_parser(sub)
     return top
 
 
@@ -83,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return train(args)
+        if args.command == "up":
+            return up_command.up(args)
         print(format_summary(load_report(args.dir)))
         return 0
     except (FileNotFoundError, ValueError) as exc:

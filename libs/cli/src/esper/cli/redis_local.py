@@ -52,8 +52,14 @@ def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
 
 
 def redis_server_binary() -> str | None:
-    """Path of ``redis-server`` (``ESPER_REDIS_SERVER``, PATH, or Debian's location), or ``None``."""
-    for candidate in (os.environ.get("ESPER_REDIS_SERVER"), shutil.which("redis-server"), FALLBACK_BINARY):
+    """Path of ``redis-server``, or ``None``.
+
+    ``ESPER_REDIS_SERVER`` when set (and only it: an explicit choice is not
+    second-guessed), else the one on PATH, else Debian's location.
+    """
+    explicit = os.environ.get("ESPER_REDIS_SERVER")
+    candidates = (explicit,) if explicit else (shutil.which("redis-server"), FALLBACK_BINARY)
+    for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
