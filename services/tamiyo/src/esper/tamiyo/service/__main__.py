@@ -1,0 +1,105 @@
+"""``python -m esper.tamiyo.service``: read config, build the objects, run the consumer and the API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from prometheus_client import REGISTRY
+
+from esper.leyline import streams as ls
+from esper.oona import ConsumerOptions, RedisBus
+from esper.service import ServiceSettings, add_arguments, configure_logging, serve, settings_from
+from esper.tamiyo.api import create_app
+from esper.tamiyo.collector import HealthCollector, RunStore
+from esper.tamiyo.safety import SafetyConfig, SafetyMonitor
+from esper.tamiyo.service.control import RunControl
+from esper.tamiyo.service.loop import CONSUMED_STREAMS, DecisionLoop
+from esper.tamiyo.service.metrics import TamiyoMetrics
+from esper.tamiyo.service.wiring import TaskWiring
+
+log = logging.getLogger("esper.tamiyo.service")
+SERVICE = "tamiyo"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m esper.tamiyo.service", description="Tamiyo: decisions and control API")
+    add_arguments(p, SERVICE)
+    defaults = SafetyConfig()
+    p.add_argument("--max-active-seeds", type=int, default=defaults.max_active_seeds, help="live seeds per run")
+    p.add_argument(
+        "--max-telemetry-age-s", type=float, default=defaults.max_telemetry_age_s, help="older telemetry is stale"
+    )
+    p.add_argument("--min-confidence", type=float, default=defaults.min_confidence, help="confidence floor")
+    p.add_argument("--param-budget", type=int, default=None, help="budget of runs whose job sets none")
+    return p
+
+
+async def run_service(settings: ServiceSettings, safety_config: SafetyConfig) -> int:
+    bus = RedisBus.from_url(settings.redis_url)
+    store = RunStore.from_url(settings.redis_url)
+    metrics = TamiyoMetrics()
+    collector = HealthCollector(TaskWiring(), store)
+    safety = SafetyMonitor(safety_config)
+    loop = DecisionLoop(collector, safety, bus, metrics)
+    control = RunControl(collector, safety, bus, metrics)
+    consumer = bus.subscribe(CONSUMED_STREAMS, ls.GROUP_TAMIYO, settings.consumer, loop.handle, ConsumerOptions())
+    not_ready: list[str | None] = ["restoring run states from Redis"]
+
+    async def consume() -> None:
+        delay = 0.1
+        while True:
+            try:
+                restored = await collector.restore()
+                break
+            except OSError as exc:  # redis' ConnectionError is an OSError: wait for Redis instead of dying
+                not_ready[0] = f"waiting for Redis at {settings.redis_url}: {exc}"
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)
+        log.info("tamiyo: %d run(s) restored; consuming as %s", restored, settings.consumer)
+        not_ready[0] = None
+        await consumer.run()
+
+    async def shutdown() -> None:
+        await consumer.stop()
+
+    app = create_app(
+        control, api_token=settings.api_token, ready=lambda: not_ready[0], registries=(REGISTRY, metrics.registry)
+    )
+    if settings.api_token is None:
+        log.warning("tamiyo: ESPER_API_TOKEN is not set: mutating API routes answer 503")
+    try:
+        return await serve(
+            app,
+            host=settings.host,
+            port=settings.port,
+            loops=[consume()],
+            on_shutdown=shutdown,
+            log_level=settings.log_level,
+        )
+    finally:
+        await bus.aclose()
+        await store.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = settings_from(args, SERVICE)
+    try:
+        safety_config = SafetyConfig(
+            max_active_seeds=args.max_active_seeds,
+            max_telemetry_age_s=args.max_telemetry_age_s,
+            min_confidence=args.min_confidence,
+            default_param_budget=args.param_budget,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"{SERVICE}: {exc}") from None
+    configure_logging(settings)
+    return asyncio.run(run_service(settings, safety_config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
