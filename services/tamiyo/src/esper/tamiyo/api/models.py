@@ -8,8 +8,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from esper.tamiyo.service.wiring import POLICIES
+from esper.tolaria.tasks import TASKS
 
 PolicyName = Literal[POLICIES]  # type: ignore[valid-type]
+TaskName = Literal[TASKS]  # type: ignore[valid-type]
 AdaptAction = Literal["germinate", "advance", "cull", "fossilize"]
 ConfigValue = bool | int | float | str
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -28,7 +30,7 @@ class SubmitRun(_Strict):
     """A training job (``TrainingJob``'s fields) and optionally the id the run should have."""
 
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="default: run-<8 hex>")
-    task: str = Field("mnist1d", description="mnist1d | digits | cifar10")
+    task: TaskName = "mnist1d"
     policy: PolicyName = "heuristic"
     epochs: int = Field(40, ge=1, le=100_000)
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -41,15 +43,6 @@ class SubmitRun(_Strict):
     param_budget: int | None = Field(None, ge=1, le=10**12)
     lockstep: bool = False
     lockstep_timeout_ms: int = Field(2_000, ge=0, le=3_600_000)
-
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, value: str) -> str:
-        from esper.tolaria.tasks import TASKS
-
-        if value not in TASKS:
-            raise ValueError(f"unknown task {value!r} (known: {', '.join(TASKS)})")
-        return value
 
 
 class Adaptation(_Strict):
