@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from esper.cli import runs as runs_command
 from esper.cli import up as up_command
 from esper.cli.build import POLICIES, RunSpec, run
 from esper.tolaria.checkpoint import read_checkpoint
@@ -49,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("dir", type=Path, help="run folder holding report.json")
 
     up_command.add_parser(sub)
+    runs_command.add_parser(sub)
     return top
 
 
@@ -88,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train(args)
         if args.command == "up":
             return up_command.up(args)
+        if args.command == "runs":
+            return runs_command.runs(args)
         print(format_summary(load_report(args.dir)))
         return 0
     except (FileNotFoundError, ValueError) as exc:
