@@ -43,7 +43,7 @@ def save_checkpoint(trainer: Trainer, path: str | Path, *, meta: dict[str, Any] 
         "lifecycle": trainer.model.lifecycle_state(),
         "optimizers": {name: opt.state_dict() for name, opt in trainer.optimizers.items()},
         "tracker": trainer.tracker.state_dict(),
-        "policy": trainer.policy.state_dict(),
+        "policy": trainer.policy.state_dict() if trainer.policy is not None else None,
         "governor": trainer.governor.state_dict(),
         "history": [asdict(r) for r in trainer.history],
         "decisions": [d.to_dict() for d in trainer.decisions],
@@ -51,6 +51,7 @@ def save_checkpoint(trainer: Trainer, path: str | Path, *, meta: dict[str, Any] 
         "published": trainer.published,
         "events_seen": trainer.events_seen,
         "paused": trainer.paused,
+        "stop_requested": trainer.stop_requested,
         "params_initial": trainer.params_initial,
         "wall_seconds": trainer.wall_seconds,
         "rng": {
@@ -95,7 +96,8 @@ def restore_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
     for name, opt in trainer.optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
     trainer.tracker.load_state_dict(state["tracker"])
-    trainer.policy.load_state_dict(state["policy"])
+    if trainer.policy is not None and state["policy"] is not None:
+        trainer.policy.load_state_dict(state["policy"])
     trainer.governor.load_state_dict(state["governor"])
     trainer.history = [EpochRecord(**r) for r in state["history"]]
     trainer.decisions = [_decision(d) for d in state["decisions"]]
@@ -103,6 +105,7 @@ def restore_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.epoch, trainer.step = state["epoch"], state["step"]
     trainer.published, trainer.events_seen = state["published"], state["events_seen"]
     trainer.paused = state["paused"]
+    trainer.stop_requested = state.get("stop_requested", False)  # absent in checkpoints of older builds
     trainer.params_initial = state["params_initial"]
     trainer.wall_seconds = state["wall_seconds"]
     rng = state["rng"]

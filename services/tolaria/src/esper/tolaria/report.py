@@ -70,7 +70,7 @@ def build_report(trainer: Trainer, meta: dict[str, Any]) -> dict[str, Any]:
     last = history[-1] if history else None
     return {
         "task": meta.get("task", trainer.task.name),
-        "policy": meta.get("policy", trainer.policy.name),
+        "policy": meta.get("policy", trainer.policy.name if trainer.policy is not None else "none"),
         "seed": meta.get("seed", trainer.config.seed),
         "epochs": trainer.epoch,
         "planned_epochs": trainer.config.epochs,

@@ -3,9 +3,11 @@ seeds, publish signals, ask the policy, apply its command at the epoch boundary.
 
 Order within epoch ``e`` (1-based): train steps -> (governor rollback if a step
 tripped) -> validation and counterfactuals on the validation split -> tracker ->
-``TrainingSignals``/``LayerHealth`` published -> policy decides on them -> the
-command is applied -> ``model.end_epoch(e)`` -> snapshot for the governor. The test
-split is evaluated for the record only; nothing reads it back.
+``TrainingSignals``/``LayerHealth`` published -> policy decides on them (when the
+trainer has an in-process policy) -> ``at_boundary`` hook (the service waits for
+Tamiyo's commands here) -> the commands are applied -> ``model.end_epoch(e)`` ->
+snapshot for the governor. The test split is evaluated for the record only;
+nothing reads it back.
 """
 
 from __future__ import annotations
@@ -124,17 +126,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: Called after an epoch's signals and health are published; returns commands to apply at that boundary.
+BoundaryHook = Callable[[TrainingSignals], Iterable[AdaptationCommand]]
+
+
 class Trainer:
     """Trains ``task``'s host wrapped by Kasmina, with ``policy`` deciding each epoch.
 
-    Every message (signals, health, decisions, command results, seed transitions,
-    events) goes to each of ``sinks`` in order.
+    ``policy=None`` means no in-process decisions: the trainer publishes no
+    decision and applies only the commands it is given (the Tolaria service,
+    where Tamiyo decides over the bus). Every message (signals, health,
+    decisions, command results, seed transitions, events) goes to each of
+    ``sinks`` in order.
     """
 
     def __init__(
         self,
         task: Task,
-        policy: Policy,
+        policy: Policy | None,
         config: TrainerConfig | None = None,
         *,
         kasmina: KasminaConfig | None = None,
@@ -327,6 +336,26 @@ class Trainer:
                 isolation_violations=int(grad_norms.get("isolation_violations", 0)),
             )
 
+    def apply_commands(self, commands: Iterable[AdaptationCommand], epoch: int | None = None) -> list[CommandResult]:
+        """Apply ``commands`` in order at the boundary after ``epoch`` (default: the last finished epoch).
+
+        Each result and the seed transitions it caused are published. A command id
+        applied before (this run, including before a resume) yields DUPLICATE.
+        Outside :meth:`run_epoch` (a paused run) the governor's snapshot is
+        retaken, so a later rollback keeps what the commands changed.
+        """
+        inside_epoch = epoch is not None
+        at = self.epoch if epoch is None else epoch
+        results = []
+        for command in commands:
+            result = self._apply(command, at)
+            self.publish(result)
+            self._publish_transitions()
+            results.append(result)
+        if results and not inside_epoch:
+            self.governor.take_snapshot(self.epoch, self.model, self.optimizers)
+        return results
+
     def _apply(self, command: AdaptationCommand, epoch: int) -> CommandResult:
         if command.command_id in self.applied_commands:
             return CommandResult(
@@ -352,8 +381,14 @@ class Trainer:
             )
         return apply_slot_command(self.model, self.optimizers, command, epoch, self.new_seed_optimizer)
 
-    def run_epoch(self, commands: Iterable[AdaptationCommand] = ()) -> EpochRecord:
-        """Run the next epoch; ``commands`` (e.g. from an operator) apply after the policy's."""
+    def run_epoch(
+        self, commands: Iterable[AdaptationCommand] = (), *, at_boundary: BoundaryHook | None = None
+    ) -> EpochRecord:
+        """Run the next epoch; ``commands`` (e.g. from an operator) apply after the policy's.
+
+        ``at_boundary(signals)`` runs once the epoch's signals and health are
+        published; the commands it returns apply after ``commands``.
+        """
         epoch = self.epoch + 1
         started = time.perf_counter()
         if self.paused:
@@ -390,13 +425,18 @@ class Trainer:
         )
         self.publish(signals)
         self.publish(LayerHealth(epoch=epoch, layers=layer_health(self.model, self.task.slots, self.task.val.x[:256])))
-        decision = self.policy.decide(signals)
-        self.decisions.append(decision)
-        self.publish(decision)
-        command = decision_to_command(decision)
-        for cmd in ([command] if command else []) + list(commands):
-            self.publish(self._apply(cmd, epoch))
-            self._publish_transitions()
+        to_apply: list[AdaptationCommand] = []
+        if self.policy is not None:
+            decision = self.policy.decide(signals)
+            self.decisions.append(decision)
+            self.publish(decision)
+            command = decision_to_command(decision)
+            if command is not None:
+                to_apply.append(command)
+        to_apply.extend(commands)
+        if at_boundary is not None:
+            to_apply.extend(at_boundary(signals))
+        self.apply_commands(to_apply, epoch)
         self.model.end_epoch(epoch)
         self._publish_transitions()
         self.governor.take_snapshot(epoch, self.model, self.optimizers)
