@@ -228,7 +228,8 @@ class HealthCollector:
                 log.error("tamiyo: unreadable saved state of run %r: %s", data.get("run_id"), exc)
                 continue
             self.runs[run.run_id] = run
-            self._prepare(run)
+            if not (run.finished or run.stopped):  # ended runs build their policy only if asked
+                self._prepare(run)
         return len(self.runs)
 
     def register(self, run_id: str, job: TrainingJob, *, policy: str | None = None) -> tuple[RunState, bool]:
@@ -270,8 +271,10 @@ class HealthCollector:
 
     async def policy_for(self, run: RunState) -> Policy | None:
         """The run's policy once built (None with ``run.error`` set when it could not be)."""
-        if run.prepared is not None:
-            await asyncio.shield(run.prepared)
+        if run.prepared is None:
+            self._prepare(run)
+        assert run.prepared is not None
+        await asyncio.shield(run.prepared)
         return run.policy
 
     async def switch_policy(self, run: RunState, name: str) -> None:
