@@ -33,12 +33,12 @@ import httpx
 import numpy as np
 import redis.asyncio as aioredis
 
-from esper.cli.build import RunSpec, build_trainer
 from esper.cli.redis_local import PrivateRedis, free_port, redis_answers, redis_server_binary
 from esper.cli.stack import ServiceSpec, Stack
 from esper.leyline import AdaptationDecision, Envelope, Message, TrainingJob, TrainingSignals, decode, streams
 from esper.oona import RedisBus
 from esper.tamiyo.service.wiring import TaskWiring
+from esper.tolaria.runs import RunSpec, build_trainer
 
 TOKEN = "bench-token"
 _FIELD = streams.ENVELOPE_FIELD.encode()

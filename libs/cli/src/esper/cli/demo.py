@@ -56,6 +56,8 @@ class DemoJob:
     seed: int = 0
     max_train_samples: int | None = None
     lockstep: bool = False
+    lr: float | None = None
+    lr_schedule: str | None = None
 
     def body(self) -> dict[str, Any]:
         """The ``POST /runs`` body: TrainingJob fields, unset ones left to the job's defaults."""
