@@ -11,12 +11,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from esper.kasmina import wrap
 from esper.leyline import TrainingJob
 from esper.tamiyo.heuristic import CostModel, HeuristicTamiyo
 from esper.tamiyo.policy import Policy, StaticPolicy
+from esper.tolaria.runs import KASMINA, POLICIES, RunSpec, cost_model, heuristic_config
+from esper.tolaria.tasks import load_task
 
-#: Policies a run may have, by name ("none": the static host, WAIT every epoch).
-POLICIES = ("heuristic", "none")
+__all__ = ["POLICIES", "TaskWiring"]
 
 
 class TaskWiring:
@@ -42,19 +44,13 @@ class TaskWiring:
         if name == "none":
             return StaticPolicy()
         if name == "heuristic":
-            # Run wiring lives with the CLI, which `esper train` shares: one source of the heuristic's defaults.
-            from esper.cli.build import RunSpec, heuristic_config
-
+            # Tolaria's run wiring, which `esper train` shares, is the one source of the heuristic's defaults.
             spec = RunSpec(policy="heuristic", param_budget=job.param_budget)
             return HeuristicTamiyo(heuristic_config(spec), cost_model=cost_model)
         raise ValueError(f"field 'policy': unknown policy {name!r} (known: {', '.join(POLICIES)})")
 
 
 def _probe_cost_model(job: TrainingJob) -> CostModel:
-    from esper.cli.build import KASMINA, cost_model
-    from esper.kasmina import wrap
-    from esper.tolaria.tasks import load_task
-
     task = load_task(job.task, data_dir=job.data_dir, max_train_samples=2, host_channels=job.host_channels)
     model = wrap(task.build_host(), task.slots, config=KASMINA)
     model.probe(task.train.x[:2])
