@@ -163,8 +163,8 @@ def format_status(run: dict[str, Any], decisions: int = 10) -> str:
 
 
 def _submit_body(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("run_id", "task", "policy", "epochs", "seed", "data_dir", "max_train_samples", "host_channels")
-    names += ("batch_size", "lr", "lr_schedule", "param_budget", "lockstep", "lockstep_timeout_ms")
+    names = ["run_id", "task", "policy", "epochs", "seed", "data_dir", "max_train_samples", "host_channels"]
+    names += ["batch_size", "lr", "lr_schedule", "param_budget", "lockstep", "lockstep_timeout_ms"]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 

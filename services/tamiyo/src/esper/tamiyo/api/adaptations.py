@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter, Depends
 
 from esper.leyline import CommandAction
@@ -10,7 +12,7 @@ from esper.tamiyo.api.models import Adaptation, CommandIssued, Problem
 from esper.tamiyo.service.control import ConflictError, ForcedAdaptation, RunControl, UnknownRunError
 
 
-def adaptations_router(control: RunControl, guard: object) -> APIRouter:
+def adaptations_router(control: RunControl, guard: Callable[..., None]) -> APIRouter:
     router = APIRouter(prefix="/runs", tags=["adaptations"])
 
     @router.post(
@@ -18,7 +20,7 @@ def adaptations_router(control: RunControl, guard: object) -> APIRouter:
         status_code=202,
         summary="Force an adaptation (germinate, advance, cull, fossilize)",
         response_model=CommandIssued,
-        dependencies=[Depends(guard)],  # type: ignore[call-overload]
+        dependencies=[Depends(guard)],
         responses={
             401: {"model": Problem, "description": "missing bearer token"},
             403: {"model": Problem, "description": "wrong bearer token"},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import APIRouter, Body, Depends
 
 from esper.leyline import CodecError, CommandAction, TrainingJob, validate
@@ -17,22 +20,23 @@ from esper.tamiyo.api.models import (
     Submitted,
 )
 from esper.tamiyo.api.views import status, summary
+from esper.tamiyo.collector import RunState
 from esper.tamiyo.service.control import ConflictError, RunControl, UnknownRunError
 
-_NOT_FOUND = {404: {"model": Problem, "description": "unknown run"}}
-_AUTH = {
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "unknown run"}}
+_AUTH: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing bearer token"},
     403: {"model": Problem, "description": "wrong bearer token"},
     503: {"model": Problem, "description": "no API token configured"},
 }
 
 
-def runs_router(control: RunControl, guard: object) -> APIRouter:
+def runs_router(control: RunControl, guard: Callable[..., None]) -> APIRouter:
     """The runs resource over ``control``; ``guard`` is the auth dependency of mutating routes."""
     router = APIRouter(prefix="/runs", tags=["runs"])
-    mutating = [Depends(guard)]  # type: ignore[call-overload]
+    mutating = [Depends(guard)]
 
-    def find(run_id: str):  # type: ignore[no-untyped-def]
+    def find(run_id: str) -> RunState:
         try:
             return control.run(run_id)
         except UnknownRunError as exc:
