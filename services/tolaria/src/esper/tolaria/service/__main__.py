@@ -1,0 +1,59 @@
+"""``python -m esper.tolaria.service``: the trainer as a service.
+
+Flags: the common service flags (``esper.service.add_arguments``: ``--redis-url``,
+``--host``, ``--port`` (default 8701), ``--consumer``, ``--runs-dir``,
+``--log-level`` and their ``ESPER_*`` variables), plus ``--torch-threads``
+(``ESPER_TOLARIA_TORCH_THREADS``; default: torch's own choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from esper.oona import RedisBus
+from esper.service import add_arguments, configure_logging, serve, settings_from
+from esper.tolaria.service.app import TolariaService
+
+SERVICE = "tolaria"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m esper.tolaria.service", description="Esper Tolaria: the trainer.")
+    add_arguments(p, SERVICE)
+    threads = os.environ.get("ESPER_TOLARIA_TORCH_THREADS")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=int(threads) if threads else None,
+        help="CPU threads torch may use for training (env ESPER_TOLARIA_TORCH_THREADS)",
+    )
+    return p
+
+
+async def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = settings_from(args, SERVICE)
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            raise SystemExit(f"{SERVICE}: --torch-threads must be >= 1 (value {args.torch_threads!r})")
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    configure_logging(settings)
+    service = TolariaService(RedisBus.from_url(settings.redis_url), settings.runs_dir, settings.consumer)
+    return await serve(
+        service.app,
+        host=settings.host,
+        port=settings.port,
+        loops=[service.run()],
+        on_shutdown=service.stop,
+        log_level="warning",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,142 @@
+"""What the event loop hands a running job's training thread: commands and Tamiyo's decisions.
+
+A command handler (event loop) puts a :class:`PendingCommand` and waits for it
+to be settled; the training thread takes every queued command at the next
+boundary, applies them, publishes the results, checkpoints, and only then
+settles them, so the bus acknowledges a command only once its effect is in
+the checkpoint. The thread also waits here: for commands while the run is
+paused, for a decision (and the command it names) in lockstep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from esper.leyline import AdaptationCommand, AdaptationDecision
+
+
+class RunInterrupted(Exception):
+    """The service is stopping: the run stays resumable from its checkpoint, and what it was handed is not acked."""
+
+
+#: Called from the training thread: None when the command is done with, else the error its handler re-raises.
+Settle = Callable[[BaseException | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCommand:
+    command: AdaptationCommand
+    settle: Settle
+
+
+def future_settler(future: asyncio.Future[None]) -> Settle:
+    """A :data:`Settle` that completes ``future`` on its own loop, from any thread."""
+    loop = future.get_loop()
+
+    def resolve(error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def settle(error: BaseException | None) -> None:
+        loop.call_soon_threadsafe(resolve, error)
+
+    return settle
+
+
+class CommandInbox:
+    """Thread-safe hand-over between one run's bus handlers and its training thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._commands: list[PendingCommand] = []
+        self._decisions: dict[int, AdaptationDecision] = {}
+        self._interrupted = False
+        self._closed = False
+
+    # -- event loop side --------------------------------------------------------
+    def put_command(self, pending: PendingCommand) -> bool:
+        """Queue a command for the next boundary; False when the run is over (closed)."""
+        with self._cond:
+            if self._closed:
+                return False
+            self._commands.append(pending)
+            self._cond.notify_all()
+            return True
+
+    def put_decision(self, decision: AdaptationDecision) -> None:
+        """Remember Tamiyo's decision on ``decision.epoch`` (lockstep waits for it)."""
+        with self._cond:
+            self._decisions[decision.epoch] = decision
+            self._cond.notify_all()
+
+    def interrupt(self) -> None:
+        """Wake the training thread: it checkpoints at its next boundary and raises :class:`RunInterrupted`."""
+        with self._cond:
+            self._interrupted = True
+            self._cond.notify_all()
+
+    def close(self) -> list[PendingCommand]:
+        """Refuse further commands; returns the ones still queued (the run ended before their boundary)."""
+        with self._cond:
+            self._closed = True
+            left, self._commands = self._commands, []
+            return left
+
+    def fail_all(self, error: BaseException) -> None:
+        """Settle every queued command with ``error`` (their handlers raise: they stay pending on the bus)."""
+        with self._cond:
+            left, self._commands = self._commands, []
+        for pending in left:
+            pending.settle(error)
+
+    # -- training thread side -----------------------------------------------------
+    @property
+    def interrupted(self) -> bool:
+        with self._cond:
+            return self._interrupted
+
+    def take_commands(self) -> list[PendingCommand]:
+        """Every queued command, oldest first."""
+        with self._cond:
+            taken, self._commands = self._commands, []
+            return taken
+
+    def wait_for_command(self, timeout_s: float | None = None, command_id: str | None = None) -> bool:
+        """Block until a command (``command_id`` when given) is queued; False on timeout or interrupt."""
+
+        def ready() -> bool:
+            if command_id is None:
+                return bool(self._commands)
+            return any(p.command.command_id == command_id for p in self._commands)
+
+        return self._wait(ready, timeout_s)
+
+    def wait_for_decision(self, epoch: int, timeout_s: float) -> AdaptationDecision | None:
+        """Tamiyo's decision on ``epoch`` once it is here (None on timeout or interrupt); older ones are dropped."""
+        if not self._wait(lambda: epoch in self._decisions, timeout_s):
+            return None
+        with self._cond:
+            decision = self._decisions[epoch]
+            for old in [e for e in self._decisions if e <= epoch]:
+                del self._decisions[old]
+            return decision
+
+    def _wait(self, ready: Callable[[], bool], timeout_s: float | None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while not ready():
+                if self._interrupted:
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True

@@ -1,0 +1,162 @@
+"""One job run by the service, in its training thread: build or resume, epochs, boundaries, report.
+
+:meth:`ServiceRun.execute` blocks (call it in a worker thread). Each epoch:
+
+1. the trainer trains and evaluates, publishes ``TrainingSignals`` and ``LayerHealth``;
+2. at the boundary they are flushed to the bus at once (Tamiyo decides while we go
+   on); in lockstep the thread waits up to ``lockstep_timeout_ms`` for Tamiyo's
+   decision on this epoch and, if it names a command, as long again for that
+   command; then every queued command is applied (duplicates answered DUPLICATE);
+3. the epoch's remaining messages (results, seed transitions, events) are flushed;
+4. the checkpoint is written; only then are the commands settled (their bus
+   handlers return and Oona acks them).
+
+A paused run does not train: the thread waits for commands, applies each batch at
+the current boundary, flushes, checkpoints, settles, until RESUME or STOP. A STOP
+ends the run after the current boundary; the report is written as ``esper train``
+writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from esper.leyline import AdaptationCommand, CommandResult, Message, TrainingJob, TrainingSignals
+from esper.oona import Bus
+from esper.tolaria.report import REPORT_NAME
+from esper.tolaria.runs import RunFolder, RunSpec, has_checkpoint
+from esper.tolaria.service.inbox import CommandInbox, PendingCommand, RunInterrupted
+from esper.tolaria.service.metrics import TolariaMetrics
+from esper.tolaria.service.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class JobRejected(ValueError):
+    """The job cannot run as specified (unknown task, bad policy, missing data); the reason names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """A finished run: its report and where it was written."""
+
+    report: dict[str, Any]
+    report_path: Path
+    resumed_from_epoch: int | None
+
+
+class ServiceRun:
+    """``job`` as run ``run_id`` in ``runs_dir/<run_id>/``, steered only by the commands in ``inbox``."""
+
+    def __init__(
+        self,
+        run_id: str,
+        job: TrainingJob,
+        runs_dir: Path,
+        bus: Bus,
+        loop: asyncio.AbstractEventLoop,
+        inbox: CommandInbox,
+        metrics: TolariaMetrics,
+    ) -> None:
+        self.run_id, self.job, self.inbox, self.metrics = run_id, job, inbox, metrics
+        self.out_dir = Path(runs_dir) / run_id
+        self.outbox = Outbox(bus, run_id, loop)
+        self.lockstep_timeout_s = job.lockstep_timeout_ms / 1000.0
+        self._taken: list[PendingCommand] = []
+
+    def execute(self) -> RunOutcome:
+        """Train to the end (or STOP); raises :class:`RunInterrupted` when the service stops first,
+        :class:`JobRejected` when the job cannot be built."""
+        resume = has_checkpoint(self.out_dir)
+        folder = self._open(resume)
+        trainer = folder.trainer
+        resumed_from = trainer.epoch if resume else None
+        if resumed_from is not None:
+            log.info("run %s: resumed from its checkpoint at epoch %d", self.run_id, resumed_from)
+        try:
+            while not trainer.stop_requested and trainer.epoch < trainer.config.epochs:
+                if self.inbox.interrupted:
+                    raise RunInterrupted(f"run {self.run_id}: service stopping after epoch {trainer.epoch}")
+                if trainer.paused:
+                    self._hold(folder)
+                    continue
+                started = time.perf_counter()
+                trainer.run_epoch(at_boundary=self._boundary)
+                self._commit(folder)
+                self.metrics.epochs.inc()
+                self.metrics.epoch_seconds.observe(time.perf_counter() - started)
+        except BaseException as exc:
+            folder.close()
+            self._settle(exc if isinstance(exc, RunInterrupted) else RunInterrupted(str(exc)))
+            raise
+        report = folder.finish()
+        return RunOutcome(report, self.out_dir / REPORT_NAME, resumed_from)
+
+    def _open(self, resume: bool) -> RunFolder:
+        try:
+            return RunFolder.open(
+                RunSpec.from_job(self.job),
+                self.out_dir,
+                resume=resume,
+                sinks=(self._observe, self.outbox),
+                decide_in_process=False,
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            raise JobRejected(str(exc)) from exc
+
+    def _observe(self, message: Message) -> None:
+        if isinstance(message, CommandResult):
+            self.metrics.commands.labels(message.action.value, message.status.value).inc()
+
+    def _boundary(self, signals: TrainingSignals) -> list[AdaptationCommand]:
+        """Trainer hook after an epoch's signals are published: flush them, wait in lockstep, take commands."""
+        self.outbox.flush()
+        if self.job.lockstep:
+            self._await_tamiyo(signals.epoch)
+        self._taken = self.inbox.take_commands()
+        return [p.command for p in self._taken]
+
+    def _await_tamiyo(self, epoch: int) -> None:
+        decision = self.inbox.wait_for_decision(epoch, self.lockstep_timeout_s)
+        if decision is None:
+            if not self.inbox.interrupted:
+                log.warning(
+                    "run %s: lockstep: no decision on epoch %d within %d ms; going on",
+                    self.run_id,
+                    epoch,
+                    self.job.lockstep_timeout_ms,
+                )
+            return
+        if decision.command_id and decision.accepted:
+            if not self.inbox.wait_for_command(self.lockstep_timeout_s, decision.command_id):
+                log.warning(
+                    "run %s: lockstep: command %s of epoch %d's decision not received within %d ms",
+                    self.run_id,
+                    decision.command_id,
+                    epoch,
+                    self.job.lockstep_timeout_ms,
+                )
+
+    def _hold(self, folder: RunFolder) -> None:
+        """Paused: no epochs; apply commands at this boundary as they come, until RESUME or STOP."""
+        if not self.inbox.wait_for_command():
+            return  # interrupted: the loop raises
+        self._taken = self.inbox.take_commands()
+        folder.trainer.apply_commands([p.command for p in self._taken])
+        self._commit(folder)
+
+    def _commit(self, folder: RunFolder) -> None:
+        """Publish what the boundary produced, checkpoint it, then let the bus ack its commands."""
+        self.outbox.flush()
+        folder.checkpoint()
+        self._settle(None)
+
+    def _settle(self, error: BaseException | None) -> None:
+        taken, self._taken = self._taken, []
+        for pending in taken:
+            pending.settle(error)

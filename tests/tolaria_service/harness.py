@@ -1,0 +1,185 @@
+"""Driving the Tolaria service from a test: the service in-process or as a process, and the bus as Tamiyo sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from esper.leyline import (
+    AdaptationCommand,
+    AdaptationDecision,
+    CommandAction,
+    CommandResult,
+    DecisionAction,
+    Envelope,
+    Message,
+    TelemetryEvent,
+    TrainingJob,
+    TrainingSignals,
+    decode,
+    encode,
+    streams,
+)
+from esper.oona import RedisBus
+from esper.tolaria.service.app import TolariaService
+from esper.tolaria.service.metrics import TolariaMetrics
+
+M = TypeVar("M", bound=Message)
+#: Small enough that an epoch takes a fraction of a second on a shared CPU.
+TINY = {"max_train_samples": 400, "batch_size": 100}
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
+        time.sleep(0.05)
+
+
+class Bus:
+    """The streams as another service sees them (synchronous redis-py and the Leyline codec)."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+
+    def publish(self, stream: str, run_id: str, message: Message) -> None:
+        self.client.xadd(stream, {streams.ENVELOPE_FIELD: encode(Envelope(payload=message, run_id=run_id))})
+
+    def submit(self, run_id: str, **fields: Any) -> TrainingJob:
+        job = TrainingJob(**{**TINY, **fields})
+        self.publish(streams.CONTROL_JOBS, run_id, job)
+        return job
+
+    def command(self, run_id: str, command_id: str, action: CommandAction, **fields: Any) -> AdaptationCommand:
+        command = AdaptationCommand(command_id=command_id, action=action, issued_by="test", **fields)
+        self.publish(streams.CONTROL_COMMANDS, run_id, command)
+        return command
+
+    def envelopes(self, stream: str, run_id: str | None = None) -> list[Envelope[Message]]:
+        out = [decode(fields[streams.ENVELOPE_FIELD.encode()]) for _, fields in self.client.xrange(stream)]
+        return [e for e in out if run_id is None or e.run_id == run_id]
+
+    def messages(self, stream: str, run_id: str, kind: type[M]) -> list[M]:
+        return [e.payload for e in self.envelopes(stream, run_id) if isinstance(e.payload, kind)]
+
+    def signals(self, run_id: str) -> list[TrainingSignals]:
+        return self.messages(streams.TELEMETRY_TRAINING, run_id, TrainingSignals)
+
+    def results(self, run_id: str) -> list[CommandResult]:
+        return self.messages(streams.CONTROL_RESULTS, run_id, CommandResult)
+
+    def result_of(self, run_id: str, command_id: str) -> list[CommandResult]:
+        return [r for r in self.results(run_id) if r.command_id == command_id]
+
+    def events(self, run_id: str, kind: str) -> list[TelemetryEvent]:
+        found = self.messages(streams.TELEMETRY_EVENTS, run_id, TelemetryEvent)
+        return [e for e in found if e.kind == kind]
+
+    def wait_finished(self, run_id: str, timeout_s: float = 120.0) -> TelemetryEvent:
+        found = wait_until(lambda: self.events(run_id, "run_finished"), timeout_s, f"run {run_id} to finish")
+        return found[0]
+
+    def pending(self, stream: str) -> int:
+        try:
+            return int(self.client.xpending(stream, streams.GROUP_TOLARIA)["pending"])
+        except redis.ResponseError:
+            return 0
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ScriptedTamiyo:
+    """Plays Tamiyo for one run: on each epoch's signals, publishes that epoch's planned commands, then a
+    decision naming the last of them (WAIT when none), as the real decision loop does."""
+
+    def __init__(self, bus: Bus, run_id: str, plan: dict[int, Iterable[AdaptationCommand]] | None = None) -> None:
+        self.bus, self.run_id = bus, run_id
+        self.plan = {epoch: list(commands) for epoch, commands in (plan or {}).items()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.decided: list[int] = []
+
+    def __enter__(self) -> ScriptedTamiyo:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for signals in self.bus.signals(self.run_id):
+                if signals.epoch in self.decided:
+                    continue
+                self.decide(signals.epoch)
+            time.sleep(0.02)
+
+    def decide(self, epoch: int) -> None:
+        commands = self.plan.get(epoch, [])
+        for command in commands:
+            self.bus.publish(streams.CONTROL_COMMANDS, self.run_id, command)
+        last = commands[-1] if commands else None
+        decision = AdaptationDecision(
+            decision_id=f"scripted-e{epoch}",
+            epoch=epoch,
+            action=DecisionAction.GERMINATE if last is not None else DecisionAction.WAIT,
+            reason="scripted by the test",
+            confidence=1.0,
+            slot_id=last.slot_id if last is not None else None,
+            blueprint=last.blueprint if last is not None else None,
+            policy="scripted",
+            command_id=last.command_id if last is not None else None,
+        )
+        self.bus.publish(streams.CONTROL_DECISIONS, self.run_id, decision)
+        self.decided.append(epoch)
+
+
+class InProcessTolaria:
+    """:class:`TolariaService` on its own event loop in a thread (no HTTP server), for fast tests."""
+
+    def __init__(self, redis_url: str, runs_dir: Path, consumer: str = "tolaria-test") -> None:
+        self.redis_url, self.runs_dir, self.consumer = redis_url, runs_dir, consumer
+        self.loop = asyncio.new_event_loop()
+        self.metrics = TolariaMetrics()
+        self.service: TolariaService | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._task: asyncio.Task[None] | None = None
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.service = TolariaService(
+            RedisBus.from_url(self.redis_url), self.runs_dir, self.consumer, metrics=self.metrics
+        )
+        self._task = self.loop.create_task(self.service.run())
+        self.loop.run_forever()
+
+    def start(self) -> InProcessTolaria:
+        self._thread.start()
+        wait_until(lambda: self.service is not None and self.service.not_ready() is None, 30, "tolaria ready")
+        return self
+
+    async def _shutdown(self) -> None:
+        assert self.service is not None
+        await self.service.stop()
+        await self._task  # re-raises what ended the service's loop
+
+    def stop(self) -> None:
+        """Stop as SIGTERM would (the run is interrupted at its next boundary); re-raises a service failure."""
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(timeout=60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=30)
+            self.loop.close()
