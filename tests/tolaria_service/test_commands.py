@@ -1,0 +1,104 @@
+"""Commands from Tamiyo or an operator: applied at the epoch boundary, rejected with the reason, never twice;
+lockstep makes a service run reproducible."""
+
+from __future__ import annotations
+
+from esper.leyline import AdaptationCommand, CommandAction, CommandStatus, SeedStage, SeedTransition, streams
+
+from .harness import Bus, InProcessTolaria, ScriptedTamiyo, wait_until
+
+
+def germinate(command_id: str, slot: str = "s1") -> AdaptationCommand:
+    return AdaptationCommand(
+        command_id=command_id, action=CommandAction.GERMINATE, slot_id=slot, blueprint="conv_light", issued_by="test"
+    )
+
+
+def test_commands_apply_at_the_boundary_illegal_ones_are_rejected_and_repeated_ids_are_duplicates(
+    tolaria: InProcessTolaria, bus: Bus
+) -> None:
+    fossilize = AdaptationCommand(command_id="c-fossil", action=CommandAction.FOSSILIZE, slot_id="s1", issued_by="test")
+    plan = {1: [germinate("c-germ")], 2: [fossilize], 3: [germinate("c-germ")]}
+    with ScriptedTamiyo(bus, "run-cmd", plan):
+        bus.submit("run-cmd", epochs=3, lockstep=True, lockstep_timeout_ms=10_000)
+        bus.wait_finished("run-cmd")
+
+    applied, duplicate = bus.result_of("run-cmd", "c-germ")
+    assert (applied.status, applied.epoch) == (CommandStatus.APPLIED, 1)
+    assert (duplicate.status, duplicate.epoch) == (CommandStatus.DUPLICATE, 3)
+    (rejected,) = bus.result_of("run-cmd", "c-fossil")
+    assert rejected.status is CommandStatus.REJECTED and "PROBATIONARY" in rejected.reason
+
+    transitions = bus.messages(streams.TELEMETRY_EVENTS, "run-cmd", SeedTransition)
+    germinated = [t for t in transitions if t.to_stage is SeedStage.GERMINATED]
+    assert [(t.slot_id, t.epoch) for t in germinated] == [("s1", 1)]  # once, despite the repeated id
+    signals = bus.signals("run-cmd")
+    assert signals[1].params_total > signals[0].params_total  # the seed is in the model from epoch 2 on
+    assert signals[0].seeds[0].stage is SeedStage.DORMANT and signals[1].seeds[0].stage is not SeedStage.DORMANT
+    wait_until(lambda: bus.pending(streams.CONTROL_COMMANDS) == 0, 10, "every command to be acked")
+    assert tolaria.metrics.commands.labels("germinate", "applied")._value.get() == 1
+    assert tolaria.metrics.commands.labels("germinate", "duplicate")._value.get() == 1
+    assert tolaria.metrics.commands.labels("fossilize", "rejected")._value.get() == 1
+
+
+def comparable_signals(bus: Bus, run_id: str) -> list[dict]:
+    """The run's signals without wall-clock fields."""
+    return [{k: v for k, v in s.to_dict().items() if k != "epoch_seconds"} for s in bus.signals(run_id)]
+
+
+def test_lockstep_runs_with_the_same_seed_publish_identical_signals(tolaria: InProcessTolaria, bus: Bus) -> None:
+    for run_id in ("run-a", "run-b"):
+        with ScriptedTamiyo(bus, run_id, {2: [germinate(f"{run_id}:e2:germinate:s1")]}):
+            bus.submit(run_id, epochs=4, seed=7, lockstep=True, lockstep_timeout_ms=10_000)
+            bus.wait_finished(run_id)
+    a, b = comparable_signals(bus, "run-a"), comparable_signals(bus, "run-b")
+    assert [s["epoch"] for s in a] == [1, 2, 3, 4]
+    assert a == b
+    assert a[2]["params_total"] > a[1]["params_total"]  # the germination took effect at epoch 2's boundary
+    for run_id in ("run-a", "run-b"):
+        (result,) = bus.result_of(run_id, f"{run_id}:e2:germinate:s1")
+        assert (result.status, result.epoch) == (CommandStatus.APPLIED, 2)
+
+
+def test_pause_holds_the_run_at_its_boundary_resume_continues_and_stop_ends_it_with_a_report(
+    tolaria: InProcessTolaria, bus: Bus
+) -> None:
+    bus.submit("run-pause", epochs=40)
+    wait_until(lambda: bus.signals("run-pause"), 60, "the first epoch")
+    bus.command("run-pause", "op-pause", CommandAction.PAUSE)
+    (paused,) = wait_until(lambda: bus.result_of("run-pause", "op-pause"), 30, "the pause result")
+    assert paused.status is CommandStatus.APPLIED
+    held = paused.epoch
+    # a command sent while paused applies at the same boundary: no epoch ran in between
+    bus.command("run-pause", "op-germ", CommandAction.GERMINATE, slot_id="s1", blueprint="conv_light")
+    (germ,) = wait_until(lambda: bus.result_of("run-pause", "op-germ"), 30, "the germinate result")
+    assert (germ.status, germ.epoch) == (CommandStatus.APPLIED, held)
+    assert max(s.epoch for s in bus.signals("run-pause")) == held
+    wait_until(lambda: bus.pending(streams.CONTROL_COMMANDS) == 0, 10, "commands applied while paused to be acked")
+    assert bus.pending(streams.CONTROL_JOBS) == 1  # the run is held, not over
+
+    bus.command("run-pause", "op-resume", CommandAction.RESUME)
+    wait_until(lambda: max(s.epoch for s in bus.signals("run-pause")) > held, 60, "epochs after resume")
+    bus.command("run-pause", "op-stop", CommandAction.STOP)
+    finished = bus.wait_finished("run-pause")
+    (stop,) = bus.result_of("run-pause", "op-stop")
+    assert stop.status is CommandStatus.APPLIED
+    epochs = [s.epoch for s in bus.signals("run-pause")]
+    assert epochs == list(range(1, stop.epoch + 1))  # every epoch once, none while paused, none after stop
+    assert finished.attributes["epochs"] == stop.epoch < 40
+    assert not any(s.paused for s in bus.signals("run-pause"))
+    wait_until(lambda: bus.pending(streams.CONTROL_JOBS) == 0, 10, "the stopped job to be acked")
+
+
+def test_a_command_racing_the_end_of_a_run_still_gets_a_result_and_is_acked(
+    tolaria: InProcessTolaria, bus: Bus
+) -> None:
+    bus.submit("run-late", epochs=30)
+    wait_until(lambda: bus.signals("run-late"), 60, "the first epoch")
+    bus.command("run-late", "op-stop", CommandAction.STOP)
+    bus.command("run-late", "op-late", CommandAction.GERMINATE, slot_id="s1", blueprint="conv_light")
+    bus.wait_finished("run-late")
+    (late,) = wait_until(lambda: bus.result_of("run-late", "op-late"), 30, "the late command's result")
+    # either applied at the stop's boundary (read in the same batch) or rejected after the end: never silent
+    assert late.status in (CommandStatus.APPLIED, CommandStatus.REJECTED)
+    wait_until(lambda: bus.pending(streams.CONTROL_COMMANDS) == 0, 10, "both commands to be acked")
