@@ -2,8 +2,9 @@
 
 The run's report is written by Tolaria (``<runs_dir>/<run_id>/report.json``, as
 ``esper train`` writes it). Once Tolaria announces ``run_finished``, the demo
-waits for Tamiyo's decision on the last epoch and for Nissa to have consumed
-every stream, then adds to the report what the other services recorded:
+waits for Tamiyo to have handled every training signal (it may decide on the
+last epoch after the finish, or skip it as the run is over) and for Nissa to
+have consumed every stream, then adds to the report what the other services recorded:
 ``decisions`` (Tamiyo's decisions with reasons, confidences, the safety
 verdict and what Tolaria did with the command) and ``narrative`` (Nissa's
 narrative lines).
@@ -42,7 +43,7 @@ from esper.tolaria.report import REPORT_NAME, format_summary
 #: The TelemetryEvent kind Tolaria publishes when a run's report is written.
 RUN_FINISHED = "run_finished"
 NARRATIVE_FILE = "narrative.md"
-#: Seconds to wait after ``run_finished`` for the last decision and for Nissa to catch up.
+#: Seconds to wait after ``run_finished`` for Tamiyo and Nissa to catch up.
 SETTLE_TIMEOUT_S = 20.0
 
 
@@ -110,7 +111,8 @@ def narrative_from_archive(archive_dir: Path, run_id: str) -> list[str]:
     path = archive_dir / run_id / NARRATIVE_FILE
     if not path.exists():
         return []
-    return [line[2:] if line.startswith("- ") else line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return [line[2:] if line.startswith("- ") else line for line in lines]
 
 
 def complete_report(runs_dir: Path, run_id: str, archive_dir: Path | None = None) -> Path:
@@ -138,7 +140,7 @@ def progress_line(stream: str, envelope: Envelope[Message], epochs: int | None) 
             active = [f"{s.slot_id}:{s.stage.name}" for s in message.seeds if s.stage.name != "DORMANT"]
             seeds = " ".join(active) if active else "all dormant"
             return (
-                f"  epoch {message.epoch + 1:>3}{total}  val acc {100 * message.val_accuracy:5.1f}%  "
+                f"  epoch {message.epoch:>3}{total}  val acc {100 * message.val_accuracy:5.1f}%  "
                 f"val loss {message.val_loss:.4f}  params {message.params_total:>6}  seeds: {seeds}"
             )
         case AdaptationDecision() if message.action is not DecisionAction.WAIT:
@@ -182,17 +184,6 @@ def follow_run(
             raise StackError(f"run {feed.run_id} did not finish within {timeout_s:.0f}s")
 
 
-def wait_for_decision(feed: RunFeed, epoch: int | None, timeout_s: float) -> None:
-    """Wait until Tamiyo has decided on ``epoch`` (without lockstep, the last decision may follow the finish)."""
-    if epoch is None:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for _, envelope in feed.poll(block_ms=200):
-            if isinstance(envelope.payload, AdaptationDecision) and envelope.payload.epoch >= epoch:
-                return
-
-
 def run_demo(stack: Stack, job: DemoJob, token: str, timeout_s: float, out: Callable[[str], None] = print) -> Path:
     """Submit ``job``, follow it to the end, complete and summarize its report; returns the report's path."""
     client = redis.Redis.from_url(stack.redis_url)
@@ -201,9 +192,10 @@ def run_demo(stack: Stack, job: DemoJob, token: str, timeout_s: float, out: Call
         run_id = submit_run(stack["tamiyo"].url, token, job.body())
         out(f"esper up --demo: submitted run {run_id} ({job.task}, policy {job.policy}); following it")
         feed = RunFeed(client, run_id, start=start)
-        finished, last_epoch = follow_run(feed, stack, timeout_s, job.epochs, out)
-        decision_feed = RunFeed(client, run_id, names=(streams.CONTROL_DECISIONS,), start=start)
-        wait_for_decision(decision_feed, last_epoch, SETTLE_TIMEOUT_S)
+        finished, _ = follow_run(feed, stack, timeout_s, job.epochs, out)
+        # Without lockstep Tamiyo may still be on the last epoch: once its group has handled every
+        # training signal, whatever it decided is on the decisions stream (published before the ack).
+        wait_caught_up(client, (streams.TELEMETRY_TRAINING,), streams.GROUP_TAMIYO, SETTLE_TIMEOUT_S)
         if not wait_caught_up(client, NISSA_STREAMS, streams.GROUP_NISSA, SETTLE_TIMEOUT_S):
             out("esper up --demo: warning: Nissa has not caught up; the report's decisions may be incomplete")
     finally:

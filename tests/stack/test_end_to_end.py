@@ -1,0 +1,66 @@
+"""A short job through the whole stack: Tamiyo decides from Tolaria's real telemetry, Tolaria applies, Nissa records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from esper.cli.demo import DemoJob, run_demo
+from esper.cli.stack import Stack
+from esper.leyline import CommandAction, CommandStatus, DecisionAction
+
+from .harness import QUICK_JOB, TOKEN, StackClient
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_demo_run_reports_tamiyos_decisions_applied_by_tolaria(stack: Stack, client: StackClient) -> None:
+    job = DemoJob(
+        epochs=QUICK_JOB["epochs"],
+        max_train_samples=QUICK_JOB["max_train_samples"],
+        lockstep=True,
+        lr=QUICK_JOB["lr"],
+        lr_schedule=QUICK_JOB["lr_schedule"],
+    )
+    printed: list[str] = []
+    report_path = run_demo(stack, job, token=TOKEN, timeout_s=150, out=printed.append)
+    report = json.loads(report_path.read_text())
+    run_id = report["run_id"]
+    assert report_path == stack.runs_dir / run_id / "report.json"
+    assert report["epochs"] == QUICK_JOB["epochs"]
+
+    # One decision per epoch (lockstep; epochs count from 1; the last epoch's decision may be
+    # skipped when Tamiyo learns of the finish first), each with its reason and confidence.
+    decisions = report["decisions"]
+    last = QUICK_JOB["epochs"]
+    decided = [d["epoch"] for d in decisions]
+    assert sorted(decided) in (list(range(1, last)), list(range(1, last + 1)))
+    assert all(d["reason"] and 0.0 <= d["confidence"] <= 1.0 for d in decisions)
+    germinations = [d for d in decisions if d["action"] == DecisionAction.GERMINATE.value]
+    assert germinations, f"Tamiyo never germinated: {[(d['epoch'], d['action'], d['reason']) for d in decisions]}"
+    first = germinations[0]
+    assert first["accepted"] and first["command_status"] == CommandStatus.APPLIED.value
+    assert first["slot"] and first["blueprint"]
+
+    # Tolaria applied it: its result on the bus, and the seed's transitions in the report.
+    applied = [r for r in client.results(run_id) if r.command_id == first["command_id"]]
+    assert [(r.action, r.status) for r in applied] == [(CommandAction.GERMINATE, CommandStatus.APPLIED)]
+    assert any(e["slot"] == first["slot"] and e["to"] == "GERMINATED" for e in report["seed_events"])
+    assert report["params_final"] > report["params_initial"]
+
+    # Nissa recorded all of it: the narrative in the report, the counts on /metrics.
+    assert any("germinate" in line for line in report["narrative"])
+    metrics = client.scrape("nissa")
+    run = ("run_id", run_id)
+    assert metrics[("esper_decisions_total", frozenset({run, ("action", DecisionAction.GERMINATE.value)}))] >= 1
+    applied_label = frozenset({run, ("action", CommandAction.GERMINATE.value), ("status", CommandStatus.APPLIED.value)})
+    assert metrics[("esper_commands_total", applied_label)] >= 1
+    assert metrics[("esper_epoch", frozenset({run}))] == QUICK_JOB["epochs"]
+    assert 0.0 <= metrics[("esper_val_accuracy", frozenset({run}))] <= 1.0
+
+    # Tamiyo's view agrees, and the terminal showed the progress.
+    status = client.status(run_id)
+    assert status["finished"] and status["epoch"] == QUICK_JOB["epochs"]
+    assert any("epoch" in line and "val acc" in line for line in printed)
+    assert any(line.startswith("report: ") for line in printed)
