@@ -25,7 +25,7 @@ test: install proto-check
 	$(BIN)/python -m pytest
 
 run: install
-	$(BIN)/python benchmarks/codec.py
+	$(BIN)/esper up --demo
 
 lint: install
 	$(BIN)/ruff check libs services tests benchmarks

@@ -192,7 +192,7 @@ def run_demo(stack: Stack, job: DemoJob, token: str, timeout_s: float, out: Call
         run_id = submit_run(stack["tamiyo"].url, token, job.body())
         out(f"esper up --demo: submitted run {run_id} ({job.task}, policy {job.policy}); following it")
         feed = RunFeed(client, run_id, start=start)
-        finished, _ = follow_run(feed, stack, timeout_s, job.epochs, out)
+        follow_run(feed, stack, timeout_s, job.epochs, out)
         # Without lockstep Tamiyo may still be on the last epoch: once its group has handled every
         # training signal, whatever it decided is on the decisions stream (published before the ack).
         wait_caught_up(client, (streams.TELEMETRY_TRAINING,), streams.GROUP_TAMIYO, SETTLE_TIMEOUT_S)
@@ -209,5 +209,5 @@ def run_demo(stack: Stack, job: DemoJob, token: str, timeout_s: float, out: Call
     out(f"decisions: {n_decisions} ({len(decided)} other than wait); narrative: {n_lines} lines")
     for line in report["narrative"][-10:]:
         out(f"  {line}")
-    out(f"report: {report_path}  ({finished.message or RUN_FINISHED})")
+    out(f"report: {report_path}")
     return report_path
