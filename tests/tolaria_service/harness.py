@@ -170,9 +170,14 @@ class InProcessTolaria:
         wait_until(lambda: self.service is not None and self.service.not_ready() is None, 30, "tolaria ready")
         return self
 
+    def sample(self, name: str, **labels: str) -> float | None:
+        """One sample of the service's metrics, as ``/metrics`` would show it."""
+        return self.metrics.registry.get_sample_value(name, labels)
+
     async def _shutdown(self) -> None:
         assert self.service is not None
         await self.service.stop()
+        assert self._task is not None
         await self._task  # re-raises what ended the service's loop
 
     def stop(self) -> None:

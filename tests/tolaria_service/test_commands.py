@@ -36,9 +36,9 @@ def test_commands_apply_at_the_boundary_illegal_ones_are_rejected_and_repeated_i
     assert signals[1].params_total > signals[0].params_total  # the seed is in the model from epoch 2 on
     assert signals[0].seeds[0].stage is SeedStage.DORMANT and signals[1].seeds[0].stage is not SeedStage.DORMANT
     wait_until(lambda: bus.pending(streams.CONTROL_COMMANDS) == 0, 10, "every command to be acked")
-    assert tolaria.metrics.commands.labels("germinate", "applied")._value.get() == 1
-    assert tolaria.metrics.commands.labels("germinate", "duplicate")._value.get() == 1
-    assert tolaria.metrics.commands.labels("fossilize", "rejected")._value.get() == 1
+    assert tolaria.sample("esper_tolaria_commands_total", action="germinate", status="applied") == 1
+    assert tolaria.sample("esper_tolaria_commands_total", action="germinate", status="duplicate") == 1
+    assert tolaria.sample("esper_tolaria_commands_total", action="fossilize", status="rejected") == 1
 
 
 def comparable_signals(bus: Bus, run_id: str) -> list[dict]:

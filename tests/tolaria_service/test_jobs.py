@@ -48,8 +48,8 @@ def test_a_job_publishes_signals_and_health_each_epoch_and_ends_with_a_report(
     assert [s.val_accuracy for s in signals] == [r["val_accuracy"] for r in report["history"]]
 
     wait_until(lambda: bus.pending(streams.CONTROL_JOBS) == 0, 10, "the job to be acked")
-    assert tolaria.metrics.epochs._value.get() == 3
-    assert tolaria.metrics.active_runs._value.get() == 0
+    assert tolaria.sample("esper_tolaria_epochs_total") == 3
+    assert tolaria.sample("esper_tolaria_active_runs") == 0
 
 
 def test_a_job_that_cannot_run_is_answered_run_failed_naming_the_field(tolaria: InProcessTolaria, bus: Bus) -> None:
@@ -66,7 +66,7 @@ def test_a_command_for_an_unknown_run_is_rejected_and_acked(tolaria: InProcessTo
     assert result.status is CommandStatus.REJECTED and "unknown run" in result.reason
     assert result.action is CommandAction.GERMINATE and result.slot_id == "s1"
     wait_until(lambda: bus.pending(streams.CONTROL_COMMANDS) == 0, 10, "the command to be acked")
-    assert tolaria.metrics.commands.labels("germinate", "rejected")._value.get() == 1
+    assert tolaria.sample("esper_tolaria_commands_total", action="germinate", status="rejected") == 1
 
 
 def test_the_job_is_acked_only_at_the_end_of_its_run(tolaria: InProcessTolaria, bus: Bus) -> None:

@@ -12,6 +12,7 @@ downloaded).
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +106,14 @@ def _split(x: np.ndarray, y: np.ndarray) -> Split:
 
 
 def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # copies: callers own their arrays, the cached originals stay as generated
+    x, y, x_test, y_test = _mnist1d_generated()
+    return x.copy(), y.copy(), x_test.copy(), y_test.copy()
+
+
+@functools.cache
+def _mnist1d_generated() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Generated once per process (seconds on a busy CPU); a service runs many jobs on the same data."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     # make_dataset generates locally from its own fixed seed; get_dataset() would download.
