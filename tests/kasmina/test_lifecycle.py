@@ -252,3 +252,10 @@ def test_restore_rejects_a_state_for_other_slots(conv_model) -> None:
     other = wrap(ConvHost1D(), {"a": "act1"})
     with pytest.raises(ValueError, match=r"slots \['s1', 's2', 's3'\] do not match the model's slots \['a'\]"):
         other.restore_lifecycle(state)
+
+
+def test_an_event_states_the_gate_verdict_and_the_callers_reason_once(conv_model) -> None:
+    germinated = conv_model.germinate("s1", "conv_light", epoch=0, reason="plateau for 3 epochs")
+    assert germinated.reason == "G0: slot and blueprint valid; plateau for 3 epochs"
+    trained = conv_model.advance("s1", epoch=1, reason="advance GERMINATED: G1: seed germinated")
+    assert trained.reason == "advance GERMINATED: G1: seed germinated"

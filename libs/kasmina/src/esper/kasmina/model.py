@@ -163,7 +163,7 @@ class MorphogeneticModel(nn.Module):
         seed.to(device=slot.device, dtype=slot.dtype)
         resolved = spec.resolve(slot.feature_shape, config, layer_kind=slot.layer_kind).config
         seed_id = f"{slot_id}-{self.seeds_made}"
-        event = self._event(slot, SeedStage.GERMINATED, epoch, f"{result.reason}; {reason}", seed_id, blueprint)
+        event = self._event(slot, SeedStage.GERMINATED, epoch, _with_verdict(result.reason, reason), seed_id, blueprint)
         self.seeds_made += 1
         slot.seed = seed
         slot.blueprint = blueprint
@@ -201,7 +201,7 @@ class MorphogeneticModel(nn.Module):
         result = evaluate(gate, inputs, self.config.thresholds)
         if not result.passed:
             raise GateFailedError(gate, result.reason, slot_id)
-        event = self._event(slot, target, epoch, f"{result.reason}; {reason}")
+        event = self._event(slot, target, epoch, _with_verdict(result.reason, reason))
         self._enter(slot, target, event)
         if target is SeedStage.BLENDING:
             slot.alpha, slot.ramp_from, slot.ramp_epochs = 0.0, 0.0, 0
@@ -392,3 +392,16 @@ def wrap(host: nn.Module, slots: Mapping[str, str], *, config: KasminaConfig | N
     hook, so the model's outputs are bit-identical to the bare host's.
     """
     return MorphogeneticModel(host, slots, config)
+
+
+def _with_verdict(verdict: str, reason: str) -> str:
+    """An event's reason: the gate's verdict, then the caller's reason.
+
+    A policy that evaluated the same gate often quotes its verdict already;
+    saying it twice only makes the record harder to read.
+    """
+    if not reason or reason == verdict:
+        return verdict
+    if verdict in reason:
+        return reason
+    return f"{verdict}; {reason}"
