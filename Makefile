@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # Where the CPU build of torch comes from; override for another index.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test run lint proto proto-check bench clean
+.PHONY: install test run lint proto proto-check bench bench-growth clean
 
 install: $(STAMP)
 
@@ -38,8 +38,16 @@ proto: install
 proto-check: install
 	$(BIN)/python -m esper.leyline.jsonschema proto --check
 
+# The quick benchmarks (a few minutes); each prints its result as JSON on its last line.
 bench: install
 	$(BIN)/python benchmarks/codec.py
+	$(BIN)/python benchmarks/dormant_overhead.py
+	$(BIN)/python benchmarks/bus.py
+	$(BIN)/python benchmarks/decision_latency.py
+
+# The growth benchmark: 15 trainings (5 seeds x 3 arms), about 10 minutes on two cores.
+bench-growth: install
+	$(BIN)/python benchmarks/growth.py --seeds 5 --workers 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
