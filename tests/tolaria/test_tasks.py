@@ -9,7 +9,7 @@ from esper.tolaria.tasks import carve, load_task
 
 def test_mnist1d_carves_validation_from_train_with_a_fixed_seed():
     task = load_task("mnist1d")
-    assert (len(task.train), len(task.val), len(task.test)) == (3600, 400, 1000)
+    assert (len(task.train), len(task.val), len(task.test)) == (3800, 200, 1000)
     assert task.input_shape == (40,)
     again = load_task("mnist1d")
     assert torch.equal(task.val.x, again.val.x) and torch.equal(task.val.y, again.val.y)
