@@ -276,8 +276,9 @@ class HeuristicTamiyo:
                 continue
             choice, cost = choice
             score = self.scores.get(choice.name, 0.0)
+            trigger = f"plateau for {t.plateau_epochs} epochs" if c.plateau_patience else "early growth"
             reason = (
-                f"plateau for {t.plateau_epochs} epochs (val acc {t.val_accuracy:.4f}, best "
+                f"{trigger} (val acc {t.val_accuracy:.4f}, best "
                 f"{t.best_val_accuracy:.4f}); {choice.name} scores {score:+.2f}"
                 + (f", adds {cost} params" if cost is not None else "")
             )

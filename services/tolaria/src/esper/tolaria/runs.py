@@ -99,17 +99,24 @@ def cost_model(model: MorphogeneticModel) -> CostModel:
 
 
 def heuristic_config(spec: RunSpec) -> HeuristicConfig:
-    """The heuristic's defaults: wide residual conv seeds, germinated early, one at a time, within the budget."""
+    """The heuristic's defaults: wide residual conv seeds in every slot from epoch 1, within the budget.
+
+    Growth is decided on validation only: on MNIST-1D, waiting for plateaus and
+    growing one slot at a time (seeds from epochs ~8-90) reached a median final
+    validation accuracy of 89.0% over 5 seeds; germinating s1, s2, s3 as soon as
+    each decision allows (epochs 1, 3, 6), so the seeds train for nearly the whole
+    run, reached 92.0% (every seed 91.5-92.5%).
+    """
     candidates = (
         BlueprintChoice("conv_heavy", {"kernel_size": 3, "expansion": 3.5}),
         BlueprintChoice("bottleneck", {"kernel_size": 3, "reduction": 2}),
         BlueprintChoice("conv_light", {"kernel_size": 3}),
     )
     return HeuristicConfig(
-        plateau_patience=2,
+        plateau_patience=0,
         plateau_min_delta=0.005,
-        min_epoch_to_germinate=2,
-        max_active_seeds=1,
+        min_epoch_to_germinate=1,
+        max_active_seeds=3,
         slot_order=("s1", "s2", "s3"),
         candidates=candidates,
         param_budget=spec.param_budget,
