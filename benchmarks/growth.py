@@ -1,12 +1,17 @@
 """Growth benchmark on MNIST-1D: static small host vs Esper (heuristic) vs a static ~5k CNN.
 
-Each arm trains with the same budget (Adam 1e-2, batch 100, cosine schedule,
-EPOCHS epochs of 36 steps ~ 6,000 steps) over SEEDS seeds; every decision reads
-the validation split only. Progress goes to stderr; the last stdout line is JSON:
-{"static_small": {...}, "heuristic": {...}, "static_5k": {...}} with the median
-final test accuracy and median final parameter count of each arm.
+Each arm trains with the reference budget of the MNIST-1D paper (Adam 1e-2 at a
+constant rate, batch 100, EPOCHS epochs of 38 steps ~ 6,000 steps) over SEEDS
+seeds, on the 3,800 training rows left after the 200-row validation split; every
+decision reads the validation split only. A cosine schedule costs the static
+25-channel CNN about a point here (its final weights overfit 3,800 rows), so
+every arm trains at the constant rate. Progress goes to stderr; the last stdout
+line is JSON: {"static_small": {...}, "heuristic": {...}, "static_5k": {...}}
+with each arm's median final validation accuracy (what the heuristic's defaults
+were tuned on), median final test accuracy (reported, never tuned on) and
+median final parameter count.
 
-    .venv/bin/python benchmarks/growth.py [--seeds 5] [--epochs 165] [--workers 2]
+    .venv/bin/python benchmarks/growth.py [--seeds 5] [--epochs 158] [--workers 2]
 """
 
 from __future__ import annotations
@@ -31,15 +36,16 @@ def one(arm: str, seed: int, epochs: int) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(1)
-    from esper.cli.build import RunSpec, run
+    from esper.tolaria.runs import RunSpec, run
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        report = run(RunSpec(epochs=epochs, seed=seed, **ARMS[arm]), Path(out), progress=False)
+        report = run(RunSpec(epochs=epochs, seed=seed, lr_schedule="constant", **ARMS[arm]), Path(out), progress=False)
     seeds = [e for e in report["seed_events"] if e["to"] in ("GERMINATED", "FOSSILIZED", "CULLED")]
     result = {
         "arm": arm,
         "seed": seed,
+        "final_val_accuracy": report["final_val_accuracy"],
         "final_test_accuracy": report["final_test_accuracy"],
         "best_val_accuracy": report["best_val_accuracy"],
         "params_final": report["params_final"],
@@ -53,7 +59,7 @@ def one(arm: str, seed: int, epochs: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=165)
+    parser.add_argument("--epochs", type=int, default=158)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
     args = parser.parse_args()
@@ -68,8 +74,10 @@ def main() -> None:
     for arm in arms:
         runs = [r for r in results if r["arm"] == arm]
         summary[arm] = {
+            "median_final_val_accuracy": statistics.median(r["final_val_accuracy"] for r in runs),
             "median_final_test_accuracy": statistics.median(r["final_test_accuracy"] for r in runs),
             "median_params_final": statistics.median(r["params_final"] for r in runs),
+            "final_val_accuracies": [round(r["final_val_accuracy"], 4) for r in runs],
             "final_test_accuracies": [round(r["final_test_accuracy"], 4) for r in runs],
             "params_final": [r["params_final"] for r in runs],
             "median_seconds": round(statistics.median(r["seconds"] for r in runs), 1),
