@@ -276,7 +276,9 @@ class HeuristicTamiyo:
                 continue
             choice, cost = choice
             score = self.scores.get(choice.name, 0.0)
-            trigger = f"plateau for {t.plateau_epochs} epochs" if c.plateau_patience else "early growth"
+            trigger = f"plateau for {t.plateau_epochs} epochs"
+            if not c.plateau_patience:
+                trigger = f"early growth ({trigger}, none required)"
             reason = (
                 f"{trigger} (val acc {t.val_accuracy:.4f}, best "
                 f"{t.best_val_accuracy:.4f}); {choice.name} scores {score:+.2f}"
