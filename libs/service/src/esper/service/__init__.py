@@ -1,6 +1,7 @@
 """What every Esper service shares: settings, health and metrics routes, the runtime."""
 
 from esper.service.health import ReadinessCheck, health_router
+from esper.service.readiness import BusReadiness
 from esper.service.runtime import serve
 from esper.service.settings import (
     DEFAULT_PORTS,
@@ -11,6 +12,7 @@ from esper.service.settings import (
 )
 
 __all__ = [
+    "BusReadiness",
     "DEFAULT_PORTS",
     "ReadinessCheck",
     "ServiceSettings",

@@ -12,9 +12,7 @@ the report Tolaria writes into ``<runs_dir>/<run_id>/`` (its own ``events.jsonl`
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -24,7 +22,7 @@ from esper.leyline import Envelope, Message, streams
 from esper.nissa.profiles import DiagnosticProfile
 from esper.nissa.sink import Nissa
 from esper.oona import ConsumerOptions, Delivery, RedisBus, Subscription
-from esper.service import health_router
+from esper.service import BusReadiness, health_router
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +39,6 @@ NISSA_STREAMS: tuple[str, ...] = (
     streams.COMPILE_RESULTS,
     streams.DEAD_LETTER,
 )
-#: Seconds between PINGs that keep ``/readyz`` honest about the Redis connection.
-PING_INTERVAL_S = 1.0
-#: A PING answered longer ago than this makes the service not ready.
-PING_STALE_S = 5.0
 #: Subfolder of the runs directory that holds Nissa's per-run archives and narratives.
 ARCHIVE_SUBDIR = "nissa"
 
@@ -75,9 +69,7 @@ class NissaService:
         self.subscription: Subscription = bus.subscribe(
             NISSA_STREAMS, streams.GROUP_NISSA, consumer, self.handle, options or ConsumerOptions()
         )
-        self._last_pong: float | None = None
-        self._consuming = False
-        self._stopping = asyncio.Event()
+        self.readiness = BusReadiness(bus.client.ping)
         self.app = FastAPI(title="Esper Nissa", description="The telemetry sink: metrics, archive, narrative.")
         self.app.include_router(health_router(self.not_ready, (self.nissa.metrics.registry, REGISTRY)))
 
@@ -87,37 +79,14 @@ class NissaService:
 
     def not_ready(self) -> str | None:
         """``None`` once the consumer runs and Redis answered a PING recently, else why not."""
-        if not self._consuming:
-            return "consumer not started"
-        if self._last_pong is None:
-            return "redis has not answered yet"
-        age = time.monotonic() - self._last_pong
-        if age > PING_STALE_S:
-            return f"redis has not answered for {age:.1f}s"
-        return None
+        return self.readiness.not_ready()
 
     async def run(self) -> None:
         """Consume every Nissa stream and keep the Redis health current, until :meth:`stop`."""
-        pinger = asyncio.ensure_future(self._ping_forever())
-        self._consuming = True
-        try:
+        async with self.readiness.consuming():
             await self.subscription.run()
-        finally:
-            self._consuming = False
-            pinger.cancel()
-            await asyncio.gather(pinger, return_exceptions=True)
 
     async def stop(self) -> None:
         """Stop reading, finish and ack the batch in flight, close the bus."""
-        self._stopping.set()
         await self.subscription.stop()
         await self.bus.aclose()
-
-    async def _ping_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self.bus.client.ping(), timeout=PING_INTERVAL_S)
-                self._last_pong = time.monotonic()
-            except Exception as exc:  # any failure just means "not ready"; the consumer reconnects by itself
-                log.debug("redis ping failed: %s", exc)
-            await asyncio.sleep(PING_INTERVAL_S)

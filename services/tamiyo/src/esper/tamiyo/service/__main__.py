@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from esper.leyline import streams as ls
 from esper.oona import ConsumerOptions, RedisBus
-from esper.service import ServiceSettings, add_arguments, configure_logging, serve, settings_from
+from esper.service import BusReadiness, ServiceSettings, add_arguments, configure_logging, serve, settings_from
 from esper.tamiyo.api import create_app
 from esper.tamiyo.collector import HealthCollector, RunStore
 from esper.tamiyo.safety import SafetyConfig, SafetyMonitor
@@ -47,7 +47,8 @@ async def run_service(settings: ServiceSettings, safety_config: SafetyConfig) ->
     loop = DecisionLoop(collector, safety, bus, metrics)
     control = RunControl(collector, safety, bus, metrics)
     consumer = bus.subscribe(CONSUMED_STREAMS, ls.GROUP_TAMIYO, settings.consumer, loop.handle, ConsumerOptions())
-    not_ready: list[str | None] = ["restoring run states from Redis"]
+    readiness = BusReadiness(bus.client.ping)
+    restoring: list[str | None] = ["restoring run states from Redis"]
 
     async def consume() -> None:
         delay = 0.1
@@ -56,18 +57,22 @@ async def run_service(settings: ServiceSettings, safety_config: SafetyConfig) ->
                 restored = await collector.restore()
                 break
             except OSError as exc:  # redis' ConnectionError is an OSError: wait for Redis instead of dying
-                not_ready[0] = f"waiting for Redis at {settings.redis_url}: {exc}"
+                restoring[0] = f"waiting for Redis at {settings.redis_url}: {exc}"
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 2.0)
         log.info("tamiyo: %d run(s) restored; consuming as %s", restored, settings.consumer)
-        not_ready[0] = None
-        await consumer.run()
+        restoring[0] = None
+        async with readiness.consuming():
+            await consumer.run()
 
     async def shutdown() -> None:
         await consumer.stop()
 
     app = create_app(
-        control, api_token=settings.api_token, ready=lambda: not_ready[0], registries=(REGISTRY, metrics.registry)
+        control,
+        api_token=settings.api_token,
+        ready=lambda: restoring[0] or readiness.not_ready(),
+        registries=(REGISTRY, metrics.registry),
     )
     if settings.api_token is None:
         log.warning("tamiyo: ESPER_API_TOKEN is not set: mutating API routes answer 503")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -42,7 +41,7 @@ from esper.leyline import (
 )
 from esper.leyline import streams as ls
 from esper.oona import ConsumerOptions, Delivery, RedisBus, Subscription
-from esper.service import health_router
+from esper.service import BusReadiness, health_router
 from esper.tolaria.service.inbox import CommandInbox, PendingCommand, RunInterrupted, future_settler
 from esper.tolaria.service.metrics import TolariaMetrics
 from esper.tolaria.service.worker import JobRejected, RunOutcome, ServiceRun
@@ -56,8 +55,6 @@ RUN_FAILED = "run_failed"
 JOB_CLAIM_IDLE_MS = 24 * 3600 * 1000
 #: Every restart re-delivers the running job; a run that takes the process down this often is dead-lettered.
 JOB_MAX_DELIVERIES = 20
-PING_INTERVAL_S = 1.0
-PING_STALE_S = 5.0
 
 
 class TolariaService:
@@ -98,9 +95,7 @@ class TolariaService:
         self.decisions: Subscription = bus.subscribe(
             ls.CONTROL_DECISIONS, ls.GROUP_TOLARIA, consumer, self.on_decision, ConsumerOptions()
         )
-        self._last_pong: float | None = None
-        self._consuming = False
-        self._stopping = asyncio.Event()
+        self.readiness = BusReadiness(bus.client.ping)
         self.app = FastAPI(title="Esper Tolaria", description="The trainer: runs jobs, applies commands.")
         self.app.include_router(health_router(self.not_ready, (self.metrics.registry, REGISTRY)))
 
@@ -166,18 +161,11 @@ class TolariaService:
         for run_id in await self.pending_job_runs():
             log.info("run %s: pending from an earlier life of %s; it will resume", run_id, self.consumer_name)
             self.inboxes.setdefault(run_id, CommandInbox())
-        pinger = asyncio.ensure_future(self._ping_forever())
-        self._consuming = True
-        try:
+        async with self.readiness.consuming():
             await asyncio.gather(self.jobs.run(), self.commands.run(), self.decisions.run())
-        finally:
-            self._consuming = False
-            pinger.cancel()
-            await asyncio.gather(pinger, return_exceptions=True)
 
     async def stop(self) -> None:
         """Interrupt the run at its next boundary (checkpointed, job left pending), stop consuming, close."""
-        self._stopping.set()
         for inbox in self.inboxes.values():
             inbox.interrupt()
         await self.jobs.stop()
@@ -211,14 +199,7 @@ class TolariaService:
 
     def not_ready(self) -> str | None:
         """None once the consumers run and Redis answered a PING recently, else why not."""
-        if not self._consuming:
-            return "consumers not started"
-        if self._last_pong is None:
-            return "redis has not answered yet"
-        age = time.monotonic() - self._last_pong
-        if age > PING_STALE_S:
-            return f"redis has not answered for {age:.1f}s"
-        return None
+        return self.readiness.not_ready()
 
     # -- helpers ------------------------------------------------------------------
     async def _end(self, run_id: str, inbox: CommandInbox, reason: str) -> None:
@@ -251,15 +232,6 @@ class TolariaService:
 
     async def _announce(self, run_id: str, event: TelemetryEvent) -> None:
         await self.bus.publish(ls.TELEMETRY_EVENTS, Envelope(payload=event, run_id=run_id))
-
-    async def _ping_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self.bus.client.ping(), timeout=PING_INTERVAL_S)
-                self._last_pong = time.monotonic()
-            except Exception as exc:  # only means "not ready"; the consumers reconnect by themselves
-                log.debug("redis ping failed: %s", exc)
-            await asyncio.sleep(PING_INTERVAL_S)
 
 
 def finished_event(outcome: RunOutcome) -> TelemetryEvent:
