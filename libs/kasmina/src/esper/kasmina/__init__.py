@@ -8,9 +8,10 @@ and :func:`export` to a plain module.
 
 from esper.kasmina.blueprints import Blueprint, get_blueprint, list_blueprints
 from esper.kasmina.config import ALPHA_SCHEDULES, KasminaConfig, alpha_progress
+from esper.kasmina.errors import GateFailedError, NoForwardStepError
 from esper.kasmina.export import export
 from esper.kasmina.hosts import ConvHost1D, MLPHost
-from esper.kasmina.model import GateFailedError, MorphogeneticModel, NoForwardStepError, wrap
+from esper.kasmina.model import MorphogeneticModel, wrap
 from esper.kasmina.monitor import GradientIsolationMonitor
 from esper.kasmina.slot import SeedSlot, SlotMetrics
 from esper.leyline import GateThresholds, SeedStage, SeedStateReport, SeedTransition

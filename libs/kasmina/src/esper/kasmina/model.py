@@ -16,12 +16,12 @@ from torch import nn
 
 from esper.kasmina.blueprints import get_blueprint
 from esper.kasmina.config import KasminaConfig, alpha_progress
+from esper.kasmina.errors import GateFailedError, NoForwardStepError
 from esper.kasmina.slot import BLENDED_STAGES, SEEDED_STAGES, SeedSlot, SlotMetrics, within_sequence_model
 from esper.leyline import (
     ACTIVE_STAGES,
     Gate,
     GateInputs,
-    IllegalTransitionError,
     SeedStage,
     SeedStateReport,
     SeedTransition,
@@ -29,26 +29,6 @@ from esper.leyline import (
     evaluate,
 )
 from esper.leyline.stages import next_stage
-
-
-class GateFailedError(ValueError):
-    """A forward lifecycle step refused by its gate; ``str(error)`` starts with the gate's reason."""
-
-    def __init__(self, gate: Gate, reason: str, slot_id: str) -> None:
-        self.gate = gate
-        self.reason = reason
-        self.slot_id = slot_id
-        super().__init__(f"{reason} (slot {slot_id!r})")
-
-
-class NoForwardStepError(IllegalTransitionError):
-    """``advance`` on a slot whose stage has no gated forward step (DORMANT, CULLED, FOSSILIZED, ...)."""
-
-    def __init__(self, stage: SeedStage, slot_id: str) -> None:
-        super().__init__(stage, stage, slot_id)
-        hint = " (germinate a seed first)" if stage is SeedStage.DORMANT else ""
-        self.args = (f"slot {slot_id!r} is {stage.name}: advance has no forward step from there{hint}",)
-
 
 ConfigValue = int | float | str | bool
 
