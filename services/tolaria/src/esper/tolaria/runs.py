@@ -99,14 +99,15 @@ def cost_model(model: MorphogeneticModel) -> CostModel:
 
 
 def heuristic_config(spec: RunSpec) -> HeuristicConfig:
-    """The heuristic's defaults: wide residual conv seeds in every slot from epoch 1, within the budget.
+    """The heuristic's defaults: wide residual conv seeds in every slot from epoch 2, within the budget.
 
-    Growth is decided on validation only: on MNIST-1D, waiting for plateaus and
-    growing one slot at a time (seeds from epochs ~8-90) reached a median final
-    validation accuracy of 89.0% over 5 seeds; germinating s1, s2, s3 as soon as
-    each decision allows, so the seeds train for nearly the whole run, reached
-    92.0% (every seed 91.5-92.5%). The first germination waits for epoch 2 (one
-    epoch of host-only training), which is also what the service tests expect.
+    Growing early gives the seeds nearly the whole run to train. Measured on
+    MNIST-1D validation only (200 rows, constant Adam 1e-2, median final accuracy):
+    plateau-triggered, one seed at a time: 89.0% (seeds 0-4); every slot from
+    epoch 1: 92.0% (seeds 0-4) but 88.5% (seeds 5-8); from epoch 2: 87.0% and
+    84.3%. The final epoch of a grown model swings by 3-5 points at a constant
+    rate (its best epoch reaches 91-95%), so these medians are noisy. Epoch 2
+    is what the Tamiyo service scenarios expect (one host-only epoch).
     """
     candidates = (
         BlueprintChoice("conv_heavy", {"kernel_size": 3, "expansion": 3.5}),
