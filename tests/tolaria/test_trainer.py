@@ -14,8 +14,8 @@ from esper.leyline import (
     TrainingSignals,
 )
 from esper.tamiyo.policy import StaticPolicy
+from esper.tolaria.modes import TrainingMode, training_mode
 from esper.tolaria.tasks import Split
-from esper.tolaria.trainer import TrainingMode, training_mode
 
 from .conftest import comparable, make_trainer
 

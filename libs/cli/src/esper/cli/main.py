@@ -15,6 +15,7 @@ from esper.cli import up as up_command
 from esper.cli.build import POLICIES, RunSpec, run
 from esper.tolaria.checkpoint import read_checkpoint
 from esper.tolaria.report import format_summary, load_report
+from esper.tolaria.schedule import LR_SCHEDULES
 from esper.tolaria.tasks import TASKS
 
 
@@ -42,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--max-train-samples", type=_positive, default=None, help="train on the first N rows only")
     train.add_argument("--lr", type=float, default=1e-2)
     train.add_argument("--batch-size", type=_positive, default=100)
-    train.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
     train.add_argument("--param-budget", type=_positive, default=None, help="largest parameter count seeds may grow to")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 

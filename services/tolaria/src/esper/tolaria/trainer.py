@@ -13,15 +13,11 @@ nothing reads it back.
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -42,88 +38,14 @@ from esper.leyline import (
 from esper.tamiyo.policy import Policy, decision_to_command
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.commands import apply_slot_command
+from esper.tolaria.config import EpochRecord, TrainerConfig, seed_everything
 from esper.tolaria.evaluation import Evaluation, evaluate, layer_health, measure_seed
-from esper.tolaria.governor import Governor, GovernorConfig, Trip, offending_slot
+from esper.tolaria.governor import Governor, Trip, offending_slot
+from esper.tolaria.modes import MEASURED_STAGES, STEPPED_STAGES, TrainingMode, training_mode
+from esper.tolaria.schedule import lr_factor
 from esper.tolaria.tasks import Task
 
 Sink = Callable[[Message], None]
-
-#: Stages whose seed takes part in the forward value (its optimizer steps in BLENDED mode).
-_BLENDED = frozenset({SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY})
-#: Stages whose seed optimizer steps.
-_STEPPED = frozenset({SeedStage.TRAINING, *_BLENDED, SeedStage.FOSSILIZED})
-#: Stages whose seed is measured counterfactually.
-_MEASURED = frozenset({SeedStage.TRAINING, *_BLENDED})
-
-
-class TrainingMode(StrEnum):
-    """NORMAL: host only. ISOLATED: seeds learn on detached host features. BLENDED: a seed is in the forward value."""
-
-    NORMAL = "normal"
-    ISOLATED = "isolated"
-    BLENDED = "blended"
-
-
-def training_mode(stages: Iterable[SeedStage]) -> TrainingMode:
-    """The mode a step runs in, given every slot's stage."""
-    stages = set(stages)
-    if stages & _BLENDED:
-        return TrainingMode.BLENDED
-    if SeedStage.TRAINING in stages:
-        return TrainingMode.ISOLATED
-    return TrainingMode.NORMAL
-
-
-@dataclass(frozen=True, slots=True)
-class TrainerConfig:
-    """Training hyper-parameters. ``seed`` makes a run reproducible; ``epochs`` is the planned length."""
-
-    epochs: int = 30
-    batch_size: int = 100
-    lr: float = 1e-2
-    seed_lr: float | None = None
-    lr_schedule: str = "cosine"
-    grad_clip: float = 5.0
-    seed: int = 0
-    eval_batch_size: int = 1000
-    governor: GovernorConfig = field(default_factory=GovernorConfig)
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"field {name!r}: must be >= 1 (value {getattr(self, name)!r})")
-        for name in ("lr", "grad_clip"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"field {name!r}: must be a finite number > 0 (value {getattr(self, name)!r})")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"field 'lr_schedule': must be 'cosine' or 'constant' (value {self.lr_schedule!r})")
-
-
-@dataclass(slots=True)
-class EpochRecord:
-    """One epoch as the report sees it (the only place test numbers live)."""
-
-    epoch: int
-    step: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    test_loss: float
-    test_accuracy: float
-    lr: float
-    params: int
-    modes: dict[str, int]
-    stages: dict[str, int]
-    rolled_back: bool
-    epoch_seconds: float
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 #: Called after an epoch's signals and health are published; returns commands to apply at that boundary.
@@ -190,10 +112,7 @@ class Trainer:
         return math.ceil(len(self.task.train) / self.config.batch_size)
 
     def _lr_factor(self, step: int) -> float:
-        if self.config.lr_schedule == "constant":
-            return 1.0
-        total = self.config.epochs * self.steps_per_epoch()
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return lr_factor(self.config.lr_schedule, step, self.config.epochs * self.steps_per_epoch())
 
     def _set_lr(self) -> float:
         factor = self._lr_factor(self.step)
@@ -258,7 +177,7 @@ class Trainer:
             norms["host"] += float(torch.nn.utils.clip_grad_norm_(host_params, cfg.grad_clip))
             stepping = ["host"]
             for sid, stage in stages.items():
-                if stage in _STEPPED and sid in self.optimizers:
+                if stage in STEPPED_STAGES and sid in self.optimizers:
                     params = [p for p in model.slots[sid].seed.parameters() if p.grad is not None]
                     if params:
                         norms[sid] += float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -323,7 +242,7 @@ class Trainer:
 
     def _measure(self, val: Evaluation, grad_norms: dict[str, float]) -> None:
         for slot_id, slot in self.model.slots.items():
-            if SeedStage(slot.stage) not in _MEASURED:
+            if SeedStage(slot.stage) not in MEASURED_STAGES:
                 continue
             m = measure_seed(self.model, slot_id, self.task.val, val, self.config.eval_batch_size)
             self.model.record_metrics(

@@ -39,7 +39,7 @@ class SubmitRun(_Strict):
     host_channels: int | None = Field(None, ge=1, le=4096)
     batch_size: int = Field(100, ge=1, le=1_000_000)
     lr: float = Field(1e-2, gt=0.0, le=10.0, allow_inf_nan=False)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "constant", "anneal"] = "cosine"
     param_budget: int | None = Field(None, ge=1, le=10**12)
     lockstep: bool = False
     lockstep_timeout_ms: int = Field(2_000, ge=0, le=3_600_000)
