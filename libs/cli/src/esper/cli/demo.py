@@ -31,6 +31,7 @@ from esper.leyline import (
     DecisionAction,
     Envelope,
     Message,
+    SeedStage,
     SeedTransition,
     TelemetryEvent,
     TrainingSignals,
@@ -137,7 +138,7 @@ def progress_line(stream: str, envelope: Envelope[Message], epochs: int | None) 
     match message:
         case TrainingSignals():
             total = f"/{epochs}" if epochs else ""
-            active = [f"{s.slot_id}:{s.stage.name}" for s in message.seeds if s.stage.name != "DORMANT"]
+            active = [f"{s.slot_id}:{s.stage.name}" for s in message.seeds if s.stage is not SeedStage.DORMANT]
             seeds = " ".join(active) if active else "all dormant"
             return (
                 f"  epoch {message.epoch:>3}{total}  val acc {100 * message.val_accuracy:5.1f}%  "

@@ -99,7 +99,11 @@ def write_report(trainer: Trainer, out_dir: str | Path, meta: dict[str, Any]) ->
     return report
 
 
-_EVENT_COLOURS = {"GERMINATED": "tab:green", "FOSSILIZED": "tab:blue", "CULLED": "tab:red"}
+_EVENT_COLOURS = {
+    SeedStage.GERMINATED.name: "tab:green",
+    SeedStage.FOSSILIZED.name: "tab:blue",
+    SeedStage.CULLED.name: "tab:red",
+}
 
 
 def plot_curves(report: dict[str, Any], path: str | Path) -> None:
