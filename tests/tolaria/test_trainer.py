@@ -78,6 +78,22 @@ def test_a_refused_command_is_rejected_with_the_gate_reason_and_a_duplicate_is_i
     assert trainer.model.slot("s2").stage is SeedStage.TRAINING
 
 
+def test_a_command_decided_on_a_stage_the_slot_has_left_is_rejected_as_stale(small_task):
+    trainer = make_trainer(small_task, epochs=2, policy=StaticPolicy())
+    results = []
+    trainer.sinks.append(lambda m: results.append(m) if isinstance(m, CommandResult) else None)
+    germinate = AdaptationCommand(command_id="g1", action=CommandAction.GERMINATE, slot_id="s2", blueprint="conv_light")
+    # two advances decided on the same GERMINATED telemetry: the second arrives after the first moved the slot on
+    decided_on = {"action": CommandAction.ADVANCE, "slot_id": "s2", "expected_stage": SeedStage.GERMINATED, "epoch": 1}
+    trainer.run_epoch([germinate])
+    trainer.run_epoch(
+        [AdaptationCommand(command_id="a1", **decided_on), AdaptationCommand(command_id="a2", **decided_on)]
+    )
+    assert [r.status for r in results] == [CommandStatus.APPLIED, CommandStatus.APPLIED, CommandStatus.REJECTED]
+    assert results[2].reason.startswith("stale: slot 's2' is TRAINING, the command was decided on GERMINATED")
+    assert trainer.model.slot("s2").stage is SeedStage.TRAINING
+
+
 def test_stop_command_ends_the_run(small_task):
     trainer = make_trainer(small_task, epochs=5, policy=StaticPolicy())
     trainer.run_epoch([AdaptationCommand(command_id="stop", action=CommandAction.STOP)])

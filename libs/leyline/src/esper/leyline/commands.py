@@ -8,6 +8,7 @@ from typing import Annotated
 import msgspec
 
 from esper.leyline.message import Message
+from esper.leyline.stages import SeedStage
 
 BlueprintConfig = dict[str, int | float | str | bool]
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
@@ -42,7 +43,10 @@ class AdaptationCommand(Message, frozen=True, kw_only=True):
     """An order to Tolaria (stream ``esper.control.commands``).
 
     ``command_id`` is the idempotency key: Tolaria applies a given id at most once.
-    ``epoch`` is the epoch of the telemetry the decision was made on;
+    ``epoch`` is the epoch of the telemetry the decision was made on and
+    ``expected_stage`` the slot's stage in it: Tolaria rejects the command as
+    stale when the slot has moved on by the time it applies it (a decision
+    that arrived an epoch late must not advance a seed twice).
     ``override`` says an operator bypassed the safety monitor.
     """
 
@@ -58,6 +62,7 @@ class AdaptationCommand(Message, frozen=True, kw_only=True):
     reason: str = ""
     issued_by: str = "policy"
     override: bool = False
+    expected_stage: SeedStage | None = None
 
     def __post_init__(self) -> None:
         if self.action in SLOT_ACTIONS and not self.slot_id:

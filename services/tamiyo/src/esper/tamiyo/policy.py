@@ -78,10 +78,17 @@ class StaticPolicy:
         return None
 
 
-def decision_to_command(decision: AdaptationDecision) -> AdaptationCommand | None:
-    """The command carrying out ``decision``; None for WAIT or a decision the safety check rejected."""
+def decision_to_command(
+    decision: AdaptationDecision, signals: TrainingSignals | None = None
+) -> AdaptationCommand | None:
+    """The command carrying out ``decision``; None for WAIT or a decision the safety check rejected.
+
+    With the ``signals`` the decision was made on, the command carries the
+    slot's stage in them, so Tolaria can refuse it if it arrives too late.
+    """
     if decision.action is DecisionAction.WAIT or not decision.accepted:
         return None
+    stage = next((r.stage for r in signals.seeds if r.slot_id == decision.slot_id), None) if signals else None
     return AdaptationCommand(
         command_id=decision.command_id or f"cmd-{decision.decision_id}",
         action=_COMMAND_FOR[decision.action],
@@ -91,4 +98,5 @@ def decision_to_command(decision: AdaptationDecision) -> AdaptationCommand | Non
         epoch=decision.epoch,
         reason=decision.reason,
         issued_by=decision.policy,
+        expected_stage=stage,
     )

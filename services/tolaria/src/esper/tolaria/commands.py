@@ -47,6 +47,12 @@ def apply_slot_command(
     try:
         if slot_id not in model.slots:
             raise ValueError(f"field 'slot_id': unknown slot {slot_id!r} (known: {', '.join(model.slots)})")
+        current = SeedStage(model.slots[slot_id].stage)
+        if command.expected_stage is not None and current is not command.expected_stage:
+            raise ValueError(
+                f"stale: slot {slot_id!r} is {current.name}, the command was decided on "
+                f"{SeedStage(command.expected_stage).name} (epoch {command.epoch})"
+            )
         action = command.action
         if action is CommandAction.GERMINATE:
             assert command.blueprint is not None

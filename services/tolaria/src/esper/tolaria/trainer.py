@@ -349,7 +349,7 @@ class Trainer:
             decision = self.policy.decide(signals)
             self.decisions.append(decision)
             self.publish(decision)
-            command = decision_to_command(decision)
+            command = decision_to_command(decision, signals)
             if command is not None:
                 to_apply.append(command)
         to_apply.extend(commands)

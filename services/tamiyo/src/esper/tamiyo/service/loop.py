@@ -160,7 +160,7 @@ class DecisionLoop:
             self.metrics.rejections.labels(verdict.category).inc()
         elif decision.action is not DecisionAction.WAIT:
             decision = msgspec.structs.replace(decision, command_id=policy_command_id(run.run_id, decision))
-        return decision, decision_to_command(decision)
+        return decision, decision_to_command(decision, signals)
 
     async def on_result(self, run_id: str, result: CommandResult) -> None:
         """Tolaria's answer: attach it to the decision and follow run control that took effect."""
