@@ -43,6 +43,8 @@ def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
         return st.binary(max_size=64)
     if isinstance(t, mi.NoneType):
         return st.none()
+    if isinstance(t, mi.LiteralType):
+        return st.sampled_from(list(t.values))
     if isinstance(t, mi.EnumType):
         return st.sampled_from(list(t.cls))
     if isinstance(t, mi.UnionType):

@@ -7,6 +7,8 @@ schema the policies read, and the schema version. Leyline never imports torch.
 
 from esper.leyline.codec import CodecError, decode, encode, encode_message, validate
 from esper.leyline.commands import (
+    RUN_ACTIONS,
+    SLOT_ACTIONS,
     AdaptationCommand,
     AdaptationDecision,
     CommandAction,
@@ -18,7 +20,8 @@ from esper.leyline.compile import BlueprintMetadata, CompileRequest, CompileResu
 from esper.leyline.deadletter import DeadLetter
 from esper.leyline.envelope import Envelope, new_id
 from esper.leyline.gates import Gate, GateInputs, GateResult, GateThresholds, evaluate
-from esper.leyline.jobs import TrainingJob
+from esper.leyline.graph import LAYOUTS, BlueprintOption, GraphEdge, GraphNode, ModelGraph, NodeKind, SlotOptions
+from esper.leyline.jobs import BUILTIN_TASKS, LR_SCHEDULES, TrainingJob, is_task_name
 from esper.leyline.message import MESSAGE_TYPES, Message, Record
 from esper.leyline.observation import (
     FEATURE_NAMES,
@@ -30,6 +33,12 @@ from esper.leyline.observation import (
 )
 from esper.leyline.stages import (
     ACTIVE_STAGES,
+    BLENDED_STAGES,
+    HOOKED_STAGES,
+    ISOLATED_STAGES,
+    MEASURED_STAGES,
+    SEEDED_STAGES,
+    STEPPED_STAGES,
     TRANSITIONS,
     IllegalTransitionError,
     SeedStage,
@@ -37,6 +46,7 @@ from esper.leyline.stages import (
     is_legal,
 )
 from esper.leyline.telemetry import (
+    EventKind,
     LayerHealth,
     LayerHealthReport,
     SeedStateReport,
@@ -47,6 +57,25 @@ from esper.leyline.telemetry import (
 from esper.leyline.version import SCHEMA_VERSION, is_compatible
 
 __all__ = [
+    "BLENDED_STAGES",
+    "BUILTIN_TASKS",
+    "HOOKED_STAGES",
+    "ISOLATED_STAGES",
+    "LAYOUTS",
+    "LR_SCHEDULES",
+    "MEASURED_STAGES",
+    "RUN_ACTIONS",
+    "SEEDED_STAGES",
+    "SLOT_ACTIONS",
+    "STEPPED_STAGES",
+    "BlueprintOption",
+    "EventKind",
+    "GraphEdge",
+    "GraphNode",
+    "ModelGraph",
+    "NodeKind",
+    "SlotOptions",
+    "is_task_name",
     "FEATURE_NAMES",
     "OBSERVATION_SIZE",
     "GlobalFeatures",

@@ -1,41 +1,77 @@
 """Training jobs: what an operator submits and Tolaria runs (stream ``esper.control.jobs``).
 
-The envelope's ``run_id`` names the run; every later message of the run carries it.
+:class:`TrainingJob` is the one definition of a run's settings: ``esper train``
+builds one from its flags, the control API's request body is derived from its
+fields, Tolaria trains exactly what it says and stores it in the run's
+checkpoint. The envelope's ``run_id`` names the run; every later message of the
+run carries it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Literal
 
 import msgspec
 
 from esper.leyline.message import Message
 
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0.0)]
+#: Tasks every Tolaria knows. Any other task names a factory in an installed module,
+#: ``package.module:function`` (the function returns a Tolaria ``Task``).
+BUILTIN_TASKS = ("mnist1d", "digits", "cifar10")
+#: Learning-rate schedules (Tolaria's ``schedule`` module implements them).
+LR_SCHEDULES = ("cosine", "constant", "anneal")
+LrSchedule = Literal["cosine", "constant", "anneal"]
+
+#: A task: a built-in name or ``package.module:function``.
+TASK_PATTERN = r"^(mnist1d|digits|cifar10|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$"
+_TASK = re.compile(TASK_PATTERN)
+
+Epochs = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+Seed = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+TaskName = Annotated[str, msgspec.Meta(max_length=200, pattern=TASK_PATTERN)]
+Path = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+Samples = Annotated[int, msgspec.Meta(ge=2, le=10**9)]
+Channels = Annotated[int, msgspec.Meta(ge=1, le=4096)]
+BatchSize = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+LearningRate = Annotated[float, msgspec.Meta(gt=0.0, le=10.0)]
+Budget = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
+Sigma = Annotated[float, msgspec.Meta(gt=0.0, le=1_000.0)]
+TimeoutMs = Annotated[int, msgspec.Meta(ge=0, le=3_600_000)]
+
+
+def is_task_name(task: str) -> bool:
+    """Whether ``task`` is a built-in task or a ``package.module:function`` reference."""
+    return bool(_TASK.match(task))
 
 
 class TrainingJob(Message, frozen=True, kw_only=True):
-    """One training run: task, host size, budget, seed and the policy that steers it.
+    """One training run: task, host size, budget, seed, schedule and the policy that steers it.
 
-    ``policy`` is ``"heuristic"`` or ``"none"`` (the static host). With
-    ``lockstep`` Tolaria waits up to ``lockstep_timeout_ms`` after each epoch for
-    Tamiyo's decision on it, which makes service runs reproducible.
-    ``max_train_samples`` trims the training split (tests, quick demos).
+    ``policy`` names a policy Tamiyo knows (``"heuristic"``, ``"none"`` for the
+    static host). With ``lockstep`` (the default) Tolaria waits up to
+    ``lockstep_timeout_ms`` after each epoch for Tamiyo's decision on it, so a
+    run through the services makes exactly the decisions the same run makes in
+    one process; without it Tolaria never waits and rejects a command decided
+    on a slot state that has moved on. ``max_train_samples`` trims the training
+    split (tests, quick demos); ``spike_sigma`` is the governor's loss-spike
+    threshold in standard deviations.
     """
 
     message_type = "training_job"
 
-    task: str = "mnist1d"
-    policy: str = "heuristic"
-    epochs: PositiveInt = 40
-    seed: int = 0
-    data_dir: str | None = None
-    max_train_samples: PositiveInt | None = None
-    host_channels: PositiveInt | None = None
-    batch_size: PositiveInt = 100
-    lr: PositiveFloat = 1e-2
-    lr_schedule: str = "cosine"
-    param_budget: PositiveInt | None = None
-    lockstep: bool = False
-    lockstep_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 2_000
+    task: TaskName = "mnist1d"
+    policy: Name = "heuristic"
+    epochs: Epochs = 40
+    seed: Seed = 0
+    data_dir: Path | None = None
+    max_train_samples: Samples | None = None
+    host_channels: Channels | None = None
+    batch_size: BatchSize = 100
+    lr: LearningRate = 1e-2
+    lr_schedule: LrSchedule = "cosine"
+    param_budget: Budget | None = None
+    spike_sigma: Sigma = 6.0
+    lockstep: bool = True
+    lockstep_timeout_ms: TimeoutMs = 2_000

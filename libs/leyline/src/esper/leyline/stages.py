@@ -60,6 +60,24 @@ ACTIVE_STAGES: frozenset[SeedStage] = frozenset(
 #: Stages from which the slot is free to germinate a new seed.
 TERMINAL_STAGES: frozenset[SeedStage] = frozenset({SeedStage.FOSSILIZED})
 
+#: Stages in which a seed module exists (the live ones and a fossilized one).
+SEEDED_STAGES: frozenset[SeedStage] = ACTIVE_STAGES | {SeedStage.FOSSILIZED}
+
+#: Stages in which the seed reads a detached copy of the host features (the host learns nothing from it).
+ISOLATED_STAGES: frozenset[SeedStage] = frozenset({SeedStage.GERMINATED, SeedStage.TRAINING})
+
+#: Stages that mix the seed into the host's output at the slot's alpha.
+BLENDED_STAGES: frozenset[SeedStage] = frozenset({SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY})
+
+#: Stages whose slot changes (or may change) the host's features, so Kasmina hooks its layer.
+HOOKED_STAGES: frozenset[SeedStage] = frozenset({SeedStage.TRAINING, *BLENDED_STAGES, SeedStage.FOSSILIZED})
+
+#: Stages in which the seed's parameters take optimizer steps.
+STEPPED_STAGES: frozenset[SeedStage] = HOOKED_STAGES
+
+#: Stages in which the seed's counterfactual contribution is measured each epoch.
+MEASURED_STAGES: frozenset[SeedStage] = frozenset({SeedStage.TRAINING, *BLENDED_STAGES})
+
 
 class IllegalTransitionError(ValueError):
     """A requested stage change that the transition table does not allow."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import msgspec
@@ -101,8 +102,21 @@ class SeedTransition(Message, frozen=True, kw_only=True):
     metrics: dict[str, float] = msgspec.field(default_factory=dict)
 
 
+class EventKind(StrEnum):
+    """The kinds of :class:`TelemetryEvent` Esper's components publish."""
+
+    #: Tolaria wrote the run's report; attributes carry its headline numbers.
+    RUN_FINISHED = "run_finished"
+    #: Tolaria could not run the job (the message says why).
+    RUN_FAILED = "run_failed"
+    #: the governor rolled the model back after a NaN or a loss spike.
+    GOVERNOR_ROLLBACK = "governor_rollback"
+    #: a seed could not be loaded from a compiled kernel and was built eagerly instead.
+    KERNEL_FALLBACK = "kernel_fallback"
+
+
 class TelemetryEvent(Message, frozen=True, kw_only=True):
-    """A named event (governor rollback, checkpoint written, run finished, ...)."""
+    """A named event; ``kind`` is an :class:`EventKind` value for Esper's own events."""
 
     message_type = "telemetry_event"
 
