@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from esper.kasmina import ConvHost1D, MLPHost, wrap
+from esper.kasmina.state import lifecycle_state, restore_lifecycle
 from esper.leyline import SeedStage
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -43,8 +44,8 @@ def test_restored_seeds_are_built_on_the_current_device_and_dtype(drive_to, fast
     model = wrap(ConvHost1D(), ConvHost1D.DEFAULT_SLOTS, config=fast_config)
     model.probe(torch.randn(2, 40))
     drive_to(model, "s3", SeedStage.SHADOWING, blueprint="bottleneck")
-    state, weights = model.lifecycle_state(), model.state_dict()
+    state, weights = lifecycle_state(model), model.state_dict()
     other = wrap(ConvHost1D(), ConvHost1D.DEFAULT_SLOTS).to(torch.float64)
-    other.restore_lifecycle(state)
+    restore_lifecycle(other, state)
     other.load_state_dict(weights)
     assert all(p.dtype == torch.float64 for p in other.seed_parameters("s3"))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from esper.kasmina import ConvHost1D, GateFailedError, KasminaConfig, MorphogeneticModel, wrap
+from esper.kasmina.state import lifecycle_state, restore_lifecycle
 from esper.leyline import IllegalTransitionError, SeedStage, SeedStateReport, is_legal
 
 
@@ -232,26 +233,26 @@ def test_lifecycle_state_is_json_and_restores_for_load_state_dict(conv_model, dr
     conv_model.set_alpha("s2", 0.25, epoch=4, reason="test")
     conv_model.germinate("s3", "norm", {"groups": 2}, epoch=4, reason="test")
     conv_model.cull("s3", epoch=4, reason="test")
-    state = json.loads(json.dumps(conv_model.lifecycle_state()))
+    state = json.loads(json.dumps(lifecycle_state(conv_model)))
     weights = conv_model.state_dict()
     restored = wrap(ConvHost1D(), ConvHost1D.DEFAULT_SLOTS, config=fast_config)
-    restored.restore_lifecycle(state)
+    restore_lifecycle(restored, state)
     restored.load_state_dict(weights)
     x = torch.randn(5, 40)
     assert torch.equal(restored(x), conv_model(x))
     assert restored.events == conv_model.events
     assert restored.reports() == conv_model.reports()
-    assert restored.lifecycle_state() == state
+    assert lifecycle_state(restored) == state
     restored.end_epoch(5)
     conv_model.end_epoch(5)
     assert restored.slot("s2").alpha == conv_model.slot("s2").alpha
 
 
 def test_restore_rejects_a_state_for_other_slots(conv_model) -> None:
-    state = conv_model.lifecycle_state()
+    state = lifecycle_state(conv_model)
     other = wrap(ConvHost1D(), {"a": "act1"})
     with pytest.raises(ValueError, match=r"slots \['s1', 's2', 's3'\] do not match the model's slots \['a'\]"):
-        other.restore_lifecycle(state)
+        restore_lifecycle(other, state)
 
 
 def test_an_event_states_the_gate_verdict_and_the_callers_reason_once(conv_model) -> None:

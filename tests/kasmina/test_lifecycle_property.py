@@ -9,8 +9,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from esper.kasmina import KasminaConfig, MLPHost, MorphogeneticModel, wrap
-from esper.kasmina.slot import HOOKED_STAGES, SEEDED_STAGES
-from esper.leyline import GateThresholds, SeedStage, is_legal
+from esper.leyline import HOOKED_STAGES, SEEDED_STAGES, GateThresholds, SeedStage, is_legal
 
 SLOTS = ("a", "b")
 metric = st.one_of(st.floats(-0.2, 1.0), st.floats(0.01, 1.0), st.none(), st.just(math.nan))

@@ -14,6 +14,7 @@ from esper.kasmina.hosts import ConvHost1D, MLPHost
 from esper.kasmina.model import MorphogeneticModel, wrap
 from esper.kasmina.monitor import GradientIsolationMonitor
 from esper.kasmina.slot import SeedSlot, SlotMetrics
+from esper.kasmina.state import lifecycle_state, restore_lifecycle
 from esper.leyline import GateThresholds, SeedStage, SeedStateReport, SeedTransition
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "alpha_progress",
     "export",
     "get_blueprint",
+    "lifecycle_state",
     "list_blueprints",
+    "restore_lifecycle",
     "wrap",
 ]

@@ -18,8 +18,8 @@ import torch
 from torch import fx, nn
 
 from esper.kasmina.model import MorphogeneticModel
-from esper.kasmina.slot import BLENDED_STAGES, SeedSlot
-from esper.leyline import SeedStage
+from esper.kasmina.slot import SeedSlot
+from esper.leyline import BLENDED_STAGES, SeedStage
 
 
 class _Blend(nn.Module):

@@ -17,9 +17,12 @@ from torch import nn
 from esper.kasmina.blueprints import get_blueprint
 from esper.kasmina.config import KasminaConfig, alpha_progress
 from esper.kasmina.errors import GateFailedError, NoForwardStepError
-from esper.kasmina.slot import BLENDED_STAGES, SEEDED_STAGES, SeedSlot, SlotMetrics, within_sequence_model
+from esper.kasmina.layout import within_sequence_model
+from esper.kasmina.slot import SeedSlot, SlotMetrics
 from esper.leyline import (
     ACTIVE_STAGES,
+    BLENDED_STAGES,
+    SEEDED_STAGES,
     Gate,
     GateInputs,
     SeedStage,
@@ -351,18 +354,6 @@ class MorphogeneticModel(nn.Module):
     def reports(self) -> list[SeedStateReport]:
         """One report per slot, in slot order, for ``TrainingSignals.seeds``."""
         return [slot.report() for slot in self._slots()]
-
-    def lifecycle_state(self) -> dict[str, Any]:
-        """Every slot's lifecycle state and the event log, as JSON-able builtins (checkpoints)."""
-        from esper.kasmina.state import lifecycle_state
-
-        return lifecycle_state(self)
-
-    def restore_lifecycle(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`lifecycle_state` output, rebuilding seed modules so ``load_state_dict`` then fits."""
-        from esper.kasmina.state import restore_lifecycle
-
-        restore_lifecycle(self, state)
 
 
 def wrap(host: nn.Module, slots: Mapping[str, str], *, config: KasminaConfig | None = None) -> MorphogeneticModel:

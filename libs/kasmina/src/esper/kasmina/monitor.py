@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from esper.kasmina.model import MorphogeneticModel
-from esper.kasmina.slot import ISOLATED_STAGES, SeedSlot
-from esper.leyline import ACTIVE_STAGES
+from esper.kasmina.slot import SeedSlot
+from esper.leyline import ACTIVE_STAGES, ISOLATED_STAGES
 
 
 class GradientIsolationMonitor:

@@ -7,38 +7,23 @@ the host runs exactly as it would bare, at the same speed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from esper.leyline import SeedStage, SeedStateReport
-
-#: Stages whose slot changes (or may change) the host's features, so it needs its hook.
-HOOKED_STAGES = frozenset(
-    {
-        SeedStage.TRAINING,
-        SeedStage.BLENDING,
-        SeedStage.SHADOWING,
-        SeedStage.PROBATIONARY,
-        SeedStage.FOSSILIZED,
-    }
+from esper.kasmina.blueprints import get_blueprint
+from esper.kasmina.layout import infer_layer_kind
+from esper.leyline import (
+    BLENDED_STAGES,
+    HOOKED_STAGES,
+    ISOLATED_STAGES,
+    SEEDED_STAGES,
+    SeedStage,
+    SeedStateReport,
 )
-#: Stages that mix the seed into the output at the slot's alpha.
-BLENDED_STAGES = frozenset({SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY})
-#: Stages in which a seed module exists.
-SEEDED_STAGES = frozenset(
-    {
-        SeedStage.GERMINATED,
-        SeedStage.TRAINING,
-        SeedStage.BLENDING,
-        SeedStage.SHADOWING,
-        SeedStage.PROBATIONARY,
-        SeedStage.FOSSILIZED,
-    }
-)
-#: Stages in which the seed reads a detached copy of the host features.
-ISOLATED_STAGES = frozenset({SeedStage.GERMINATED, SeedStage.TRAINING})
 
 _OFF = "off"
 
@@ -214,44 +199,66 @@ class SeedSlot(nn.Module):
             embargo_epochs_left=self.embargo_left,
         )
 
+    def lifecycle_state(self) -> dict[str, Any]:
+        """This slot's lifecycle as JSON-able builtins (weights travel in the model's ``state_dict``)."""
+        return {
+            "module_name": self.module_name,
+            "stage": self.stage.name,
+            "blueprint": self.blueprint,
+            "blueprint_config": dict(self.blueprint_config),
+            "seed_id": self.seed_id,
+            "alpha": float(self.alpha),
+            "epochs_in_stage": self.epochs_in_stage,
+            "embargo_left": self.embargo_left,
+            "feature_shape": list(self.feature_shape) if self.feature_shape is not None else None,
+            "layer_kind": self.layer_kind,
+            "ramp_from": float(self.ramp_from),
+            "ramp_epochs": self.ramp_epochs,
+            "metrics": asdict(self.metrics),
+        }
+
+    def prepare_restore(self, raw: Mapping[str, Any]) -> Callable[[], None]:
+        """Check :meth:`lifecycle_state` output and rebuild its seed; returns what applies it.
+
+        Nothing changes until the returned function is called, so a caller can
+        check every slot first and leave the model untouched when one is bad
+        (ValueError naming the slot and the field).
+        """
+        if raw.get("module_name") != self.module_name:
+            raise ValueError(
+                f"lifecycle state slot {self.slot_id!r} sits at {raw.get('module_name')!r}, "
+                f"the model's at {self.module_name!r}"
+            )
+        try:
+            stage = SeedStage[raw["stage"]]
+        except KeyError:
+            raise ValueError(f"lifecycle state slot {self.slot_id!r}: unknown stage {raw.get('stage')!r}") from None
+        shape = tuple(int(s) for s in raw["feature_shape"]) if raw.get("feature_shape") is not None else None
+        seed = None
+        if stage in SEEDED_STAGES:
+            if raw.get("blueprint") is None or shape is None:
+                raise ValueError(
+                    f"lifecycle state slot {self.slot_id!r}: stage {stage.name} needs a blueprint and shape"
+                )
+            spec = get_blueprint(raw["blueprint"])
+            seed = spec.build(shape, raw.get("blueprint_config") or {}, layer_kind=raw.get("layer_kind"))
+            seed.to(device=self.device, dtype=self.dtype)
+        metrics = SlotMetrics(**raw.get("metrics", {}))
+
+        def apply() -> None:
+            self.stage, self.seed, self.feature_shape, self.metrics = stage, seed, shape, metrics
+            self.blueprint = raw.get("blueprint")
+            self.blueprint_config = dict(raw.get("blueprint_config") or {})
+            self.seed_id = raw.get("seed_id")
+            self.alpha = float(raw.get("alpha", 0.0))
+            self.epochs_in_stage = int(raw.get("epochs_in_stage", 0))
+            self.embargo_left = int(raw.get("embargo_left", 0))
+            self.layer_kind = raw.get("layer_kind")
+            self.ramp_from = float(raw.get("ramp_from", 0.0))
+            self.ramp_epochs = int(raw.get("ramp_epochs", 0))
+            self.sync_hook()
+
+        return apply
+
     def extra_repr(self) -> str:
         return f"{self.slot_id!r} at {self.module_name!r}, stage={self.stage.name}, blueprint={self.blueprint!r}"
-
-
-_TRANSFORMER_BLOCKS = (
-    nn.MultiheadAttention,
-    nn.TransformerEncoderLayer,
-    nn.TransformerDecoderLayer,
-    nn.TransformerEncoder,
-    nn.TransformerDecoder,
-    nn.Transformer,
-)
-_SEQUENCE_MODULES = (nn.Linear, nn.LayerNorm, nn.Embedding, *_TRANSFORMER_BLOCKS)
-
-
-def infer_layer_kind(module: nn.Module, feature_shape: tuple[int, ...], in_sequence_model: bool = False) -> str | None:
-    """The layer kind of per-sample features: rank 1 linear, rank 3 conv2d, rank 2 sequence or conv1d.
-
-    Rank-2 features are (T, D) sequences after modules that act on the last
-    dimension (Linear, LayerNorm, attention, transformer layers) or anywhere
-    inside a transformer (``in_sequence_model``), else (C, L) conv1d maps.
-    Other ranks have no kind (no blueprint serves them): None.
-    """
-    rank = len(feature_shape)
-    if rank == 1:
-        return "linear"
-    if rank == 3:
-        return "conv2d"
-    if rank == 2:
-        return "sequence" if in_sequence_model or isinstance(module, _SEQUENCE_MODULES) else "conv1d"
-    return None
-
-
-def within_sequence_model(host: nn.Module, module_name: str) -> bool:
-    """Whether the submodule ``module_name`` of ``host`` sits inside a transformer or attention block."""
-    node = host
-    for part in module_name.split(".")[:-1]:
-        if isinstance(node, _TRANSFORMER_BLOCKS):
-            return True
-        node = node.get_submodule(part)
-    return isinstance(node, _TRANSFORMER_BLOCKS)

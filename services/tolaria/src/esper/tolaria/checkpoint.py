@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 import torch
 
+from esper.kasmina.state import lifecycle_state, restore_lifecycle
 from esper.leyline import AdaptationDecision
 from esper.tolaria.trainer import EpochRecord, Trainer
 
@@ -40,7 +41,7 @@ def save_checkpoint(trainer: Trainer, path: str | Path, *, meta: dict[str, Any] 
         "epoch": trainer.epoch,
         "step": trainer.step,
         "model": trainer.model.state_dict(),
-        "lifecycle": trainer.model.lifecycle_state(),
+        "lifecycle": lifecycle_state(trainer.model),
         "optimizers": {name: opt.state_dict() for name, opt in trainer.optimizers.items()},
         "tracker": trainer.tracker.state_dict(),
         "policy": trainer.policy.state_dict() if trainer.policy is not None else None,
@@ -84,7 +85,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def restore_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
     """Load ``state`` (from :func:`read_checkpoint`) into a freshly built ``trainer`` of the same run."""
     model = trainer.model
-    model.restore_lifecycle(state["lifecycle"])
+    restore_lifecycle(model, state["lifecycle"])
     model.load_state_dict(state["model"])
     trainer.optimizers = {"host": trainer._optimizer(trainer.host_parameters())}
     for slot_id, slot in model.slots.items():
