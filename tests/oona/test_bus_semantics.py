@@ -401,3 +401,34 @@ def test_subscribe_rejects_an_empty_group_name(make_bus: BusFactory) -> None:
         await bus.aclose()
 
     run(scenario())
+
+
+def test_pending_lists_what_a_consumer_holds_unacknowledged_and_nothing_once_acked(make_bus: BusFactory) -> None:
+    async def scenario() -> None:
+        bus = make_bus()
+        await bus.ping()
+        assert await bus.pending(STREAM, ls.GROUP_TOLARIA, "t1") == []  # no group yet
+        sent = [signals(1), signals(2)]
+        await bus.publish_many(STREAM, sent)
+        release = asyncio.Event()
+        seen: list[str] = []
+
+        async def hold(envelope: object, delivery: object) -> None:
+            seen.append(envelope.message_id)  # type: ignore[attr-defined]
+            await release.wait()
+
+        consumer = bus.subscribe(STREAM, ls.GROUP_TOLARIA, "t1", hold, FAST)
+        task = asyncio.ensure_future(consumer.run())
+        await eventually(lambda: len(seen) == 1, what="first delivery")
+        held = await bus.pending(STREAM, ls.GROUP_TOLARIA, "t1")
+        assert [e.message_id for e in held][:1] == [sent[0].message_id]
+        assert held[0] == sent[0]
+        assert await bus.pending(STREAM, ls.GROUP_TOLARIA, "someone-else") == []
+        release.set()
+        await eventually(lambda: len(seen) == 2, what="second delivery")
+        await consumer.stop()
+        await task
+        assert await bus.pending(STREAM, ls.GROUP_TOLARIA, "t1") == []
+        await bus.aclose()
+
+    run(scenario())

@@ -121,5 +121,16 @@ class Bus(Protocol):
         Nothing is read until ``run()`` is awaited (usually as a task).
         """
 
+    async def ping(self) -> None:
+        """Return once the bus answers; raise (a ``ConnectionError``) when it does not."""
+
+    async def pending(self, stream: str, group: str, consumer: str, count: int = 100) -> list[Envelope[Message]]:
+        """Envelopes ``consumer`` of ``group`` holds unacknowledged on ``stream``, oldest first.
+
+        A restarted service asks this to learn what it was doing when it died.
+        No group yet means nothing pending; entries that no longer decode are
+        left out (the consumer dead-letters them when it reads them again).
+        """
+
     async def aclose(self) -> None:
         """Release connections; consumers should be stopped first."""

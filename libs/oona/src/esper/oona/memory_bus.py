@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from esper.leyline import Envelope, encode
+from esper.leyline import CodecError, Envelope, Message, decode, encode
 from esper.leyline import streams as ls
 from esper.oona.bus import ConsumerOptions, Handler
 from esper.oona.consumer import NEW, Consumer, Entry
@@ -110,6 +110,23 @@ class InMemoryBus:
         options: ConsumerOptions | None = None,
     ) -> Consumer:
         return Consumer(_MemoryBackend(self), streams, group, consumer, handler, options, self._metrics)
+
+    async def ping(self) -> None:
+        return None
+
+    async def pending(self, stream: str, group: str, consumer: str, count: int = 100) -> list[Envelope[Message]]:
+        s = self._streams.get(stream)
+        g = s.groups.get(group) if s is not None else None
+        if s is None or g is None:
+            return []
+        envelopes = []
+        for entry_id in sorted(i for i, p in g.pending.items() if p.consumer == consumer)[:count]:
+            data = s.get(entry_id)
+            try:
+                envelopes.append(decode(data or b""))
+            except CodecError:
+                continue
+        return envelopes
 
     async def aclose(self) -> None:
         for waiters in self._waiters.values():

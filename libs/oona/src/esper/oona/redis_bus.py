@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from esper.leyline import Envelope, encode
+from esper.leyline import CodecError, Envelope, Message, decode, encode
 from esper.leyline import streams as ls
 from esper.oona.bus import BusUnavailable, ConsumerOptions, Handler
 from esper.oona.consumer import NEW, Consumer, Entry
@@ -122,6 +122,25 @@ class RedisBus:
         options: ConsumerOptions | None = None,
     ) -> Consumer:
         return Consumer(_RedisBackend(self.client), streams, group, consumer, handler, options, self._metrics)
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def pending(self, stream: str, group: str, consumer: str, count: int = 100) -> list[Envelope[Message]]:
+        try:
+            entries = await self.client.xpending_range(stream, group, "-", "+", count, consumername=consumer)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return []
+            raise
+        envelopes = []
+        for entry in entries:
+            for _, fields in await self.client.xrange(stream, entry["message_id"], entry["message_id"]):
+                try:
+                    envelopes.append(decode(_data(fields) or b""))
+                except CodecError:
+                    continue
+        return envelopes
 
     async def aclose(self) -> None:
         if self._owns_client:
