@@ -26,9 +26,14 @@ class TrainerConfig:
     seed: int = 0
     eval_batch_size: int = 1000
     governor: GovernorConfig = field(default_factory=GovernorConfig)
+    #: TRAINING seeds learn from one extra forward/backward at alpha 1 per step (else the straight-through
+    #: gradient alone, which does not see the seed's own output)
+    isolated_seed_pass: bool = True
+    #: a run folder rewrites its checkpoint every this many epochs (and always after the last one)
+    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"field {name!r}: must be >= 1 (value {getattr(self, name)!r})")
         for name in ("lr", "grad_clip"):

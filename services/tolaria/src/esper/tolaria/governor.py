@@ -9,7 +9,6 @@ states), culls the seed held responsible, records why, and goes on.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -66,17 +65,21 @@ class Governor:
         self.losses: deque[float] = deque(maxlen=self.config.window)
         self.snapshot: Snapshot | None = None
         self.rollbacks = 0
+        self._sum = self._sum_sq = 0.0
 
     def check(self, loss: float) -> Trip | None:
-        """Judge one step's loss; a good loss joins the history."""
+        """Judge one step's loss; a good loss joins the history.
+
+        Mean and variance come from running sums over the window (O(1) a step).
+        """
         if not self.config.enabled:
             return None
         if not math.isfinite(loss):
             return Trip("non_finite", loss, f"loss is {loss} (not finite)")
-        if len(self.losses) >= self.config.min_history:
-            n = len(self.losses)
-            mean = sum(self.losses) / n
-            std = math.sqrt(sum((x - mean) ** 2 for x in self.losses) / (n - 1))
+        n = len(self.losses)
+        if n >= self.config.min_history:
+            mean = self._sum / n
+            std = math.sqrt(max(self._sum_sq - n * mean * mean, 0.0) / (n - 1))
             limit = mean + self.config.sigma * max(std, 1e-8)
             if loss > limit:
                 return Trip(
@@ -85,15 +88,30 @@ class Governor:
                     f"loss {loss:.4g} spiked beyond {self.config.sigma:g} std of the last {n} steps "
                     f"(mean {mean:.4g}, std {std:.3g})",
                 )
+        if n == self.losses.maxlen:
+            old = self.losses[0]
+            self._sum -= old
+            self._sum_sq -= old * old
         self.losses.append(loss)
+        self._sum += loss
+        self._sum_sq += loss * loss
         return None
 
     def take_snapshot(self, epoch: int, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-        """Remember the state at the end of ``epoch`` as the last good state."""
+        """Remember the state at the end of ``epoch`` as the last good state.
+
+        Tensors are copied into the previous snapshot's buffers where their shapes
+        still match (no allocation, no ``deepcopy`` of the optimizers' Python
+        structure); only new or reshaped tensors are cloned.
+        """
+        old = self.snapshot
         self.snapshot = Snapshot(
             epoch=epoch,
-            model={k: v.detach().clone() for k, v in model.state_dict().items()},
-            optimizers={name: copy.deepcopy(opt.state_dict()) for name, opt in optimizers.items()},
+            model=_copy_into(model.state_dict(), old.model if old else None),
+            optimizers={
+                name: _copy_into(opt.state_dict(), old.optimizers.get(name) if old else None)
+                for name, opt in optimizers.items()
+            },
         )
 
     def restore(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> int:
@@ -107,7 +125,9 @@ class Governor:
         model.load_state_dict(self.snapshot.model)
         for name, opt in optimizers.items():
             if name in self.snapshot.optimizers:
-                opt.load_state_dict(copy.deepcopy(self.snapshot.optimizers[name]))
+                # load_state_dict keeps references to the given tensors: hand it copies, so that
+                # the next snapshot (which writes into its buffers) cannot change the optimizer
+                opt.load_state_dict(_copy_into(self.snapshot.optimizers[name], None))
         self.rollbacks += 1
         return self.snapshot.epoch
 
@@ -117,7 +137,25 @@ class Governor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.losses.clear()
         self.losses.extend(state["losses"])
+        self._sum = sum(self.losses)
+        self._sum_sq = sum(x * x for x in self.losses)
         self.rollbacks = state["rollbacks"]
+
+
+def _copy_into(state: Any, previous: Any) -> Any:
+    """A copy of ``state`` (nested dicts/lists/tuples of tensors and plain values) that shares
+    nothing with it, reusing ``previous`` (an earlier copy of the same structure) where it fits."""
+    if isinstance(state, torch.Tensor):
+        if isinstance(previous, torch.Tensor) and previous.shape == state.shape and previous.dtype == state.dtype:
+            return previous.copy_(state.detach())
+        return state.detach().clone()
+    if isinstance(state, dict):
+        prev = previous if isinstance(previous, dict) else {}
+        return {k: _copy_into(v, prev.get(k)) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        prev = previous if isinstance(previous, list | tuple) and len(previous) == len(state) else [None] * len(state)
+        return type(state)(_copy_into(v, p) for v, p in zip(state, prev, strict=True))
+    return state
 
 
 def offending_slot(model: Any) -> str | None:

@@ -19,9 +19,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
-from esper.kasmina import GradientIsolationMonitor, KasminaConfig, MorphogeneticModel, wrap
+from esper.kasmina import KasminaConfig, MorphogeneticModel, wrap
 from esper.leyline import (
     ACTIVE_STAGES,
     AdaptationCommand,
@@ -41,8 +40,9 @@ from esper.tolaria.commands import apply_slot_command
 from esper.tolaria.config import EpochRecord, TrainerConfig, seed_everything
 from esper.tolaria.evaluation import Evaluation, evaluate, layer_health, measure_seed
 from esper.tolaria.governor import Governor, Trip, offending_slot
-from esper.tolaria.modes import MEASURED_STAGES, STEPPED_STAGES, TrainingMode, training_mode
+from esper.tolaria.modes import MEASURED_STAGES
 from esper.tolaria.schedule import lr_factor
+from esper.tolaria.steps import host_only_parameters, train_epoch
 from esper.tolaria.tasks import Task
 
 Sink = Callable[[Message], None]
@@ -97,8 +97,7 @@ class Trainer:
     # -- parameters and optimizers --------------------------------------------
     def host_parameters(self) -> list[torch.nn.Parameter]:
         """The host's own parameters (every parameter that no seed owns)."""
-        seeds = {id(p) for slot in self.model.slots.values() if slot.seed is not None for p in slot.seed.parameters()}
-        return [p for p in self.model.parameters() if id(p) not in seeds]
+        return host_only_parameters(self.model)
 
     def _optimizer(self, params: list[torch.nn.Parameter], *, seed: bool = False) -> torch.optim.Optimizer:
         base = (self.config.seed_lr or self.config.lr) if seed else self.config.lr
@@ -114,7 +113,8 @@ class Trainer:
     def _lr_factor(self, step: int) -> float:
         return lr_factor(self.config.lr_schedule, step, self.config.epochs * self.steps_per_epoch())
 
-    def _set_lr(self) -> float:
+    def set_lr(self) -> float:
+        """Set every optimizer's rate for the current step; returns the host's rate."""
         factor = self._lr_factor(self.step)
         for name, opt in self.optimizers.items():
             base = self.config.lr if name == "host" else (self.config.seed_lr or self.config.lr)
@@ -135,91 +135,9 @@ class Trainer:
 
     # -- one epoch ------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> tuple[float, float, dict[str, int], Trip | None, dict[str, float]]:
-        """All training steps of one epoch; stops at the first step the governor trips on."""
-        model, cfg = self.model, self.config
-        model.train()
-        n = len(self.task.train)
-        order = torch.randperm(n, generator=self.generator)
-        total_loss, correct, seen = 0.0, 0, 0
-        modes: Counter[str] = Counter()
-        norms: Counter[str] = Counter()
-        monitored = False
-        host_params = self.host_parameters()  # seeds only change at epoch boundaries
-        for start in range(0, n, cfg.batch_size):
-            index = order[start : start + cfg.batch_size]
-            x, y = self.task.train.x[index], self.task.train.y[index]
-            stages = {sid: SeedStage(slot.stage) for sid, slot in model.slots.items()}
-            mode = training_mode(stages.values())
-            modes[mode.value] += 1
-            self._set_lr()
-            for opt in self.optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            if mode is TrainingMode.ISOLATED and not monitored:
-                # one monitored step per epoch proves isolation without hooking every step
-                with GradientIsolationMonitor(model) as monitor:
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y)
-                    loss.backward()
-                norms["isolation_violations"] += monitor.violations
-                monitored = True
-                trip = self.governor.check(loss.item())
-            else:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                trip = self.governor.check(loss.item())
-                if trip is None:
-                    loss.backward()
-            if trip is not None:
-                return self._means(total_loss, correct, seen, modes, norms, trip)
-            isolated = [sid for sid, stage in stages.items() if stage is SeedStage.TRAINING and sid in self.optimizers]
-            if isolated:
-                self._isolated_seed_gradients(x, y, isolated)
-            norms["host"] += float(torch.nn.utils.clip_grad_norm_(host_params, cfg.grad_clip))
-            stepping = ["host"]
-            for sid, stage in stages.items():
-                if stage in STEPPED_STAGES and sid in self.optimizers:
-                    params = [p for p in model.slots[sid].seed.parameters() if p.grad is not None]
-                    if params:
-                        norms[sid] += float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-                    stepping.append(sid)
-            for name in stepping:
-                self.optimizers[name].step()
-            self.step += 1
-            norms["steps"] += 1
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(dim=1) == y).sum())
-            seen += len(y)
-        return self._means(total_loss, correct, seen, modes, norms, None)
-
-    def _isolated_seed_gradients(self, x: torch.Tensor, y: torch.Tensor, slot_ids: list[str]) -> None:
-        """Replace each isolated seed's gradient by that of the loss with the seed at alpha 1.
-
-        The straight-through path gives a TRAINING seed dL/dh, which does not depend on
-        the seed's own output, so a seed following it alone drifts without bound (its
-        measured improvement only falls). Here the seed learns from its real effect on
-        the loss while the host stays frozen: the gradient is taken w.r.t. the seed's
-        parameters only, and the seed reads detached host features, so nothing reaches
-        the host.
-        """
-        for slot_id in slot_ids:
-            params = list(self.model.slots[slot_id].seed.parameters())
-            with self.model.alpha_override(slot_id, 1.0):
-                loss = F.cross_entropy(self.model(x), y)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for param, grad in zip(params, grads, strict=True):
-                param.grad = grad
-
-    @staticmethod
-    def _means(
-        total_loss: float, correct: int, seen: int, modes: Counter[str], norms: Counter[str], trip: Trip | None
-    ) -> tuple[float, float, dict[str, int], Trip | None, dict[str, float]]:
-        steps = max(norms.pop("steps", 0), 1)
-        violations = norms.pop("isolation_violations", 0)
-        means = {k: v / steps for k, v in norms.items()}
-        means["isolation_violations"] = violations
-        if seen == 0:
-            return math.nan, math.nan, dict(modes), trip, means
-        return total_loss / seen, correct / seen, dict(modes), trip, means
+        """All training steps of one epoch (:func:`esper.tolaria.steps.train_epoch`)."""
+        out = train_epoch(self)
+        return out.loss, out.accuracy, out.modes, out.trip, out.norms
 
     def _rollback(self, epoch: int, trip: Trip) -> None:
         """Restore the last good state, cull the seed held responsible, say why."""

@@ -1,0 +1,185 @@
+"""Training steps: one epoch of optimizer steps in the mode the slots' stages call for.
+
+Stages change only at epoch boundaries, so everything a step needs to know
+about the slots (the training mode, which seeds are isolated, which optimizers
+step over which parameters) is worked out once per epoch in a :class:`StepPlan`.
+The hot path then holds only what a plain PyTorch loop does plus the governor's
+check: one host sync per step (``loss.item()``, which the governor must judge
+before the step is taken); gradient norms, loss sums and accuracy stay on the
+device until the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn import functional as F
+
+from esper.kasmina import GradientIsolationMonitor, MorphogeneticModel
+from esper.leyline import SeedStage
+from esper.tolaria.governor import Governor, Trip
+from esper.tolaria.modes import STEPPED_STAGES, TrainingMode, training_mode
+
+if TYPE_CHECKING:
+    from esper.tolaria.trainer import Trainer
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """What every step of one epoch does, fixed by the slots' stages at the epoch's start.
+
+    ``stepped`` maps optimizer names (``"host"``, slot ids) to the parameters
+    clipped before that optimizer steps; ``isolated`` lists the TRAINING seeds
+    that learn from an extra pass at alpha 1 (empty when ``isolated_seed_pass``
+    is off: they then follow the straight-through gradient alone).
+    """
+
+    mode: TrainingMode
+    isolated: tuple[str, ...]
+    stepped: dict[str, list[torch.nn.Parameter]]
+
+
+@dataclass(slots=True)
+class EpochOutcome:
+    """Means over the epoch's steps (NaN when no step ran), modes counted, and the trip that stopped it."""
+
+    loss: float
+    accuracy: float
+    modes: dict[str, int]
+    trip: Trip | None
+    norms: dict[str, float]
+
+
+def host_only_parameters(model: MorphogeneticModel) -> list[torch.nn.Parameter]:
+    """Every parameter of ``model`` that no seed owns (what the ``"host"`` optimizer steps)."""
+    seeds = {id(p) for slot in model.slots.values() if slot.seed is not None for p in slot.seed.parameters()}
+    return [p for p in model.parameters() if id(p) not in seeds]
+
+
+def plan_epoch(
+    model: MorphogeneticModel,
+    optimizers: dict[str, torch.optim.Optimizer],
+    host_parameters: list[torch.nn.Parameter],
+    *,
+    isolated_seed_pass: bool = True,
+) -> StepPlan:
+    """The :class:`StepPlan` for ``model``'s stages now."""
+    stages = {sid: SeedStage(slot.stage) for sid, slot in model.slots.items()}
+    isolated = tuple(sid for sid, st in stages.items() if st is SeedStage.TRAINING and sid in optimizers)
+    stepped: dict[str, list[torch.nn.Parameter]] = {"host": host_parameters}
+    for sid, stage in stages.items():
+        if stage in STEPPED_STAGES and sid in optimizers:
+            stepped[sid] = list(model.slots[sid].seed.parameters())  # type: ignore[union-attr]
+    return StepPlan(training_mode(stages.values()), isolated if isolated_seed_pass else (), stepped)
+
+
+def train_step(
+    model: MorphogeneticModel,
+    optimizers: dict[str, torch.optim.Optimizer],
+    plan: StepPlan,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    governor: Governor,
+    grad_clip: float,
+    monitor: GradientIsolationMonitor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float, Trip | None, dict[str, torch.Tensor]]:
+    """One step on the batch ``x`` (N, ...), ``y`` (N,): forward, governor check, backward, clip, step.
+
+    Returns ``(logits, loss, loss_value, trip, grad_norms)``; on a trip nothing is
+    stepped (and, outside a monitored step, nothing is back-propagated).
+    ``monitor`` (entered by the caller) watches this step's backward for
+    isolation violations: the backward then runs before the governor's check.
+    """
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    if monitor is not None:
+        loss.backward()
+    value = loss.item()  # the one host sync per step: the governor judges the loss before the step
+    trip = governor.check(value)
+    if trip is not None:
+        return logits, loss, value, trip, {}
+    if monitor is None:
+        loss.backward()
+    if plan.isolated:
+        isolated_seed_gradients(model, x, y, plan.isolated)
+    norms = {}
+    for name, params in plan.stepped.items():
+        with_grad = [p for p in params if p.grad is not None]
+        if with_grad:
+            norms[name] = torch.nn.utils.clip_grad_norm_(with_grad, grad_clip, foreach=True)
+        optimizers[name].step()
+    return logits, loss, value, None, norms
+
+
+def isolated_seed_gradients(
+    model: MorphogeneticModel, x: torch.Tensor, y: torch.Tensor, slot_ids: tuple[str, ...]
+) -> None:
+    """Replace each isolated seed's gradient by that of the loss with the seed at alpha 1.
+
+    The straight-through path gives a TRAINING seed dL/dh, which does not depend on
+    the seed's own output, so a seed following it alone drifts without bound (its
+    measured improvement only falls). Here the seed learns from its real effect on
+    the loss while the host stays frozen: the gradient is taken w.r.t. the seed's
+    parameters only, and the seed reads detached host features, so nothing reaches
+    the host. Costs one extra forward and backward per isolated seed per step.
+    """
+    for slot_id in slot_ids:
+        params = list(model.slots[slot_id].seed.parameters())  # type: ignore[union-attr]
+        with model.alpha_override(slot_id, 1.0):
+            loss = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+
+
+def train_epoch(trainer: Trainer) -> EpochOutcome:
+    """All training steps of one epoch of ``trainer``; stops at the first step the governor trips on."""
+    model, cfg = trainer.model, trainer.config
+    model.train()
+    n = len(trainer.task.train)
+    order = torch.randperm(n, generator=trainer.generator)
+    plan = plan_epoch(model, trainer.optimizers, trainer.host_parameters(), isolated_seed_pass=cfg.isolated_seed_pass)
+    modes: Counter[str] = Counter()
+    norm_sums: dict[str, torch.Tensor] = {}
+    loss_sum, correct = 0.0, torch.zeros((), dtype=torch.long)
+    seen = steps = violations = 0
+    monitored = plan.mode is not TrainingMode.ISOLATED  # one monitored step per epoch proves isolation
+    trip = None
+    for start in range(0, n, cfg.batch_size):
+        index = order[start : start + cfg.batch_size]
+        x, y = trainer.task.train.x[index], trainer.task.train.y[index]
+        modes[plan.mode.value] += 1
+        trainer.set_lr()
+        if not monitored:
+            with GradientIsolationMonitor(model) as monitor:
+                logits, _, value, trip, norms = train_step(
+                    model, trainer.optimizers, plan, x, y, governor=trainer.governor, grad_clip=cfg.grad_clip,
+                    monitor=monitor,
+                )  # fmt: skip
+            violations += monitor.violations
+            monitored = True
+        else:
+            logits, _, value, trip, norms = train_step(
+                model, trainer.optimizers, plan, x, y, governor=trainer.governor, grad_clip=cfg.grad_clip
+            )
+        if trip is not None:
+            break
+        trainer.step += 1
+        steps += 1
+        for name, norm in norms.items():
+            norm_sums[name] = norm_sums[name] + norm if name in norm_sums else norm
+        loss_sum += value * len(y)
+        correct += (logits.argmax(dim=1) == y).sum()
+        seen += len(y)
+    means = {name: float(total) / max(steps, 1) for name, total in norm_sums.items()}
+    means["isolation_violations"] = violations
+    if seen == 0:
+        return EpochOutcome(math.nan, math.nan, dict(modes), trip, means)
+    return EpochOutcome(loss_sum / seen, int(correct) / seen, dict(modes), trip, means)

@@ -1,0 +1,129 @@
+"""The training step's hot path: governor statistics, cheap snapshots, the isolated seed pass."""
+
+import math
+import random
+import statistics
+
+import pytest
+import torch
+
+from esper.leyline import SeedStage
+from esper.tolaria.config import TrainerConfig
+from esper.tolaria.governor import Governor, GovernorConfig
+from esper.tolaria.modes import TrainingMode
+from esper.tolaria.steps import host_only_parameters, plan_epoch
+
+from .conftest import make_trainer
+
+
+def _reference_trips(losses, config):
+    """The governor's rule computed from scratch over the window (what running sums must equal)."""
+    history, trips = [], []
+    for loss in losses:
+        tripped = False
+        if len(history) >= config.min_history:
+            mean, std = statistics.fmean(history), statistics.stdev(history)
+            tripped = loss > mean + config.sigma * max(std, 1e-8)
+        trips.append(tripped)
+        if not tripped:
+            history = [*history, loss][-config.window :]
+    return trips
+
+
+def test_running_statistics_trip_exactly_where_the_full_window_rule_does():
+    config = GovernorConfig(sigma=2.0, window=20, min_history=5)
+    rng = random.Random(7)
+    losses = [rng.lognormvariate(0.0, 0.6) for _ in range(600)]
+    governor = Governor(config)
+    got = [governor.check(loss) is not None for loss in losses]
+    assert got == _reference_trips(losses, config)
+    assert any(got) and not all(got)  # the sequence exercises both outcomes
+
+
+def test_running_statistics_survive_a_state_round_trip():
+    config = GovernorConfig(sigma=3.0, window=10, min_history=4)
+    first = Governor(config)
+    for i in range(25):
+        first.check(1.0 + 0.1 * math.sin(i))
+    second = Governor(config)
+    second.load_state_dict(first.state_dict())
+    for loss in (1.05, 1.3, 2.0, 0.9):
+        assert (first.check(loss) is None) == (second.check(loss) is None)
+
+
+def test_a_snapshot_is_not_changed_by_later_training_and_restores_exactly(small_task):
+    trainer = make_trainer(small_task, epochs=4)
+    trainer.fit(stop_after=2)  # the second snapshot is written into the first one's buffers
+    snap = trainer.governor.snapshot
+    assert snap.epoch == 2
+    held = {k: v.clone() for k, v in snap.model.items()}
+    held_adam = snap.optimizers["host"]["state"][0]["exp_avg"].clone()
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, held[name]), name
+    trainer._train_epoch(3)  # steps without a snapshot
+    assert any(not torch.equal(v, held[k]) for k, v in trainer.model.state_dict().items())
+    for name, value in snap.model.items():
+        assert torch.equal(value, held[name]), name
+    assert torch.equal(snap.optimizers["host"]["state"][0]["exp_avg"], held_adam)
+    trainer.governor.restore(trainer.model, trainer.optimizers)
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, held[name]), name
+    assert torch.equal(trainer.optimizers["host"].state_dict()["state"][0]["exp_avg"], held_adam)
+
+
+def test_a_restored_optimizer_shares_no_tensor_with_the_snapshot(small_task):
+    trainer = make_trainer(small_task, epochs=3)
+    trainer.fit(stop_after=1)
+    trainer.governor.restore(trainer.model, trainer.optimizers)
+    restored = trainer.optimizers["host"].state_dict()["state"][0]["exp_avg"]
+    before = restored.clone()
+    snap_tensor = trainer.governor.snapshot.optimizers["host"]["state"][0]["exp_avg"]
+    assert restored.data_ptr() != snap_tensor.data_ptr()
+    snap_tensor.add_(1.0)  # the next snapshot writes into these buffers
+    assert torch.equal(trainer.optimizers["host"].state_dict()["state"][0]["exp_avg"], before)
+
+
+def _training_trainer(task, **config):
+    trainer = make_trainer(task, epochs=6, **config)
+    trainer.fit(stop_after=2)
+    assert trainer.model.slot("s1").stage is SeedStage.TRAINING
+    return trainer
+
+
+def test_the_plan_names_isolated_seeds_only_with_the_isolated_pass(small_task):
+    trainer = _training_trainer(small_task)
+    with_pass = plan_epoch(trainer.model, trainer.optimizers, trainer.host_parameters())
+    without = plan_epoch(trainer.model, trainer.optimizers, trainer.host_parameters(), isolated_seed_pass=False)
+    assert with_pass.mode is TrainingMode.ISOLATED and with_pass.isolated == ("s1",)
+    assert without.isolated == () and set(without.stepped) == {"host", "s1"}
+    seed_ids = {id(p) for p in trainer.model.slot("s1").seed.parameters()}
+    assert not seed_ids & {id(p) for p in host_only_parameters(trainer.model)}
+
+
+@pytest.mark.parametrize("isolated_seed_pass", [True, False])
+def test_an_isolated_seed_learns_and_the_host_gets_nothing_through_it(small_task, isolated_seed_pass):
+    trainer = _training_trainer(small_task, isolated_seed_pass=isolated_seed_pass)
+    seed_before = [p.clone() for p in trainer.model.slot("s1").seed.parameters()]
+    record = trainer.run_epoch()
+    assert record.modes.get("isolated", 0) > 0
+    assert trainer.model.slot("s1").metrics.isolation_violations == 0
+    after = trainer.model.slot("s1").seed.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(seed_before, after, strict=True))
+
+
+def test_without_the_isolated_pass_a_training_step_costs_one_forward_and_backward(small_task):
+    calls = {}
+    for flag in (True, False):
+        trainer = _training_trainer(small_task, isolated_seed_pass=flag)
+        forwards = []
+        handle = trainer.model.host.register_forward_hook(lambda *_, seen=forwards: seen.append(1))
+        trainer._train_epoch(3)
+        handle.remove()
+        calls[flag] = len(forwards)
+    steps = trainer.steps_per_epoch()
+    assert calls == {True: 2 * steps, False: steps}
+
+
+def test_checkpoint_every_must_be_positive():
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        TrainerConfig(checkpoint_every=0)
