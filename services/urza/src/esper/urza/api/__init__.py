@@ -1,0 +1,1 @@
+"""Urza's HTTP API: one router per resource (blueprints, kernels, blobs)."""

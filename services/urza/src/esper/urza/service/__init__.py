@@ -1,0 +1,1 @@
+"""Urza as a service: ``python -m esper.urza.service``."""

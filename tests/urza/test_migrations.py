@@ -1,0 +1,30 @@
+"""Alembic migrations build exactly the schema the models describe, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from esper.urza.db import Base, make_engine, migrate, open_database
+
+
+def test_migrating_a_fresh_database_yields_the_models_schema(store_url):
+    engine, _ = open_database(store_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_migrating_again_is_a_no_op_and_keeps_rows(store_url):
+    engine, sessions = open_database(store_url)
+    from esper.urza.catalogue import register_builtins
+
+    with sessions() as session:
+        assert register_builtins(session) == 8
+    migrate(make_engine(store_url))
+    with sessions() as session:
+        assert register_builtins(session) == 0
+    assert {"blueprints", "kernels", "alembic_version"} <= set(inspect(engine).get_table_names())
+    engine.dispose()
