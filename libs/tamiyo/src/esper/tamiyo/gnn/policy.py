@@ -1,0 +1,150 @@
+"""The learned Tamiyo as a :class:`~esper.tamiyo.policy.Policy`: :class:`GNNTamiyo`.
+
+It keeps what a decision needs across epochs of one run (the newest graph, the
+validation loss and accuracy histories, the host's initial size) and asks
+:class:`TamiyoNetwork` for the most likely legal action (greedy, so a run
+reproduces). The decision's confidence is the probability the network gives
+its choice (operation x slot x blueprint), shrunk by the value ensemble's
+disagreement: ``p / (1 + value_std)``, so the safety monitor's confidence
+floor rejects choices the network is unsure of or states it has not learned.
+
+Policy files (``torch.save``) hold the network's weights, sizes and running
+statistics, and the policy settings (:meth:`GNNTamiyo.save`, :meth:`GNNTamiyo.load`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import torch
+
+from esper.leyline import AdaptationDecision, DecisionAction, LayerHealth, ModelGraph, TrainingSignals
+from esper.leyline.observation import HISTORY_LENGTH
+from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
+from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation
+from esper.tamiyo.policy import decision_id, wait
+
+
+@dataclass(frozen=True, slots=True)
+class GNNPolicyConfig:
+    """Run settings the policy decides under: planned epochs (for ``epoch_progress``) and the parameter budget."""
+
+    epochs_total: int = 40
+    param_budget: int | None = None
+
+
+class GNNTamiyo:
+    """Decides with a trained :class:`TamiyoNetwork` (see the module docstring)."""
+
+    name = "gnn"
+
+    def __init__(self, network: TamiyoNetwork | None = None, config: GNNPolicyConfig | None = None) -> None:
+        self.network = network or TamiyoNetwork()
+        self.network.eval()
+        self.config = config or GNNPolicyConfig()
+        self._graph: ModelGraph | None = None
+        self._losses: list[float] = []
+        self._accuracies: list[float] = []
+        self._params_initial: int | None = None
+
+    def observe(
+        self, signals: TrainingSignals, graph: ModelGraph | None, health: LayerHealth | None
+    ) -> GraphObservation | None:
+        """Fold one epoch into the run's history; the observation to decide on (None without any graph)."""
+        if graph is not None and (self._graph is None or graph.revision >= self._graph.revision):
+            self._graph = graph
+        if self._params_initial is None and self._graph is not None:
+            self._params_initial = self._graph.params_total
+        self._losses = [*self._losses, signals.val_loss][-HISTORY_LENGTH:]
+        self._accuracies = [*self._accuracies, signals.val_accuracy][-HISTORY_LENGTH:]
+        if self._graph is None:
+            return None
+        return GraphObservation(
+            graph=self._graph,
+            signals=signals,
+            health=health,
+            loss_history=tuple(self._losses),
+            accuracy_history=tuple(self._accuracies),
+            params_initial=self._params_initial or self._graph.params_total,
+            epochs_total=self.config.epochs_total,
+            param_budget=self.config.param_budget,
+        )
+
+    def decide(
+        self, signals: TrainingSignals, *, graph: ModelGraph | None = None, health: LayerHealth | None = None
+    ) -> AdaptationDecision:
+        obs = self.observe(signals, graph, health)
+        if obs is None:
+            return wait(self.name, signals.epoch, "gnn: no model graph received yet", confidence=1.0)
+        return self.decision_for(obs)
+
+    @torch.no_grad()
+    def decision_for(self, obs: GraphObservation) -> AdaptationDecision:
+        """The greedy decision on ``obs``, with its reason and confidence."""
+        out = self.network.evaluate(self.network.encode([obs]), greedy=True)
+        op, slot_number, option_number = (int(v) for v in out["action"][0])
+        action = OPERATIONS[op]
+        p = float(out["p_op"][0] * out["p_slot"][0] * out["p_option"][0])
+        value, spread = float(out["value"][0]), float(out["value_std"][0])
+        confidence = min(1.0, max(0.0, p / (1.0 + spread)))
+        why = f"p={p:.2f}, value {value:+.3f} +- {spread:.3f}"
+        epoch = obs.signals.epoch
+        if action is DecisionAction.WAIT:
+            return wait(self.name, epoch, f"gnn: wait ({why})", confidence=confidence)
+        slot = obs.graph.slots[slot_number]
+        blueprint, config = None, {}
+        target = f"slot {slot.slot_id}"
+        if action is DecisionAction.GERMINATE:
+            option = slot.options[option_number]
+            blueprint, config = option.blueprint, dict(option.config)
+            target += f" with {blueprint} (+{option.params} params)"
+        return AdaptationDecision(
+            decision_id=decision_id(self.name, epoch),
+            epoch=epoch,
+            action=action,
+            reason=f"gnn: {action.value} {target} ({why})",
+            confidence=confidence,
+            slot_id=slot.slot_id,
+            blueprint=blueprint,
+            blueprint_config=config,
+            policy=self.name,
+        )
+
+    # -- run state (JSON-able, for Tolaria's checkpoints) ----------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "losses": list(self._losses),
+            "accuracies": list(self._accuracies),
+            "params_initial": self._params_initial,
+            "graph": None if self._graph is None else msgspec.to_builtins(self._graph),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._losses = [float(v) for v in state.get("losses", [])]
+        self._accuracies = [float(v) for v in state.get("accuracies", [])]
+        self._params_initial = state.get("params_initial")
+        graph = state.get("graph")
+        self._graph = None if graph is None else msgspec.convert(graph, ModelGraph)
+
+    # -- policy files ----------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the network and the policy settings to ``path`` (a torch file)."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"kind": "esper.tamiyo.gnn", **self.network.checkpoint(), "policy": asdict(self.config)}, out)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, config: GNNPolicyConfig | None = None) -> GNNTamiyo:
+        """A policy from a file :meth:`save` (or a Simic checkpoint) wrote; ``config`` overrides its settings."""
+        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "network" not in state or "network_config" not in state:
+            raise ValueError(f"field 'path': {str(path)!r} is not a GNN policy file (no network in it)")
+        network = TamiyoNetwork.from_checkpoint(state)
+        return cls(network, config or GNNPolicyConfig(**state.get("policy", {})))
+
+
+__all__ = ["GNNPolicyConfig", "GNNTamiyo", "NetworkConfig", "TamiyoNetwork"]
