@@ -32,14 +32,10 @@ class RefuseTorch(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, RefuseTorch())
 
-import esper.tamiyo.api  # noqa: E402
-import esper.tamiyo.collector  # noqa: E402
-import esper.tamiyo.decide  # noqa: E402
-import esper.tamiyo.policies  # noqa: E402
-import esper.tamiyo.service.__main__ as service_main  # noqa: E402
-import esper.tamiyo.service.loop  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+import esper.tamiyo.api  # noqa: E402, F401  (the control API package, imported on its own)
+import esper.tamiyo.service.__main__ as service_main  # noqa: E402
 from esper.leyline import (  # noqa: E402
     AdaptationCommand,
     AdaptationDecision,
