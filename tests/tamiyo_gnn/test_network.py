@@ -107,3 +107,18 @@ def test_policy_decides_legal_graph_priced_germinations_and_restores_its_run_sta
 def test_without_a_graph_the_policy_waits_and_says_why(conv_graph):
     decision = GNNTamiyo().decide(observe(conv_graph).signals)
     assert decision.action is DecisionAction.WAIT and "no model graph" in decision.reason
+
+
+def test_the_single_graph_fast_path_agrees_with_the_batched_network(conv_graph, mlp_graph):
+    torch.manual_seed(4)
+    net = TamiyoNetwork(NetworkConfig(hidden=32))
+    for obs in mixed_batch(conv_graph, mlp_graph):
+        graph = net.encode([obs])[0]
+        for _ in range(3):  # nudge towards germination so the slot and option heads are exercised
+            batched = net.evaluate([graph], greedy=True)
+            fast = net.decide_one(graph)
+            assert fast["action"] == tuple(batched["action"][0].tolist())
+            for key in ("p_op", "p_slot", "p_option", "value", "value_std"):
+                assert abs(fast[key] - float(batched[key][0])) < 1e-5, key
+            with torch.no_grad():
+                net.op_head[-1].bias[GERM] += 3.0

@@ -81,14 +81,13 @@ class GNNTamiyo:
             return wait(self.name, signals.epoch, "gnn: no model graph received yet", confidence=1.0)
         return self.decision_for(obs)
 
-    @torch.no_grad()
     def decision_for(self, obs: GraphObservation) -> AdaptationDecision:
         """The greedy decision on ``obs``, with its reason and confidence."""
-        out = self.network.evaluate(self.network.encode([obs]), greedy=True)
-        op, slot_number, option_number = (int(v) for v in out["action"][0])
+        out = self.network.decide_one(self.network.encode([obs])[0])
+        op, slot_number, option_number = out["action"]
         action = OPERATIONS[op]
-        p = float(out["p_op"][0] * out["p_slot"][0] * out["p_option"][0])
-        value, spread = float(out["value"][0]), float(out["value_std"][0])
+        p = out["p_op"] * out["p_slot"] * out["p_option"]
+        value, spread = out["value"], out["value_std"]
         confidence = min(1.0, max(0.0, p / (1.0 + spread)))
         why = f"p={p:.2f}, value {value:+.3f} +- {spread:.3f}"
         epoch = obs.signals.epoch
