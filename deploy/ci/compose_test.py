@@ -160,19 +160,33 @@ class ComposeTest:
             raise StepFailed(f"`{' '.join(cmd[:6])}` exited {done.returncode}: {done.stderr.strip()[-1500:]}")
         return done.stdout
 
-    def compose(self, *args: str) -> list[str]:
-        return [
-            "docker-compose",
-            "-p",
-            self.project,
-            "--env-file",
-            str(self.env_file),
-            "-f",
-            str(DEPLOY / "docker-compose.yml"),
-            "-f",
-            str(DEPLOY / "docker-compose.host.yml"),
-            *args,
-        ]
+    def compose(self, *args: str, merged: bool = True) -> list[str]:
+        """docker-compose on the merged file (see :meth:`merge`), or on the two source files."""
+        files = (
+            [self.workdir / "compose.merged.yml"]
+            if merged
+            else [DEPLOY / "docker-compose.yml", DEPLOY / "docker-compose.host.yml"]
+        )
+        return (
+            ["docker-compose", "-p", self.project, "--env-file", str(self.env_file)]
+            + [arg for f in files for arg in ("-f", str(f))]
+            + list(args)
+        )
+
+    def merge(self) -> None:
+        """``docker-compose config`` of the compose file plus the host override, without port bindings.
+
+        With host networking a published port means nothing (the Docker API would discard it), but
+        docker-compose v1 refuses the combination instead of ignoring it, and an override cannot
+        delete a key, so the merged file drops ``ports`` from services on the host network.
+        """
+        import yaml
+
+        merged = yaml.safe_load(self.output(self.compose("config", merged=False)))
+        for service in merged["services"].values():
+            if service.get("network_mode") == "host":
+                service.pop("ports", None)
+        (self.workdir / "compose.merged.yml").write_text(yaml.safe_dump(merged, sort_keys=False))
 
     def get_json(self, url: str, timeout_s: float = 10.0) -> Any:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -357,7 +371,7 @@ class ComposeTest:
     def start_cluster(self) -> None:
         with self.t.step("compose up") as note:
             self.up = True
-            self.run(self.compose("config", "-q"), log_name="compose")
+            self.merge()
             self.run(self.compose("up", "-d", "--no-build", *STARTED), log_name="compose", timeout_s=240)
             note(f"project {self.project}: {' '.join(STARTED)} (grafana: no image here)")
         with self.t.step("healthy") as note:
