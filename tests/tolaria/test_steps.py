@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from esper.leyline import SeedStage
+from esper.tolaria.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.modes import TrainingMode
-from esper.tolaria.steps import host_only_parameters, plan_epoch
+from esper.tolaria.steps import host_only_parameters, merge_fossilized_optimizers, plan_epoch
 
 from .conftest import make_trainer
 
@@ -97,7 +98,7 @@ def test_the_plan_names_isolated_seeds_only_with_the_isolated_pass(small_task):
     assert with_pass.mode is TrainingMode.ISOLATED and with_pass.isolated == ("s1",)
     assert without.isolated == () and set(without.stepped) == {"host", "s1"}
     seed_ids = {id(p) for p in trainer.model.slot("s1").seed.parameters()}
-    assert not seed_ids & {id(p) for p in host_only_parameters(trainer.model)}
+    assert not seed_ids & {id(p) for p in host_only_parameters(trainer.model, {"s1"})}
 
 
 @pytest.mark.parametrize("isolated_seed_pass", [True, False])
@@ -127,3 +128,55 @@ def test_without_the_isolated_pass_a_training_step_costs_one_forward_and_backwar
 def test_checkpoint_every_must_be_positive():
     with pytest.raises(ValueError, match="checkpoint_every"):
         TrainerConfig(checkpoint_every=0)
+
+
+@pytest.fixture(scope="module")
+def fossilization(small_task, tmp_path_factory):
+    """A run checkpointed at the boundary where s1 fossilized, and its weights two epochs later."""
+    trainer = make_trainer(small_task, epochs=20)
+    while trainer.model.slot("s1").stage is not SeedStage.FOSSILIZED:
+        assert trainer.epoch < 20, "the eager heuristic fossilizes s1 within a few epochs"
+        trainer.run_epoch()
+    path = tmp_path_factory.mktemp("fossilized")
+    save_checkpoint(trainer, path)
+    boundary = trainer.epoch
+    trainer.fit(stop_after=boundary + 2)
+    return path, boundary, {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _restored(task, path, **config):
+    trainer = make_trainer(task, epochs=20, **config)
+    restore_checkpoint(trainer, read_checkpoint(path))
+    assert "s1" in trainer.optimizers  # saved before the merge: the seed still had its own
+    return trainer
+
+
+def test_a_fossilized_seed_joins_the_host_optimizer_with_its_adam_state(small_task, fossilization):
+    trainer = _restored(small_task, fossilization[0])
+    seed_params = list(trainer.model.slot("s1").seed.parameters())
+    seed_state = [trainer.optimizers["s1"].state[p]["exp_avg"].clone() for p in seed_params]
+    merged = merge_fossilized_optimizers(trainer)
+    assert merged == ["s1"] and "s1" not in trainer.optimizers
+    host = trainer.optimizers["host"]
+    stepped = {id(p) for group in host.param_groups for p in group["params"]}
+    assert {id(p) for p in seed_params} <= stepped
+    for param, state in zip(seed_params, seed_state, strict=True):
+        assert torch.equal(host.state[param]["exp_avg"], state)
+    # the snapshot now has the merged structure, so a rollback restores into it
+    assert set(trainer.governor.snapshot.optimizers) == set(trainer.optimizers)
+    trainer.governor.restore(trainer.model, trainer.optimizers)
+
+
+def test_with_separate_optimizers_a_fossilized_seed_keeps_its_own(small_task, fossilization):
+    trainer = _restored(small_task, fossilization[0], merge_fossilized=False)
+    trainer.run_epoch()
+    assert "s1" in trainer.optimizers
+
+
+def test_resuming_across_a_merge_reproduces_the_run(small_task, fossilization):
+    path, boundary, weights = fossilization
+    resumed = _restored(small_task, path)
+    resumed.fit(stop_after=boundary + 2)
+    assert "s1" not in resumed.optimizers
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, weights[name]), name

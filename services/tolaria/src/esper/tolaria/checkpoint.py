@@ -20,6 +20,7 @@ import torch
 
 from esper.kasmina.state import lifecycle_state, restore_lifecycle
 from esper.leyline import AdaptationDecision
+from esper.tolaria.steps import host_only_parameters
 from esper.tolaria.trainer import EpochRecord, Trainer
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -87,7 +88,9 @@ def restore_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
     model = trainer.model
     restore_lifecycle(model, state["lifecycle"])
     model.load_state_dict(state["model"])
-    trainer.optimizers = {"host": trainer._optimizer(trainer.host_parameters())}
+    # the host optimizer steps every parameter but those of seeds that had their own when saved
+    separate = set(state["optimizers"]) - {"host"}
+    trainer.optimizers = {"host": trainer._optimizer(host_only_parameters(model, separate))}
     for slot_id, slot in model.slots.items():
         if slot_id in state["optimizers"] and slot.seed is not None:
             trainer.optimizers[slot_id] = trainer.new_seed_optimizer(list(slot.seed.parameters()))

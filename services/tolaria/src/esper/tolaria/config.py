@@ -29,6 +29,8 @@ class TrainerConfig:
     #: TRAINING seeds learn from one extra forward/backward at alpha 1 per step (else the straight-through
     #: gradient alone, which does not see the seed's own output)
     isolated_seed_pass: bool = True
+    #: a fossilized seed's parameters (and Adam state) join the host optimizer at the next epoch
+    merge_fossilized: bool = True
     #: a run folder rewrites its checkpoint every this many epochs (and always after the last one)
     checkpoint_every: int = 1
 

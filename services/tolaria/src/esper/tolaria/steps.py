@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,10 +55,43 @@ class EpochOutcome:
     norms: dict[str, float]
 
 
-def host_only_parameters(model: MorphogeneticModel) -> list[torch.nn.Parameter]:
-    """Every parameter of ``model`` that no seed owns (what the ``"host"`` optimizer steps)."""
-    seeds = {id(p) for slot in model.slots.values() if slot.seed is not None for p in slot.seed.parameters()}
+def host_only_parameters(model: MorphogeneticModel, separate: Collection[str]) -> list[torch.nn.Parameter]:
+    """What the ``"host"`` optimizer steps: every parameter of ``model`` except those of the seeds
+    in ``separate`` (the slots whose seed has an optimizer of its own), in ``model.parameters()`` order."""
+    seeds = {
+        id(p)
+        for slot_id, slot in model.slots.items()
+        if slot_id in separate and slot.seed is not None
+        for p in slot.seed.parameters()
+    }
     return [p for p in model.parameters() if id(p) not in seeds]
+
+
+def merge_fossilized_optimizers(trainer: Trainer) -> list[str]:
+    """Hand each fossilized seed's parameters, with their Adam state, to the host optimizer.
+
+    A fossilized seed is part of the host from then on: one optimizer with one
+    clipping norm over both is what training the final architecture statically
+    does, and each step then runs one optimizer step and one clip instead of
+    one per fossilized seed more. The governor's snapshot is retaken (the state
+    is the boundary's; only the optimizers' structure changed) so that a
+    rollback restores into the merged optimizer. Returns the merged slot ids.
+    """
+    merged = [
+        sid
+        for sid in trainer.optimizers
+        if sid != "host" and SeedStage(trainer.model.slots[sid].stage) is SeedStage.FOSSILIZED
+    ]
+    if not merged:
+        return []
+    previous = [trainer.optimizers.pop(sid) for sid in merged] + [trainer.optimizers["host"]]
+    host = trainer.new_host_optimizer()
+    for optimizer in previous:
+        for param, state in optimizer.state.items():
+            host.state[param] = state
+    trainer.optimizers["host"] = host
+    trainer.governor.take_snapshot(trainer.epoch, trainer.model, trainer.optimizers)
+    return merged
 
 
 def plan_epoch(
@@ -142,6 +176,8 @@ def isolated_seed_gradients(
 def train_epoch(trainer: Trainer) -> EpochOutcome:
     """All training steps of one epoch of ``trainer``; stops at the first step the governor trips on."""
     model, cfg = trainer.model, trainer.config
+    if cfg.merge_fossilized:
+        merge_fossilized_optimizers(trainer)
     model.train()
     n = len(trainer.task.train)
     order = torch.randperm(n, generator=trainer.generator)

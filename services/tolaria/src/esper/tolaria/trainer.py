@@ -96,8 +96,13 @@ class Trainer:
 
     # -- parameters and optimizers --------------------------------------------
     def host_parameters(self) -> list[torch.nn.Parameter]:
-        """The host's own parameters (every parameter that no seed owns)."""
-        return host_only_parameters(self.model)
+        """What the host optimizer steps: every parameter but those of seeds with an optimizer of their own."""
+        # getattr: __init__ asks before the optimizers exist (no seed exists then either)
+        return host_only_parameters(self.model, set(getattr(self, "optimizers", ())) - {"host"})
+
+    def new_host_optimizer(self) -> torch.optim.Optimizer:
+        """A fresh host optimizer over :meth:`host_parameters` (no state)."""
+        return self._optimizer(self.host_parameters())
 
     def _optimizer(self, params: list[torch.nn.Parameter], *, seed: bool = False) -> torch.optim.Optimizer:
         base = (self.config.seed_lr or self.config.lr) if seed else self.config.lr
