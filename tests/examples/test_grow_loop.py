@@ -3,7 +3,8 @@
 The example runs once (a real process, four epochs on 300 training rows); the
 tests read its output. Parameter counts are checked against prices Kasmina's
 own ``describe`` gives for the blueprints the run germinated, not against
-numbers the example printed elsewhere.
+numbers the example printed elsewhere; the curves and seed events against
+Tolaria's trainer (what ``esper train`` runs) on the same job.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import torch
 
 from esper.kasmina import ConvHost1D, list_blueprints, wrap
 from esper.kasmina.graph import describe
+from esper.leyline import SeedStage, TrainingJob
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "grow_loop.py"
 EPOCHS = 4
+ROWS = 300
 
 EVENT = re.compile(r"^  (?P<slot>s\d) (?P<blueprint>\w+): epoch (?P<epoch>\d+) (?P<src>[A-Z]+) -> (?P<dst>[A-Z]+) \(")
 EPOCH_LINE = re.compile(r"^ep (?P<epoch>\d+) .* params (?P<params>\d+) ")
@@ -45,7 +48,7 @@ class Run:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     export_path = tmp_path_factory.mktemp("grow_loop") / "model.pt"
-    args = ["--epochs", str(EPOCHS), "--max-train-samples", "300", "--seed", "0", "--export-path", str(export_path)]
+    args = ["--epochs", str(EPOCHS), "--max-train-samples", str(ROWS), "--seed", "0", "--export-path", str(export_path)]
     proc = subprocess.run([sys.executable, str(EXAMPLE), *args], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return Run(proc.stdout, export_path)
@@ -101,3 +104,24 @@ def test_the_exported_module_and_its_file_compute_what_the_model_computes(run: R
     announced = int(re.search(r"\((\d+) parameters\)", run.line("export: "))[1])  # type: ignore[index]
     assert sum(p.numel() for p in exported.parameters()) == announced
     assert exported.eval()(torch.zeros(3, 40)).shape == (3, 10)
+
+
+def test_it_trains_and_grows_exactly_as_esper_train_does(run: Run) -> None:
+    # the example claims to be a reading of Tolaria's loop: same data, steps, measurements and decisions
+    from esper.tolaria.runs import build_trainer
+
+    trainer = build_trainer(TrainingJob(epochs=EPOCHS, max_train_samples=ROWS, seed=0))
+    trainer.fit()
+    lines = [line for line in run.stdout.splitlines() if EPOCH_LINE.match(line)]
+    assert len(lines) == len(trainer.history) == EPOCHS
+    for line, r in zip(lines, trainer.history, strict=True):
+        expected = (
+            f"ep {r.epoch} loss {r.train_loss:.3f}/{r.val_loss:.3f} acc {100 * r.train_accuracy:.1f}/"
+            f"{100 * r.val_accuracy:.1f}% test {100 * r.test_accuracy:.1f}% params {r.params} "
+        )
+        assert line.startswith(expected), f"example: {line}\ntrainer: {expected}"
+    order = list(trainer.model.slots)
+    events = sorted(trainer.model.events, key=lambda e: order.index(e.slot_id))
+    assert [(e["slot"], e["blueprint"], int(e["epoch"]), e["src"], e["dst"]) for e in run.events()] == [
+        (e.slot_id, e.blueprint, e.epoch, SeedStage(e.from_stage).name, SeedStage(e.to_stage).name) for e in events
+    ]
