@@ -34,7 +34,7 @@ import torch
 from torch_geometric.data import Data
 
 from esper.leyline import ACTIVE_STAGES, NodeKind, SeedStage
-from esper.leyline.observation import HISTORY_LENGTH, GlobalFeatures, write_observation
+from esper.leyline.observation import HISTORY_LENGTH, OBSERVATION_SIZE, GlobalFeatures, write_observation
 from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation, legal_actions, seed_reports
 
 OP_TYPES = (
@@ -98,10 +98,9 @@ def name_bucket(name: str) -> int:
     return zlib.crc32(name.encode()) % NAME_BUCKETS
 
 
-def global_features(obs: GraphObservation) -> list[float]:
-    """Leyline's global observation features and histories for ``obs`` (GLOBAL_FEATURES values, raw)."""
+def observation_parts(obs: GraphObservation) -> tuple[GlobalFeatures, list[float], list[float]]:
+    """Leyline's global observation features for ``obs`` and its (clipped) loss and accuracy histories."""
     s = obs.signals
-    reports = [r for r in s.seeds if r is not None]
     values = [s.train_loss, s.val_loss, s.train_accuracy, s.val_accuracy, s.loss_delta, s.accuracy_delta]
     sanitized = not all(math.isfinite(v) for v in values)
     params_total = s.params_total or obs.graph.params_total
@@ -116,13 +115,18 @@ def global_features(obs: GraphObservation) -> list[float]:
         plateau_epochs=float(s.plateau_epochs),
         best_val_accuracy=_clip(s.best_val_accuracy),
         params_ratio=params_total / max(obs.params_initial, 1),
-        active_seeds=float(sum(1 for r in reports if r.stage in ACTIVE_STAGES)),
+        active_seeds=float(sum(1 for r in s.seeds if r.stage in ACTIVE_STAGES)),
         signals_sanitized=float(sanitized),
     )
-    buffer = [0.0] * (GLOBAL_FEATURES + 64)
     losses = [_clip(v, bound=20.0) for v in obs.loss_history]
     accuracies = [_clip(v) for v in obs.accuracy_history]
-    write_observation(buffer, features, losses, accuracies, [])
+    return features, losses, accuracies
+
+
+def global_features(obs: GraphObservation) -> list[float]:
+    """Leyline's global observation features and histories for ``obs`` (GLOBAL_FEATURES values, raw)."""
+    buffer = [0.0] * OBSERVATION_SIZE
+    write_observation(buffer, *observation_parts(obs), [])
     return buffer[:GLOBAL_FEATURES]
 
 
