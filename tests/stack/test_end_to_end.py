@@ -1,28 +1,31 @@
-"""A short job through the whole stack: Tamiyo decides from Tolaria's real telemetry, Tolaria applies, Nissa records."""
+"""A short job through the whole stack: Tamiyo decides from Tolaria's real telemetry, Tolaria applies, Nissa records;
+and the same job trained in one process (``esper train``'s path) makes the same decisions and ends the same."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from esper.cli.demo import DemoJob, run_demo
+from esper.cli.demo import run_demo
 from esper.cli.stack import Stack
-from esper.leyline import CommandAction, CommandStatus, DecisionAction
+from esper.leyline import CommandAction, CommandStatus, DecisionAction, TrainingJob
+from esper.tolaria.runs import run as train_in_process
 
 from .harness import QUICK_JOB, TOKEN, StackClient
 
 pytestmark = pytest.mark.slow
 
 
-def test_the_demo_run_reports_tamiyos_decisions_applied_by_tolaria(stack: Stack, client: StackClient) -> None:
-    job = DemoJob(
-        epochs=QUICK_JOB["epochs"],
-        max_train_samples=QUICK_JOB["max_train_samples"],
-        lockstep=True,
-        lr=QUICK_JOB["lr"],
-        lr_schedule=QUICK_JOB["lr_schedule"],
-    )
+def _events(report: dict) -> list[tuple[int, str, str | None, str]]:
+    return [(e["epoch"], e["slot"], e["blueprint"], e["to"]) for e in report["seed_events"]]
+
+
+def test_the_demo_run_reports_tamiyos_decisions_applied_by_tolaria_and_matches_esper_train(
+    stack: Stack, client: StackClient, tmp_path: Path
+) -> None:
+    job = TrainingJob(**QUICK_JOB)
     printed: list[str] = []
     report_path = run_demo(stack, job, token=TOKEN, timeout_s=150, out=printed.append)
     report = json.loads(report_path.read_text())
@@ -64,3 +67,11 @@ def test_the_demo_run_reports_tamiyos_decisions_applied_by_tolaria(stack: Stack,
     assert status["finished"] and status["epoch"] == QUICK_JOB["epochs"]
     assert any("epoch" in line and "val acc" in line for line in printed)
     assert any(line.startswith("report: ") for line in printed)
+    assert report["mode"] == "lockstep" and any("lockstep" in line for line in printed)
+
+    # Parity: the same job in one process decides through the same step and ends the same.
+    local = train_in_process(job, tmp_path / "in-process", progress=False)
+    assert local["mode"] == "in-process"
+    assert _events(local) == _events(report)
+    assert local["final_test_accuracy"] == report["final_test_accuracy"]
+    assert local["params_final"] == report["params_final"]

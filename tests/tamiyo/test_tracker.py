@@ -100,3 +100,27 @@ def test_state_dict_round_trip_continues_identically():
 def test_bad_configuration_names_the_field():
     with pytest.raises(ValueError, match="min_delta"):
         SignalTracker(min_delta=-1)
+
+
+def test_observe_takes_the_published_plateau_and_best_values_as_they_are() -> None:
+    from esper.leyline import TrainingSignals
+    from esper.tamiyo.tracker import SignalTracker
+
+    producer, reader = SignalTracker(), SignalTracker()
+    for epoch, (loss, acc) in enumerate([(1.0, 0.5), (0.9, 0.6), (0.9, 0.6), (0.899, 0.601)], start=1):
+        t = producer.update(epoch=epoch, train_loss=1.0, val_loss=loss, train_accuracy=0.5, val_accuracy=acc)
+        message = TrainingSignals(
+            epoch=epoch,
+            train_loss=t.train_loss,
+            val_loss=t.val_loss,
+            train_accuracy=t.train_accuracy,
+            val_accuracy=t.val_accuracy,
+            loss_delta=t.loss_delta,
+            accuracy_delta=t.accuracy_delta,
+            plateau_epochs=t.plateau_epochs,
+            best_val_loss=t.best_val_loss,
+            best_val_accuracy=t.best_val_accuracy,
+        )
+        seen = reader.observe(message)
+        assert seen.plateau_epochs == t.plateau_epochs and seen.best_val_accuracy == t.best_val_accuracy
+    assert reader.plateau_epochs == 2  # the last two epochs moved less than PLATEAU_MIN_DELTA

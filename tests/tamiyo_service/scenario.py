@@ -15,14 +15,10 @@ from esper.tamiyo.safety import SafetyConfig, SafetyMonitor
 from esper.tamiyo.service.control import RunControl
 from esper.tamiyo.service.loop import DecisionLoop
 from esper.tamiyo.service.metrics import TamiyoMetrics
-from esper.tamiyo.service.wiring import TaskWiring
 
 #: digits loads in a fraction of a second and has the three slots of ConvHost1D.
 JOB = TrainingJob(task="digits", epochs=20)
 SLOTS = ("s1", "s2", "s3")
-
-#: one wiring for the whole session: its cost models are cached per task.
-WIRING = TaskWiring()
 
 
 def signals(epoch: int, stages: dict[str, SeedStage] | None = None, val_accuracy: float = 0.5) -> TrainingSignals:
@@ -69,7 +65,7 @@ class Stack:
 async def stack(redis_url: str, safety: SafetyConfig | None = None, *, restore: bool = True) -> Stack:
     """Tamiyo's objects as the service wires them, on ``redis_url``; saved runs restored."""
     bus, store, metrics = RedisBus.from_url(redis_url), RunStore.from_url(redis_url), TamiyoMetrics()
-    collector = HealthCollector(WIRING, store)
+    collector = HealthCollector(store)
     if restore:
         await collector.restore()
     monitor = SafetyMonitor(safety)

@@ -189,7 +189,7 @@ def test_an_unknown_run_is_404(api):
     [
         ({"action": "explode", "slot_id": "s1"}, "action"),
         ({"action": "germinate", "slot_id": "s1"}, "blueprint"),
-        ({"action": "germinate", "slot_id": "s1", "blueprint": "no_such"}, "blueprint"),
+        ({"action": "germinate", "slot_id": "s1", "blueprint": ""}, "blueprint"),
         ({"action": "cull", "slot_id": ""}, "slot_id"),
         ({"action": "cull"}, "slot_id"),
         ({"action": "cull", "slot_id": "s1", "surprise": 1}, "surprise"),

@@ -18,7 +18,7 @@ from esper.leyline import (
 )
 from esper.tamiyo.collector import INDEX_KEY, KEY_PREFIX, RECENT_DECISIONS, HealthCollector, RunState, RunStore
 
-from .scenario import JOB, WIRING, signals
+from .scenario import JOB, signals
 
 
 def decision(epoch: int, command_id: str | None = None) -> AdaptationDecision:
@@ -36,7 +36,7 @@ def decision(epoch: int, command_id: str | None = None) -> AdaptationDecision:
 def test_state_is_saved_as_json_under_the_run_key_and_reloaded(clean_redis_url):
     async def go():
         store = RunStore.from_url(clean_redis_url)
-        collector = HealthCollector(WIRING, store)
+        collector = HealthCollector(store)
         run, created = collector.register("r1", JOB)
         policy = await collector.policy_for(run)
         policy.decide(signals(0))
@@ -44,7 +44,7 @@ def test_state_is_saved_as_json_under_the_run_key_and_reloaded(clean_redis_url):
         collector.record(run, decision(0))
         run.last_decided_epoch, run.paused = 0, True
         await collector.save(run)
-        again = HealthCollector(WIRING, store)
+        again = HealthCollector(store)
         assert await again.restore() == 1
         restored = again.get("r1")
         await again.policy_for(restored)
@@ -63,7 +63,7 @@ def test_state_is_saved_as_json_under_the_run_key_and_reloaded(clean_redis_url):
 
 def test_registering_a_known_run_keeps_its_state():
     async def go():
-        collector = HealthCollector(WIRING)
+        collector = HealthCollector()
         run, _ = collector.register("r1", JOB)
         run.paused = True
         again, created = collector.register("r1", TrainingJob(task="mnist1d"))
@@ -75,7 +75,7 @@ def test_registering_a_known_run_keeps_its_state():
 
 def test_an_unknown_policy_is_refused_naming_the_field():
     async def go():
-        HealthCollector(WIRING).register("r1", TrainingJob(policy="ppo"))
+        HealthCollector().register("r1", TrainingJob(policy="ppo"))
 
     with pytest.raises(ValueError, match="field 'policy': unknown policy 'ppo'"):
         asyncio.run(go())
@@ -83,7 +83,7 @@ def test_an_unknown_policy_is_refused_naming_the_field():
 
 def test_recent_decisions_are_a_bounded_ring():
     run = RunState(run_id="r1", job=JOB, policy_name="heuristic")
-    collector = HealthCollector(WIRING)
+    collector = HealthCollector()
     for epoch in range(RECENT_DECISIONS + 5):
         collector.record(run, decision(epoch))
     assert len(run.decisions) == RECENT_DECISIONS and run.decisions[0].epoch == 5
@@ -91,7 +91,7 @@ def test_recent_decisions_are_a_bounded_ring():
 
 def test_a_duplicate_answer_does_not_hide_the_applied_one():
     run = RunState(run_id="r1", job=JOB, policy_name="heuristic")
-    collector = HealthCollector(WIRING)
+    collector = HealthCollector()
     collector.record(run, decision(3, "r1:e3:cull:s1"))
     for status in (CommandStatus.APPLIED, CommandStatus.DUPLICATE):
         result = CommandResult(command_id="r1:e3:cull:s1", action=CommandAction.CULL, status=status, reason=status)
@@ -100,12 +100,15 @@ def test_a_duplicate_answer_does_not_hide_the_applied_one():
 
 
 def test_a_run_whose_policy_cannot_be_built_records_why_and_is_not_decided():
+    def broken(name, job):
+        raise FileNotFoundError(f"no weights for policy {name!r}")
+
     async def go():
-        collector = HealthCollector(WIRING)
-        run, _ = collector.register("r1", TrainingJob(task="cifar10", data_dir="/nonexistent"))
+        collector = HealthCollector(policy_factory=broken)
+        run, _ = collector.register("r1", TrainingJob())
         policy = await collector.policy_for(run)
         return run, policy, collector.skip_reason(run, signals(0))
 
     run, policy, skip = asyncio.run(go())
-    assert policy is None and "CIFAR-10 python batches not found" in run.error
+    assert policy is None and "no weights for policy 'heuristic'" in run.error
     assert skip is not None and skip[0] == "no_policy"

@@ -147,9 +147,9 @@ def test_the_default_budget_applies_when_the_run_has_none():
     assert verdict.category == "budget"
 
 
-def test_a_blueprint_that_does_not_fit_the_slot_is_rejected_under_a_budget():
-    verdict = check(decision(), run(budget=10_000, cost=lambda *a: None))
-    assert verdict.category == "budget" and "does not fit" in verdict.reason
+def test_a_blueprint_the_graph_does_not_offer_at_the_slot_is_rejected():
+    verdict = check(decision(), run(budget=None, cost=lambda *a: None))
+    assert verdict.category == "blueprint" and "not offered at slot 's1'" in verdict.reason
 
 
 def test_a_budget_without_a_cost_model_rejects_germination():
@@ -196,15 +196,17 @@ def test_set_alpha_is_legal_only_while_blending():
 
 
 def test_every_reason_starts_with_a_known_category():
+    two = SafetyConfig(max_active_seeds=2)
     cases = [
-        (decision(), run(age=1e6)),
-        (decision(confidence=0.0), run()),
-        (decision(DecisionAction.CULL), run()),
-        (decision(), run(slots(s1=SeedStage.EMBARGOED))),
-        (decision(), run(slots(s1=SeedStage.DORMANT, s2=SeedStage.TRAINING, s3=SeedStage.TRAINING))),
-        (decision(), run(budget=1, cost=lambda *a: 1)),
+        (decision(), run(age=1e6), None),
+        (decision(confidence=0.0), run(), None),
+        (decision(DecisionAction.CULL), run(), None),
+        (decision(), run(slots(s1=SeedStage.EMBARGOED)), None),
+        (decision(), run(slots(s1=SeedStage.DORMANT, s2=SeedStage.TRAINING, s3=SeedStage.TRAINING)), two),
+        (decision(), run(cost=lambda *a: None), None),
+        (decision(), run(budget=1, cost=lambda *a: 1), None),
     ]
-    categories = [check(action, snapshot).category for action, snapshot in cases]
+    categories = [check(action, snapshot, config).category for action, snapshot, config in cases]
     assert categories == list(CATEGORIES)
 
 

@@ -1,9 +1,9 @@
-from esper.leyline import ACTIVE_STAGES, DecisionAction, SeedStage
-from esper.tolaria.runs import RunSpec, build_trainer
+from esper.leyline import ACTIVE_STAGES, DecisionAction, SeedStage, TrainingJob
+from esper.tolaria.runs import build_trainer
 
 
 def test_default_heuristic_grows_from_epoch_1_without_waiting_for_a_seed_to_finish():
-    trainer = build_trainer(RunSpec(epochs=4, max_train_samples=200, param_budget=5210))
+    trainer = build_trainer(TrainingJob(epochs=4, max_train_samples=200, param_budget=5210))
     trainer.fit()
     germinated = [(e.slot_id, e.epoch) for e in trainer.model.events if e.to_stage is SeedStage.GERMINATED]
     # epoch 1 germinates s1, epoch 2 advances it, epoch 3 germinates s2 while s1 is still live
@@ -13,6 +13,6 @@ def test_default_heuristic_grows_from_epoch_1_without_waiting_for_a_seed_to_fini
 
 
 def test_default_heuristic_germinates_nothing_past_the_budget():
-    trainer = build_trainer(RunSpec(epochs=3, max_train_samples=200, param_budget=900))
+    trainer = build_trainer(TrainingJob(epochs=3, max_train_samples=200, param_budget=900))
     trainer.fit()
     assert trainer.model.events == [] and trainer.model.param_count() == 858

@@ -32,7 +32,8 @@ from esper.tolaria.service.metrics import TolariaMetrics
 
 M = TypeVar("M", bound=Message)
 #: Small enough that an epoch takes a fraction of a second on a shared CPU.
-TINY = {"max_train_samples": 400, "batch_size": 100}
+#: No Tamiyo runs in these tests: jobs do not wait for decisions (lockstep is the default otherwise).
+TINY = {"max_train_samples": 400, "batch_size": 100, "lockstep": False}
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition") -> Any:

@@ -10,6 +10,7 @@ from esper.leyline import (
     CommandAction,
     CommandStatus,
     LayerHealth,
+    ModelGraph,
     SeedTransition,
     TelemetryEvent,
     TrainingSignals,
@@ -29,8 +30,12 @@ def test_a_job_publishes_signals_and_health_each_epoch_and_ends_with_a_report(
     assert [s.epoch for s in signals] == [1, 2, 3]
     health = bus.messages(streams.TELEMETRY_HEALTH, "run-basic", LayerHealth)
     assert [h.epoch for h in health] == [1, 2, 3] and all(h.layers for h in health)
-    # each stream carries only its own kind of message
-    assert all(isinstance(e.payload, TrainingSignals) for e in bus.envelopes(streams.TELEMETRY_TRAINING))
+    # each stream carries only its own kind of message; the run's model graph comes before its first epoch
+    training = [e.payload for e in bus.envelopes(streams.TELEMETRY_TRAINING, "run-basic")]
+    assert [type(m) for m in training] == [ModelGraph, TrainingSignals, TrainingSignals, TrainingSignals]
+    graph = training[0]
+    assert (graph.epoch, graph.revision, graph.params_total) == (0, 0, 858)
+    assert [s.slot_id for s in graph.slots] == ["s1", "s2", "s3"] and all(s.options for s in graph.slots)
     assert all(isinstance(e.payload, LayerHealth) for e in bus.envelopes(streams.TELEMETRY_HEALTH))
     assert all(isinstance(e.payload, SeedTransition | TelemetryEvent) for e in bus.envelopes(streams.TELEMETRY_EVENTS))
     # decisions come from Tamiyo only: Tolaria publishes none, not even WAITs
@@ -53,9 +58,9 @@ def test_a_job_publishes_signals_and_health_each_epoch_and_ends_with_a_report(
 
 
 def test_a_job_that_cannot_run_is_answered_run_failed_naming_the_field(tolaria: InProcessTolaria, bus: Bus) -> None:
-    bus.submit("run-bad", task="no-such-task", epochs=2)
+    bus.submit("run-bad", task="no_such_package.tasks:make_task", epochs=2)
     failed = wait_until(lambda: bus.events("run-bad", "run_failed"), 60, "run_failed")[0]
-    assert "no-such-task" in failed.message
+    assert "no_such_package.tasks:make_task" in failed.message and "task" in failed.message
     wait_until(lambda: bus.pending(streams.CONTROL_JOBS) == 0, 10, "the bad job to be acked")
     assert bus.signals("run-bad") == []
 
@@ -75,5 +80,5 @@ def test_the_job_is_acked_only_at_the_end_of_its_run(tolaria: InProcessTolaria, 
     assert bus.pending(streams.CONTROL_JOBS) == 1
     bus.wait_finished("run-ack")
     wait_until(lambda: bus.pending(streams.CONTROL_JOBS) == 0, 10, "the job to be acked")
-    assert isinstance(bus.envelopes(streams.CONTROL_DECISIONS), list)
+    assert [s.epoch for s in bus.signals("run-ack")] == [1, 2, 3, 4]
     assert not any(isinstance(e.payload, AdaptationDecision) for e in bus.envelopes(streams.CONTROL_DECISIONS))

@@ -1,5 +1,5 @@
 """The trainer-library pieces the service stands on, without Redis: a trainer with no in-process policy,
-commands at a boundary, RunSpec from a job, the inbox hand-over."""
+commands at a boundary, jobs stored in checkpoints, the inbox hand-over."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from esper.leyline import (
     SeedStage,
     TrainingJob,
 )
-from esper.tolaria.runs import RunFolder, RunSpec, build_trainer
+from esper.tolaria.runs import RunFolder, build_trainer, job_from_dict
 from esper.tolaria.service.inbox import CommandInbox, PendingCommand
 from esper.tolaria.service.outbox import stream_for
 
-TINY = RunSpec(epochs=3, max_train_samples=400)
+TINY = TrainingJob(epochs=3, max_train_samples=400)
 
 
 def germinate(command_id: str) -> AdaptationCommand:
@@ -74,17 +74,16 @@ def test_applied_ids_and_stop_survive_a_checkpoint(tmp_path: Path) -> None:
     resumed.close()
 
 
-def test_run_spec_from_a_job_keeps_every_run_field() -> None:
+def test_a_job_round_trips_through_its_stored_form_and_bad_fields_are_named() -> None:
     job = TrainingJob(
         task="digits", policy="none", epochs=5, seed=3, max_train_samples=200, host_channels=8, batch_size=50,
         lr=0.02, lr_schedule="constant", param_budget=1234, lockstep=True,
     )  # fmt: skip
-    spec = RunSpec.from_job(job)
-    assert (spec.task, spec.policy, spec.epochs, spec.seed) == ("digits", "none", 5, 3)
-    assert (spec.max_train_samples, spec.host_channels, spec.batch_size) == (200, 8, 50)
-    assert (spec.lr, spec.lr_schedule, spec.param_budget) == (0.02, "constant", 1234)
+    assert job_from_dict({**job.to_dict(), "mode": "lockstep"}) == job
+    with pytest.raises(ValueError, match="epochs"):
+        job_from_dict({**job.to_dict(), "epochs": 0})
     with pytest.raises(ValueError, match="field 'policy'"):
-        RunSpec.from_job(TrainingJob(policy="gnn"))
+        build_trainer(TrainingJob(policy="gnn"))
 
 
 def test_the_inbox_wakes_a_waiting_thread_for_the_named_command_and_for_interrupts() -> None:

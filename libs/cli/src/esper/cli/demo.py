@@ -16,7 +16,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,12 @@ from esper.leyline import (
     CommandResult,
     DecisionAction,
     Envelope,
+    EventKind,
     Message,
     SeedStage,
     SeedTransition,
     TelemetryEvent,
+    TrainingJob,
     TrainingSignals,
     streams,
 )
@@ -41,29 +42,9 @@ from esper.nissa import RunArchive
 from esper.nissa.service.recorder import NISSA_STREAMS, default_archive_dir
 from esper.tolaria.report import REPORT_NAME, format_summary
 
-#: The TelemetryEvent kind Tolaria publishes when a run's report is written.
-RUN_FINISHED = "run_finished"
 NARRATIVE_FILE = "narrative.md"
 #: Seconds to wait after ``run_finished`` for Tamiyo and Nissa to catch up.
 SETTLE_TIMEOUT_S = 20.0
-
-
-@dataclass(frozen=True, slots=True)
-class DemoJob:
-    """The job ``--demo`` submits: the default MNIST-1D task with the heuristic Tamiyo."""
-
-    task: str = "mnist1d"
-    policy: str = "heuristic"
-    epochs: int | None = None
-    seed: int = 0
-    max_train_samples: int | None = None
-    lockstep: bool = False
-    lr: float | None = None
-    lr_schedule: str | None = None
-
-    def body(self) -> dict[str, Any]:
-        """The ``POST /runs`` body: TrainingJob fields, unset ones left to the job's defaults."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def submit_run(api_url: str, token: str, body: dict[str, Any]) -> str:
@@ -176,7 +157,7 @@ def follow_run(
             line = progress_line(stream, envelope, epochs)
             if line is not None:
                 out(line)
-            if isinstance(message, TelemetryEvent) and message.kind == RUN_FINISHED:
+            if isinstance(message, TelemetryEvent) and message.kind == EventKind.RUN_FINISHED:
                 return message, last_epoch
         if stack.failed:
             name = stack.failed[0]
@@ -185,13 +166,14 @@ def follow_run(
             raise StackError(f"run {feed.run_id} did not finish within {timeout_s:.0f}s")
 
 
-def run_demo(stack: Stack, job: DemoJob, token: str, timeout_s: float, out: Callable[[str], None] = print) -> Path:
+def run_demo(stack: Stack, job: TrainingJob, token: str, timeout_s: float, out: Callable[[str], None] = print) -> Path:
     """Submit ``job``, follow it to the end, complete and summarize its report; returns the report's path."""
     client = redis.Redis.from_url(stack.redis_url)
     try:
         start = stream_tails(client, RUN_STREAMS)
-        run_id = submit_run(stack["tamiyo"].url, token, job.body())
-        out(f"esper up --demo: submitted run {run_id} ({job.task}, policy {job.policy}); following it")
+        run_id = submit_run(stack["tamiyo"].url, token, job.to_dict())
+        mode = "lockstep" if job.lockstep else "async"
+        out(f"esper up --demo: submitted run {run_id} ({job.task}, policy {job.policy}, {mode}); following it")
         feed = RunFeed(client, run_id, start=start)
         follow_run(feed, stack, timeout_s, job.epochs, out)
         # Without lockstep Tamiyo may still be on the last epoch: once its group has handled every

@@ -12,11 +12,13 @@ from pathlib import Path
 
 from esper.cli import runs as runs_command
 from esper.cli import up as up_command
-from esper.cli.build import POLICIES, RunSpec, run
+from esper.leyline import BUILTIN_TASKS, LR_SCHEDULES, TrainingJob, validate
+from esper.tamiyo.policies import POLICIES
 from esper.tolaria.checkpoint import read_checkpoint
 from esper.tolaria.report import format_summary, load_report
-from esper.tolaria.schedule import LR_SCHEDULES
-from esper.tolaria.tasks import TASKS
+from esper.tolaria.runs import job_from_dict, run
+
+_JOB = TrainingJob()
 
 
 def _positive(value: str) -> int:
@@ -31,19 +33,19 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a task in one process, Tamiyo deciding each epoch")
-    train.add_argument("--task", choices=TASKS, default="mnist1d")
-    train.add_argument("--policy", choices=POLICIES, default="heuristic", help="'none' trains the static host")
+    train.add_argument("--task", choices=BUILTIN_TASKS, default=_JOB.task)
+    train.add_argument("--policy", choices=POLICIES, default=_JOB.policy, help="'none' trains the static host")
     train.add_argument(
         "--epochs", type=_positive, default=None, help="planned epochs (default 40; with --resume: keep)"
     )
-    train.add_argument("--seed", type=int, default=0, help="global seed: the same seed reproduces the run")
+    train.add_argument("--seed", type=int, default=_JOB.seed, help="global seed: the same seed reproduces the run")
     train.add_argument("--out", type=Path, default=None, help="run folder (default runs/TASK-POLICY-sSEED)")
     train.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR")
     train.add_argument("--data-dir", default=None, help="local data folder (cifar10: the python batches)")
     train.add_argument("--max-train-samples", type=_positive, default=None, help="train on the first N rows only")
-    train.add_argument("--lr", type=float, default=1e-2)
-    train.add_argument("--batch-size", type=_positive, default=100)
-    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
+    train.add_argument("--lr", type=float, default=_JOB.lr)
+    train.add_argument("--batch-size", type=_positive, default=_JOB.batch_size)
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_JOB.lr_schedule)
     train.add_argument("--param-budget", type=_positive, default=None, help="largest parameter count seeds may grow to")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -63,22 +65,24 @@ def train(args: argparse.Namespace) -> int:
             )
         out = args.resume
         stored = read_checkpoint(out)["meta"]
-        spec = RunSpec.from_dict({**stored, "epochs": args.epochs or stored["epochs"]})
+        job = job_from_dict({**stored, "epochs": args.epochs or stored["epochs"]})
     else:
-        spec = RunSpec(
-            task=args.task,
-            policy=args.policy,
-            epochs=args.epochs or RunSpec.epochs,
-            seed=args.seed,
-            data_dir=args.data_dir,
-            max_train_samples=args.max_train_samples,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            lr_schedule=args.lr_schedule,
-            param_budget=args.param_budget,
+        job = validate(
+            TrainingJob(
+                task=args.task,
+                policy=args.policy,
+                epochs=args.epochs or _JOB.epochs,
+                seed=args.seed,
+                data_dir=args.data_dir,
+                max_train_samples=args.max_train_samples,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                lr_schedule=args.lr_schedule,
+                param_budget=args.param_budget,
+            )
         )
-        out = args.out or Path("runs") / f"{spec.task}-{spec.policy}-s{spec.seed}"
-    report = run(spec, out, resume=args.resume is not None, progress=not args.no_progress)
+        out = args.out or Path("runs") / f"{job.task}-{job.policy}-s{job.seed}"
+    report = run(job, out, resume=args.resume is not None, progress=not args.no_progress)
     print(format_summary(report))
     print(f"report: {out / 'report.json'}  curves: {out / 'curves.png'}  events: {out / 'events.jsonl'}")
     return 0

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from esper.leyline import RUN_ACTIONS
+
 DEFAULT_API = "http://127.0.0.1:8700"
 ADAPT_ACTIONS = ("germinate", "advance", "cull", "fossilize")
 
@@ -64,11 +66,11 @@ def add_parser(sub: Any) -> None:
     submit.add_argument("--lr", type=float, default=None)
     submit.add_argument("--lr-schedule", default=None)
     submit.add_argument("--param-budget", type=int, default=None)
-    submit.add_argument("--lockstep", action="store_true", default=None)
+    submit.add_argument("--lockstep", action=argparse.BooleanOptionalAction, default=None, help="default: lockstep")
     submit.add_argument("--lockstep-timeout-ms", type=int, default=None)
 
-    for action in ("pause", "resume", "stop"):
-        control = cmd.add_parser(action, help=f"{action} a run")
+    for action in sorted(RUN_ACTIONS):
+        control = cmd.add_parser(action.value, help=f"{action.value} a run")
         control.add_argument("run")
         control.add_argument("--reason", default="")
 
@@ -181,7 +183,7 @@ def runs(args: argparse.Namespace) -> int:
         elif command == "submit":
             answer = _call(args, "POST", "/runs", _submit_body(args))
             text = f"submitted {answer['run_id']}"
-        elif command in ("pause", "resume", "stop"):
+        elif command in RUN_ACTIONS:
             answer = _call(args, "POST", f"/runs/{args.run}/{command}", {"reason": args.reason})
             text = f"{command} sent to {args.run} (command {answer['command_id']})"
         elif command == "adapt":

@@ -22,9 +22,10 @@ from types import FrameType
 
 import httpx
 
-from esper.cli.demo import DemoJob, run_demo
+from esper.cli.demo import run_demo
 from esper.cli.redis_local import PrivateRedis, RedisUnavailableError, resolve_redis
 from esper.cli.stack import SERVICE_MODULES, RestartPolicy, ServiceSpec, Stack
+from esper.leyline import TrainingJob, validate
 from esper.service import DEFAULT_PORTS
 from esper.service.settings import DEFAULT_REDIS_URL
 
@@ -71,7 +72,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     demo.add_argument("--epochs", type=_positive, default=None, help="planned epochs (default: the job's default)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--max-train-samples", type=_positive, default=None, help="train on the first N rows only")
-    demo.add_argument("--lockstep", action="store_true", help="Tolaria waits for Tamiyo each epoch (reproducible)")
+    demo.add_argument(
+        "--async",
+        dest="lockstep",
+        action="store_false",
+        help="Tolaria never waits for Tamiyo (default: lockstep, the decisions of `esper train`)",
+    )
     demo.add_argument("--demo-timeout", type=float, default=3600.0, help="seconds the run may take")
 
 
@@ -143,11 +149,14 @@ def up(args: argparse.Namespace) -> int:
         stack.wait_ready(timeout_s=args.ready_timeout)
         _print_ready(stack, token if generated else None, private is not None)
         if args.demo:
-            job = DemoJob(
-                epochs=args.epochs,
-                seed=args.seed,
-                max_train_samples=args.max_train_samples,
-                lockstep=args.lockstep,
+            defaults = TrainingJob()
+            job = validate(
+                TrainingJob(
+                    epochs=args.epochs or defaults.epochs,
+                    seed=args.seed,
+                    max_train_samples=args.max_train_samples,
+                    lockstep=args.lockstep,
+                )
             )
             run_demo(stack, job, token=token or "", timeout_s=args.demo_timeout)
         else:

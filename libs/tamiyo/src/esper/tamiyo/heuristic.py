@@ -14,39 +14,44 @@ Rules, in priority order (one decision per epoch):
 Blueprint scores are running averages of outcomes (fossilized: +1, culled:
 -1), so a blueprint that keeps failing is chosen less; ties keep the
 configured order.
+
+With the run's :class:`ModelGraph` the policy prices every candidate at the
+slot from the graph's options (a candidate the graph does not offer there
+does not fit), builds it with the graph's configuration when the candidate
+names none, and checks gates with the thresholds the graph says Kasmina runs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from esper.leyline import (
     ACTIVE_STAGES,
+    BLENDED_STAGES,
     AdaptationDecision,
     DecisionAction,
     Gate,
     GateInputs,
     GateResult,
     GateThresholds,
+    LayerHealth,
+    ModelGraph,
     SeedStage,
     SeedStateReport,
     TrainingSignals,
     evaluate,
 )
 from esper.leyline.commands import BlueprintConfig
-from esper.tamiyo.policy import decision_id, wait
+from esper.tamiyo.policy import CostModel, decision_id, wait
 from esper.tamiyo.tracker import SignalTracker
-
-#: (slot_id, blueprint, config) -> parameters the seed would add, or None when it does not fit the slot.
-CostModel = Callable[[str, str, Mapping[str, Any]], int | None]
 
 
 @dataclass(frozen=True, slots=True)
 class BlueprintChoice:
-    """A blueprint the policy may germinate, with its build configuration."""
+    """A blueprint the policy may germinate, with its build configuration (empty: the graph's, or the default)."""
 
     name: str
     config: BlueprintConfig = field(default_factory=dict)
@@ -56,10 +61,8 @@ class BlueprintChoice:
 class HeuristicConfig:
     """Knobs of :class:`HeuristicTamiyo`. Epoch counts are whole epochs."""
 
-    #: germinate once validation has not improved for this many epochs
+    #: germinate once validation has not improved for this many epochs (the plateau Tolaria publishes)
     plateau_patience: int = 3
-    #: an epoch improves when validation accuracy rises, or loss falls, by more than this
-    plateau_min_delta: float = 1e-3
     #: no germination before this epoch (the host learns its easy part first)
     min_epoch_to_germinate: int = 0
     #: live (germinated .. probationary) seeds at once
@@ -70,7 +73,7 @@ class HeuristicConfig:
     candidates: tuple[BlueprintChoice, ...] = (BlueprintChoice("conv_light"), BlueprintChoice("conv_heavy"))
     #: per-slot candidates overriding ``candidates``
     slot_candidates: Mapping[str, tuple[BlueprintChoice, ...]] = field(default_factory=dict)
-    #: largest total parameter count a germination may lead to (None: unlimited; needs a cost model)
+    #: largest total parameter count a germination may lead to (None: unlimited; needs the graph or a cost model)
     param_budget: int | None = None
     #: contribution below -cull_harm counts as harm
     cull_harm: float = 0.01
@@ -114,18 +117,18 @@ _NEXT_GATE: dict[SeedStage, Gate] = {
 class HeuristicTamiyo:
     """The rule-based :class:`~esper.tamiyo.policy.Policy` (see the module docstring).
 
-    ``cost_model`` lets the policy respect ``param_budget`` and skip blueprints
-    that do not fit a slot; without one every candidate is assumed to fit.
+    Prices come from the graph handed to :meth:`decide`, else from
+    ``cost_model``; with neither, every candidate is assumed to fit and a
+    ``param_budget`` cannot be respected, so nothing is germinated under one.
     """
 
     name = "heuristic"
 
     def __init__(self, config: HeuristicConfig | None = None, *, cost_model: CostModel | None = None) -> None:
         self.config = config or HeuristicConfig()
-        if self.config.param_budget is not None and cost_model is None:
-            raise ValueError("field 'cost_model': a param_budget needs a cost model (value None)")
         self.cost_model = cost_model
-        self.tracker = SignalTracker(min_delta=self.config.plateau_min_delta)
+        self.tracker = SignalTracker()
+        self._graph: ModelGraph | None = None
         self.scores: dict[str, float] = {}
         self.outcomes: dict[str, list[int]] = {}
         self.last_cull_epoch: int | None = None
@@ -157,8 +160,11 @@ class HeuristicTamiyo:
         self.outcomes.setdefault(blueprint, []).append(outcome)
 
     # -- the decision --------------------------------------------------------
-    def decide(self, signals: TrainingSignals) -> AdaptationDecision:
+    def decide(
+        self, signals: TrainingSignals, *, graph: ModelGraph | None = None, health: LayerHealth | None = None
+    ) -> AdaptationDecision:
         """One decision for ``signals.epoch`` (see the module docstring for the rules)."""
+        self._graph = graph
         tracked = self.tracker.observe(signals)
         epoch = signals.epoch
         self._score_outcomes(list(signals.seeds), epoch)
@@ -197,7 +203,7 @@ class HeuristicTamiyo:
         for r in signals.seeds:
             if r.stage not in ACTIVE_STAGES:
                 continue
-            if r.stage in (SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY):
+            if r.stage in BLENDED_STAGES:
                 recent = self.tracker.contributions(r.slot_id)[-c.cull_patience :]
                 if c.cull_patience and len(recent) == c.cull_patience and all(x < -c.cull_harm for x in recent):
                     harm = -max(recent)
@@ -232,7 +238,8 @@ class HeuristicTamiyo:
             contribution=r.contribution,
             seed_grad_norm=r.seed_grad_norm,
         )
-        return evaluate(gate, inputs, self.config.thresholds)
+        thresholds = self._graph.thresholds if self._graph is not None else None
+        return evaluate(gate, inputs, thresholds or self.config.thresholds)
 
     def _advance(self, signals: TrainingSignals) -> AdaptationDecision | None:
         for r in signals.seeds:
@@ -291,16 +298,33 @@ class HeuristicTamiyo:
     def _best_choice(self, slot_id: str, params_total: int) -> tuple[BlueprintChoice, int | None] | None:
         c = self.config
         best: tuple[float, int, BlueprintChoice, int | None] | None = None
-        for index, choice in enumerate(c.slot_candidates.get(slot_id, c.candidates)):
-            cost = self.cost_model(slot_id, choice.name, choice.config) if self.cost_model else None
-            if self.cost_model is not None and cost is None:
+        for index, candidate in enumerate(c.slot_candidates.get(slot_id, c.candidates)):
+            priced = self._price(slot_id, candidate)
+            if priced is None:
                 continue
-            if c.param_budget is not None and params_total + (cost or 0) > c.param_budget:
+            choice, cost = priced
+            if c.param_budget is not None and (cost is None or params_total + cost > c.param_budget):
                 continue
             key = (self.scores.get(choice.name, 0.0), -index)
             if best is None or key > best[:2]:
                 best = (key[0], key[1], choice, cost)
         return None if best is None else (best[2], best[3])
+
+    def _price(self, slot_id: str, candidate: BlueprintChoice) -> tuple[BlueprintChoice, int | None] | None:
+        """The candidate as it would be built at ``slot_id`` and its cost; None where it does not fit."""
+        graph = self._graph
+        if graph is not None:
+            slot = graph.slot(slot_id)
+            for option in slot.options if slot is not None else ():
+                if option.blueprint == candidate.name and (
+                    not candidate.config or dict(option.config) == dict(candidate.config)
+                ):
+                    return BlueprintChoice(option.blueprint, dict(option.config)), option.params
+            return None
+        if self.cost_model is None:
+            return candidate, None
+        cost = self.cost_model(slot_id, candidate.name, candidate.config)
+        return None if cost is None else (candidate, cost)
 
     def _wait_reason(self, signals: TrainingSignals, active: int) -> str:
         c, t = self.config, self.tracker.last
@@ -313,6 +337,8 @@ class HeuristicTamiyo:
             return f"cooldown after the cull at epoch {self.last_cull_epoch}"
         if t.plateau_epochs < c.plateau_patience:
             return f"still improving (plateau {t.plateau_epochs} < {c.plateau_patience})"
+        if c.param_budget is not None and self._graph is None and self.cost_model is None:
+            return f"budget {c.param_budget} set but no model graph to price blueprints with yet"
         return "no dormant slot with an affordable blueprint"
 
     # -- checkpoints ---------------------------------------------------------

@@ -1,39 +1,35 @@
 """The policy interface every Tamiyo policy implements (heuristic now, learned later).
 
-A policy reads one epoch's :class:`TrainingSignals` and answers with one
+A policy reads one epoch's :class:`TrainingSignals`, and optionally the run's
+newest :class:`ModelGraph` (structure, and the blueprint options at each slot
+with their exact cost) and :class:`LayerHealth`, and answers with one
 :class:`AdaptationDecision` (WAIT included), which always carries a reason and
-a confidence. :func:`decision_to_command` turns an actionable decision into the
-:class:`AdaptationCommand` Tolaria applies at the epoch boundary.
+a confidence. Policies never see torch, the model or the data: a policy
+decides the same in process (``esper train``) and behind the bus.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from esper.leyline import (
-    AdaptationCommand,
-    AdaptationDecision,
-    CommandAction,
-    DecisionAction,
-    TrainingSignals,
-)
+from esper.leyline import AdaptationDecision, DecisionAction, LayerHealth, ModelGraph, TrainingSignals
 
-_COMMAND_FOR: dict[DecisionAction, CommandAction] = {
-    DecisionAction.GERMINATE: CommandAction.GERMINATE,
-    DecisionAction.ADVANCE: CommandAction.ADVANCE,
-    DecisionAction.CULL: CommandAction.CULL,
-    DecisionAction.FOSSILIZE: CommandAction.FOSSILIZE,
-}
+#: (slot_id, blueprint, config) -> parameters the seed would add, or None when it does not fit the slot.
+#: ``ModelGraph.price`` is one.
+CostModel = Callable[[str, str, Mapping[str, Any]], int | None]
 
 
 @runtime_checkable
 class Policy(Protocol):
     """What Tamiyo asks once per epoch. Implementations must be deterministic given
-    their state and the signals, so that runs (and resumed runs) reproduce."""
+    their state and their inputs, so that runs (and resumed runs) reproduce."""
 
     name: str
 
-    def decide(self, signals: TrainingSignals) -> AdaptationDecision:
+    def decide(
+        self, signals: TrainingSignals, *, graph: ModelGraph | None = None, health: LayerHealth | None = None
+    ) -> AdaptationDecision:
         """The decision for the epoch ``signals.epoch``."""
         ...
 
@@ -68,7 +64,9 @@ class StaticPolicy:
 
     name = "none"
 
-    def decide(self, signals: TrainingSignals) -> AdaptationDecision:
+    def decide(
+        self, signals: TrainingSignals, *, graph: ModelGraph | None = None, health: LayerHealth | None = None
+    ) -> AdaptationDecision:
         return wait(self.name, signals.epoch, "static host: this run never adapts")
 
     def state_dict(self) -> dict[str, Any]:
@@ -76,27 +74,3 @@ class StaticPolicy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
-
-
-def decision_to_command(
-    decision: AdaptationDecision, signals: TrainingSignals | None = None
-) -> AdaptationCommand | None:
-    """The command carrying out ``decision``; None for WAIT or a decision the safety check rejected.
-
-    With the ``signals`` the decision was made on, the command carries the
-    slot's stage in them, so Tolaria can refuse it if it arrives too late.
-    """
-    if decision.action is DecisionAction.WAIT or not decision.accepted:
-        return None
-    stage = next((r.stage for r in signals.seeds if r.slot_id == decision.slot_id), None) if signals else None
-    return AdaptationCommand(
-        command_id=decision.command_id or f"cmd-{decision.decision_id}",
-        action=_COMMAND_FOR[decision.action],
-        slot_id=decision.slot_id,
-        blueprint=decision.blueprint,
-        blueprint_config=dict(decision.blueprint_config),
-        epoch=decision.epoch,
-        reason=decision.reason,
-        issued_by=decision.policy,
-        expected_stage=stage,
-    )

@@ -12,6 +12,7 @@ category               rejected because
 ``embargo``            germinating a slot that is still cooling down after a cull
 ``budget``             the seed would take the run over its parameter budget
 ``max_active_seeds``   germinating while the maximum of live seeds is reached
+``blueprint``          the blueprint (with that configuration) is not offered at the slot (model graph)
 ``stale``              the decision reads telemetry that is too old or superseded
 ``low_confidence``     the policy's confidence is below the floor
 =====================  =========================================================
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 
 from esper.leyline import (
     ACTIVE_STAGES,
+    RUN_ACTIONS,
     AdaptationCommand,
     AdaptationDecision,
     CommandAction,
@@ -38,18 +40,18 @@ from esper.leyline import (
     is_legal,
 )
 from esper.leyline.stages import next_stage
-from esper.tamiyo.heuristic import CostModel
+from esper.tamiyo.policy import CostModel
 
 #: The rejection categories, in the order the monitor checks them.
-CATEGORIES = ("stale", "low_confidence", "illegal_transition", "embargo", "max_active_seeds", "budget")
+CATEGORIES = ("stale", "low_confidence", "illegal_transition", "embargo", "max_active_seeds", "blueprint", "budget")
 
 
 @dataclass(frozen=True, slots=True)
 class SafetyConfig:
     """Thresholds of the :class:`SafetyMonitor` (configuration, never literals in the checks)."""
 
-    #: live seeds (GERMINATED .. PROBATIONARY) a run may hold at once
-    max_active_seeds: int = 2
+    #: live seeds (GERMINATED .. PROBATIONARY) a run may hold at once (the heuristic's default plans for as many)
+    max_active_seeds: int = 3
     #: telemetry older than this many seconds is stale (``produced_at`` against the clock)
     max_telemetry_age_s: float = 60.0
     #: policy decisions below this confidence are rejected
@@ -137,7 +139,7 @@ class SafetyMonitor:
             confidence: float | None = action.confidence
         else:
             command, epoch, confidence = action.action, action.epoch, None
-            if command in (CommandAction.PAUSE, CommandAction.RESUME, CommandAction.STOP):
+            if command in RUN_ACTIONS:
                 return _ACCEPTED
         now = time.time() if now is None else now
         for verdict in (
@@ -197,6 +199,13 @@ class SafetyMonitor:
                 "max_active_seeds",
                 f"{len(active)} live seed(s) ({', '.join(active)}) >= max {self.config.max_active_seeds}",
             )
+        if run.cost_model is not None and slot_id is not None and blueprint is not None:
+            if run.cost_model(slot_id, blueprint, dict(blueprint_config)) is None:
+                return _reject(
+                    "blueprint",
+                    f"{blueprint!r} with {dict(blueprint_config)!r} is not offered at slot {slot_id!r} "
+                    "by the run's model graph",
+                )
         return self._budget(slot_id, blueprint, blueprint_config, run)
 
     @staticmethod

@@ -1,10 +1,16 @@
-"""SignalTracker: what Tamiyo remembers between epochs.
+"""SignalTracker: deltas, plateau and best values of a run, computed once.
 
-The tracker turns raw per-epoch numbers into the derived signals a policy
-needs (deltas, plateau count, best values, short histories) and the
-observation vector learned policies read. Non-finite inputs are replaced by
-the last good value (or a neutral default) and flagged, so a NaN never reaches
-a comparison: ``nan < best`` is silently False, which would hide a plateau.
+The producer of a run's :class:`TrainingSignals` (Tolaria's trainer) calls
+:meth:`SignalTracker.update` with each epoch's raw numbers and publishes the
+derived signals (deltas, plateau count, best values). A policy's tracker
+reads them back with :meth:`SignalTracker.observe`, which takes the plateau,
+deltas and best values exactly as published, so the plateau a policy acts on
+is the one every other reader (Nissa's narrative, the status API) sees. It
+also keeps short histories for the observation vector learned policies read.
+
+Non-finite inputs are replaced by the last good value (or a neutral default)
+and flagged, so a NaN never reaches a comparison: ``nan < best`` is silently
+False, which would hide a plateau.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from esper.leyline import (
     write_observation,
 )
 from esper.leyline.observation import HISTORY_LENGTH, OBSERVATION_SLOTS
+
+#: An epoch improves when validation accuracy rises, or validation loss falls, by more than this.
+PLATEAU_MIN_DELTA = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +69,7 @@ class SignalTracker:
     ``min_delta``; ``plateau_epochs`` counts epochs since the last improvement.
     """
 
-    def __init__(self, *, min_delta: float = 1e-3, history: int = HISTORY_LENGTH) -> None:
+    def __init__(self, *, min_delta: float = PLATEAU_MIN_DELTA, history: int = HISTORY_LENGTH) -> None:
         if not math.isfinite(min_delta) or min_delta < 0:
             raise ValueError(f"field 'min_delta': must be a finite number >= 0 (value {min_delta!r})")
         if history < 1:
@@ -132,14 +141,44 @@ class SignalTracker:
         return tracked
 
     def observe(self, signals: TrainingSignals) -> TrackedEpoch:
-        """Update from a :class:`TrainingSignals` message (Tamiyo's side of the bus)."""
-        tracked = self.update(
-            epoch=signals.epoch,
-            train_loss=signals.train_loss,
-            val_loss=signals.val_loss,
-            train_accuracy=signals.train_accuracy,
-            val_accuracy=signals.val_accuracy,
+        """Take one epoch as its producer published it (Tamiyo's side of the bus).
+
+        Plateau count, deltas and best values are the message's; only non-finite
+        numbers are replaced (and flagged), as :meth:`update` does.
+        """
+        flags: list[str] = []
+        prev = self.last
+        train_loss = self._clean("train_loss", signals.train_loss, prev.train_loss if prev else 0.0, flags)
+        val_loss = self._clean("val_loss", signals.val_loss, prev.val_loss if prev else 0.0, flags)
+        train_accuracy = self._clean(
+            "train_accuracy", signals.train_accuracy, prev.train_accuracy if prev else 0.0, flags
         )
+        val_accuracy = self._clean("val_accuracy", signals.val_accuracy, prev.val_accuracy if prev else 0.0, flags)
+        best_loss = signals.best_val_loss
+        best_accuracy = signals.best_val_accuracy
+        self.best_val_loss = float(best_loss) if best_loss is not None and math.isfinite(best_loss) else val_loss
+        if best_accuracy is not None and math.isfinite(best_accuracy):
+            self.best_val_accuracy = float(best_accuracy)
+        self.plateau_epochs = signals.plateau_epochs
+        self.sanitized_total += bool(flags)
+        tracked = TrackedEpoch(
+            epoch=signals.epoch,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            train_accuracy=train_accuracy,
+            val_accuracy=val_accuracy,
+            loss_delta=_finite(signals.loss_delta),
+            accuracy_delta=_finite(signals.accuracy_delta),
+            plateau_epochs=signals.plateau_epochs,
+            best_val_loss=self.best_val_loss,
+            best_val_accuracy=self.best_val_accuracy,
+            improved=signals.plateau_epochs == 0 and not flags,
+            sanitized=tuple(flags),
+        )
+        self.val_losses.append(val_loss)
+        self.val_accuracies.append(val_accuracy)
+        self.epochs_seen += 1
+        self.last = tracked
         for report in signals.seeds:
             slot = self._slots.setdefault(report.slot_id, _SlotHistory())
             if report.seed_id != slot.seed_id:

@@ -9,9 +9,11 @@ twice. After each decision the state is written to Redis
 (``esper:tamiyo:run:<run_id>``, JSON), so a restarted Tamiyo continues where
 the last one stopped.
 
-Building a run's policy may be slow (the cost model loads the task to learn the
-slots' feature shapes), so it happens in a worker thread as soon as the run is
-registered, long before its first epoch arrives.
+A run's structure (its slots, their shapes and what each blueprint costs
+there) comes only from the :class:`ModelGraph` Tolaria publishes; the newest
+one is kept (and saved) with the run. Building a run's policy may be slow (a
+learned policy loads its network), so it happens in a worker thread as soon as
+the run is registered, long before its first epoch arrives.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -32,11 +34,13 @@ from esper.leyline import (
     CommandResult,
     CommandStatus,
     LayerHealth,
+    ModelGraph,
     SeedStateReport,
     TrainingJob,
     TrainingSignals,
 )
-from esper.tamiyo.heuristic import CostModel
+from esper.tamiyo.decide import run_snapshot
+from esper.tamiyo.policies import POLICIES, make_policy
 from esper.tamiyo.policy import Policy
 from esper.tamiyo.safety import RunSnapshot
 
@@ -48,18 +52,8 @@ INDEX_KEY = "esper:tamiyo:runs"
 RECENT_DECISIONS = 50
 
 
-class RunWiring(Protocol):
-    """How Tamiyo builds a run's policy and prices blueprints at its slots."""
-
-    policies: tuple[str, ...]
-
-    def cost_model(self, job: TrainingJob) -> CostModel | None:
-        """Parameters a blueprint adds at a slot of this job's model (None: unknown)."""
-        ...
-
-    def policy(self, name: str, job: TrainingJob, cost_model: CostModel | None) -> Policy:
-        """A fresh policy called ``name`` for ``job``."""
-        ...
+#: Builds a fresh policy called ``name`` for a job (``esper.tamiyo.policies.make_policy`` by default).
+PolicyFactory = Callable[[str, TrainingJob], Policy]
 
 
 @dataclass(slots=True)
@@ -111,12 +105,12 @@ class RunState:
     signals: TrainingSignals | None = None
     signals_at: float | None = None
     health: LayerHealth | None = None
+    graph: ModelGraph | None = None
     decisions: deque[DecisionRecord] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
     stale_skipped: int = 0
     outcome: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     policy: Policy | None = None
-    cost_model: CostModel | None = None
     policy_state: dict[str, Any] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     prepared: asyncio.Future[None] | None = None
@@ -128,16 +122,21 @@ class RunState:
 
     def snapshot(self) -> RunSnapshot:
         """The read-only view the :class:`~esper.tamiyo.safety.SafetyMonitor` validates against."""
-        return RunSnapshot(
-            run_id=self.run_id,
-            seeds=self.seeds,
-            params_total=self.signals.params_total if self.signals else 0,
-            telemetry_epoch=self.signals.epoch if self.signals else None,
-            telemetry_at=self.signals_at,
-            paused=self.paused,
+        if self.signals is None:
+            return RunSnapshot(run_id=self.run_id, paused=self.paused, param_budget=self.job.param_budget)
+        return run_snapshot(
+            self.run_id,
+            self.signals,
+            graph=self.graph,
+            telemetry_at=self.signals_at or 0.0,
             param_budget=self.job.param_budget,
-            cost_model=self.cost_model,
+            paused=self.paused,
         )
+
+    def observe_graph(self, graph: ModelGraph) -> None:
+        """Keep ``graph`` if it is at least as new as the one held (a redelivered older one is ignored)."""
+        if self.graph is None or graph.revision >= self.graph.revision:
+            self.graph = graph
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able state (the policy's ``state_dict`` included), for the Redis copy."""
@@ -153,6 +152,7 @@ class RunState:
             "last_decided_epoch": self.last_decided_epoch,
             "signals": None if self.signals is None else self.signals.to_dict(),
             "signals_at": self.signals_at,
+            "graph": None if self.graph is None else self.graph.to_dict(),
             "decisions": [asdict(d) for d in self.decisions],
             "stale_skipped": self.stale_skipped,
             "outcome": self.outcome,
@@ -162,6 +162,7 @@ class RunState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
         signals = data.get("signals")
+        graph = data.get("graph")
         run = cls(
             run_id=data["run_id"],
             job=msgspec.convert(data["job"], TrainingJob),
@@ -173,6 +174,7 @@ class RunState:
             last_decided_epoch=data["last_decided_epoch"],
             signals=None if signals is None else msgspec.convert(signals, TrainingSignals),
             signals_at=data["signals_at"],
+            graph=None if graph is None else msgspec.convert(graph, ModelGraph),
             stale_skipped=data.get("stale_skipped", 0),
             outcome=dict(data.get("outcome", {})),
             policy_state=data.get("policy_state"),
@@ -212,8 +214,15 @@ class RunStore:
 class HealthCollector:
     """Per-run state, fed in order, persisted after each decision (see the module docstring)."""
 
-    def __init__(self, wiring: RunWiring, store: RunStore | None = None) -> None:
-        self.wiring = wiring
+    def __init__(
+        self,
+        store: RunStore | None = None,
+        *,
+        policies: tuple[str, ...] = POLICIES,
+        policy_factory: PolicyFactory = make_policy,
+    ) -> None:
+        self.policies = policies
+        self.policy_factory = policy_factory
         self.store = store
         self.runs: dict[str, RunState] = {}
 
@@ -242,8 +251,8 @@ class HealthCollector:
         if run is not None:
             return run, False
         name = policy or job.policy
-        if name not in self.wiring.policies:
-            raise ValueError(f"field 'policy': unknown policy {name!r} (known: {', '.join(self.wiring.policies)})")
+        if name not in self.policies:
+            raise ValueError(f"field 'policy': unknown policy {name!r} (known: {', '.join(self.policies)})")
         run = self.runs[run_id] = RunState(run_id=run_id, job=job, policy_name=name)
         self._prepare(run)
         return run, True
@@ -259,9 +268,7 @@ class HealthCollector:
 
     async def _build(self, run: RunState) -> None:
         try:
-            if run.cost_model is None:
-                run.cost_model = await asyncio.to_thread(self.wiring.cost_model, run.job)
-            policy = await asyncio.to_thread(self.wiring.policy, run.policy_name, run.job, run.cost_model)
+            policy = await asyncio.to_thread(self.policy_factory, run.policy_name, run.job)
             if run.policy_state is not None:
                 policy.load_state_dict(run.policy_state)
             run.policy, run.policy_state, run.error = policy, None, None
@@ -279,8 +286,8 @@ class HealthCollector:
 
     async def switch_policy(self, run: RunState, name: str) -> None:
         """Give ``run`` a fresh policy called ``name`` (its tracker starts over)."""
-        if name not in self.wiring.policies:
-            raise ValueError(f"field 'policy': unknown policy {name!r} (known: {', '.join(self.wiring.policies)})")
+        if name not in self.policies:
+            raise ValueError(f"field 'policy': unknown policy {name!r} (known: {', '.join(self.policies)})")
         await self.policy_for(run)
         run.policy_name, run.policy, run.policy_state = name, None, None
         self._prepare(run)

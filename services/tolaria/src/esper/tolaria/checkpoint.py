@@ -52,6 +52,7 @@ def save_checkpoint(trainer: Trainer, path: str | Path, *, meta: dict[str, Any] 
         "applied_commands": list(trainer.applied_commands),
         "published": trainer.published,
         "events_seen": trainer.events_seen,
+        "graph_revision": trainer.graph_revision,
         "paused": trainer.paused,
         "stop_requested": trainer.stop_requested,
         "params_initial": trainer.params_initial,
@@ -109,6 +110,7 @@ def restore_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.epoch, trainer.step = state["epoch"], state["step"]
     trainer.published, trainer.events_seen = state["published"], state["events_seen"]
     trainer.paused = state["paused"]
+    trainer.graph_revision = state.get("graph_revision", -1)  # the next graph continues the run's count
     trainer.stop_requested = state.get("stop_requested", False)  # absent in checkpoints of older builds
     trainer.params_initial = state["params_initial"]
     trainer.wall_seconds = state["wall_seconds"]

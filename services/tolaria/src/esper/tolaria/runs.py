@@ -1,12 +1,11 @@
 """Wiring one run: task + Kasmina model + policy + Tolaria trainer + the run's folder.
 
-``esper train``, ``benchmarks/growth.py`` and the Tolaria service all build runs
-here, so the benchmark measures exactly what users run and a service run writes
-the same files as ``esper train``.
-
-Tolaria already depends on Tamiyo (the trainer speaks its ``Policy`` protocol
-and tracks signals with its ``SignalTracker``), so wiring the heuristic here adds
-no new edge between the packages; the CLI and the service both import it.
+A run is a Leyline :class:`TrainingJob` (the one definition of its settings).
+``esper train``, ``benchmarks/growth.py`` and the Tolaria service all build
+runs here, so the benchmark measures exactly what users run and a service run
+writes the same files as ``esper train``. The policy comes from Tamiyo's core
+(:func:`esper.tamiyo.policies.make_policy`), the same factory the Tamiyo
+service uses, and decides through the same decide step.
 """
 
 from __future__ import annotations
@@ -14,68 +13,21 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from esper.kasmina import KasminaConfig, MorphogeneticModel, get_blueprint
+import msgspec
+
+from esper.kasmina import KasminaConfig
 from esper.leyline import GateThresholds, SeedStage, TrainingJob
-from esper.tamiyo.heuristic import BlueprintChoice, CostModel, HeuristicConfig, HeuristicTamiyo
-from esper.tamiyo.policy import Policy, StaticPolicy
+from esper.tamiyo.policies import POLICIES, make_policy
 from esper.tolaria.checkpoint import CHECKPOINT_NAME, read_checkpoint, restore_checkpoint, save_checkpoint
 from esper.tolaria.governor import GovernorConfig
 from esper.tolaria.report import EVENTS_NAME, EventLog, write_report
 from esper.tolaria.tasks import load_task
 from esper.tolaria.trainer import EpochRecord, Sink, Trainer, TrainerConfig
 
-POLICIES = ("heuristic", "none")
-
-
-@dataclass(frozen=True, slots=True)
-class RunSpec:
-    """Everything that defines a run (stored in its checkpoint, so ``--resume`` rebuilds the same run)."""
-
-    task: str = "mnist1d"
-    policy: str = "heuristic"
-    epochs: int = 40
-    seed: int = 0
-    data_dir: str | None = None
-    max_train_samples: int | None = None
-    host_channels: int | None = None
-    batch_size: int = 100
-    lr: float = 1e-2
-    lr_schedule: str = "cosine"
-    param_budget: int | None = None
-    spike_sigma: float = 6.0
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"field 'policy': unknown policy {self.policy!r} (known: {', '.join(POLICIES)})")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @classmethod
-    def from_job(cls, job: TrainingJob) -> RunSpec:
-        """The run a :class:`TrainingJob` asks for (its lockstep settings concern the service, not the run)."""
-        return cls(
-            task=job.task,
-            policy=job.policy,
-            epochs=job.epochs,
-            seed=job.seed,
-            data_dir=job.data_dir,
-            max_train_samples=job.max_train_samples,
-            host_channels=job.host_channels,
-            batch_size=job.batch_size,
-            lr=job.lr,
-            lr_schedule=job.lr_schedule,
-            param_budget=job.param_budget,
-        )
-
-
-#: Kasmina's lifecycle tempo for in-process runs: short isolated training, a quick blend.
+#: Kasmina's lifecycle tempo for Tolaria's runs: short isolated training, a quick blend.
 KASMINA = KasminaConfig(
     thresholds=GateThresholds(min_training_epochs=2, min_shadowing_epochs=1, min_probation_epochs=1),
     blend_epochs=3,
@@ -83,75 +35,39 @@ KASMINA = KasminaConfig(
 )
 
 
-def cost_model(model: MorphogeneticModel) -> CostModel:
-    """Exact parameters a blueprint would add at a slot of ``model``, or None where it does not fit."""
-
-    def cost(slot_id: str, blueprint: str, config: Mapping[str, Any]) -> int | None:
-        slot = model.slot(slot_id)
-        if slot.feature_shape is None:
-            return None
-        try:
-            return get_blueprint(blueprint).param_count(slot.feature_shape, config, layer_kind=slot.layer_kind)
-        except ValueError:
-            return None
-
-    return cost
+def job_from_dict(data: Mapping[str, Any]) -> TrainingJob:
+    """The job stored in a checkpoint or given as JSON; ValueError naming the field when it does not fit."""
+    known = {f for f in TrainingJob.__struct_fields__}
+    try:
+        return msgspec.convert({k: v for k, v in data.items() if k in known}, TrainingJob)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"training job: {exc}") from None
 
 
-def heuristic_config(spec: RunSpec) -> HeuristicConfig:
-    """The heuristic's defaults: wide residual conv seeds in every slot from the first epoch, within the budget.
+def build_trainer(
+    job: TrainingJob, sinks: tuple[Sink, ...] = (), *, decide_in_process: bool = True, run_id: str = "local"
+) -> Trainer:
+    """A ready trainer for ``job``.
 
-    Growing early gives the seeds nearly the whole run to train, and on
-    MNIST-1D validation that beat waiting for a plateau; a seed that does not
-    earn its place is still culled by the gates. ``benchmarks/growth.py``
-    measures the result against static hosts of both sizes.
+    With ``decide_in_process`` (``esper train``) the policy ``job`` names
+    decides every epoch through Tamiyo's decide step; without it (the service)
+    the trainer has no policy and applies only the commands it is handed.
     """
-    candidates = (
-        BlueprintChoice("conv_heavy", {"kernel_size": 3, "expansion": 3.5}),
-        BlueprintChoice("bottleneck", {"kernel_size": 3, "reduction": 2}),
-        BlueprintChoice("conv_light", {"kernel_size": 3}),
-    )
-    return HeuristicConfig(
-        plateau_patience=0,
-        plateau_min_delta=0.005,
-        min_epoch_to_germinate=1,
-        max_active_seeds=3,
-        slot_order=("s1", "s2", "s3"),
-        candidates=candidates,
-        param_budget=spec.param_budget,
-        thresholds=KASMINA.thresholds,
-    )
-
-
-def make_policy(spec: RunSpec, model: MorphogeneticModel) -> Policy:
-    """The policy ``spec`` names, wired to ``model``'s slots."""
-    if spec.policy == "none":
-        return StaticPolicy()
-    return HeuristicTamiyo(heuristic_config(spec), cost_model=cost_model(model))
-
-
-def build_trainer(spec: RunSpec, sinks: tuple[Sink, ...] = (), *, decide_in_process: bool = True) -> Trainer:
-    """A ready trainer for ``spec``.
-
-    With ``decide_in_process`` (``esper train``) the policy ``spec`` names is wired
-    to the model's slots and decides every epoch; without it (the service) the
-    trainer has no policy and applies only the commands it is handed.
-    """
+    if job.policy not in POLICIES:
+        raise ValueError(f"field 'policy': unknown policy {job.policy!r} (known: {', '.join(POLICIES)})")
     task = load_task(
-        spec.task, data_dir=spec.data_dir, max_train_samples=spec.max_train_samples, host_channels=spec.host_channels
+        job.task, data_dir=job.data_dir, max_train_samples=job.max_train_samples, host_channels=job.host_channels
     )
     config = TrainerConfig(
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        lr=spec.lr,
-        lr_schedule=spec.lr_schedule,
-        seed=spec.seed,
-        governor=GovernorConfig(sigma=spec.spike_sigma),
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        lr=job.lr,
+        lr_schedule=job.lr_schedule,
+        seed=job.seed,
+        governor=GovernorConfig(sigma=job.spike_sigma),
     )
-    trainer = Trainer(task, None, config, kasmina=KASMINA, sinks=sinks)
-    if decide_in_process:
-        trainer.policy = make_policy(spec, trainer.model)
-    return trainer
+    policy = make_policy(job.policy, job) if decide_in_process else None
+    return Trainer(task, policy, config, kasmina=KASMINA, sinks=sinks, run_id=run_id, param_budget=job.param_budget)
 
 
 def stage_summary(trainer: Trainer) -> str:
@@ -174,36 +90,39 @@ class RunFolder:
     resumable).
     """
 
-    def __init__(self, spec: RunSpec, out_dir: Path, trainer: Trainer, log: EventLog) -> None:
-        self.spec, self.out_dir, self.trainer, self.log = spec, out_dir, trainer, log
-        self.meta = asdict(spec)
+    def __init__(self, job: TrainingJob, out_dir: Path, trainer: Trainer, log: EventLog, mode: str) -> None:
+        self.job, self.out_dir, self.trainer, self.log = job, out_dir, trainer, log
+        self.meta = {**job.to_dict(), "mode": mode}
 
     @classmethod
     def open(
         cls,
-        spec: RunSpec,
+        job: TrainingJob,
         out_dir: str | Path,
         *,
         resume: bool = False,
         sinks: tuple[Sink, ...] = (),
         decide_in_process: bool = True,
+        run_id: str = "local",
+        mode: str = "in-process",
     ) -> RunFolder:
-        """Build the run. With ``resume`` the checkpoint in ``out_dir`` is restored; ``spec.epochs`` may
-        extend the run, every other field comes from the checkpoint (FileNotFoundError when there is none)."""
+        """Build the run. With ``resume`` the checkpoint in ``out_dir`` is restored; ``job.epochs`` may
+        extend the run, every other field comes from the checkpoint (FileNotFoundError when there is none).
+        ``mode`` (``in-process``, ``lockstep``, ``async``) is recorded in the report."""
         out = Path(out_dir)
         state = None
         if resume:
             state = read_checkpoint(out)
-            spec = replace(RunSpec.from_dict(state["meta"]), epochs=spec.epochs)
+            job = msgspec.structs.replace(job_from_dict(state["meta"]), epochs=job.epochs)
         log = EventLog(out / EVENTS_NAME, keep=state["published"] if state else None)
         try:
-            trainer = build_trainer(spec, sinks=(log, *sinks), decide_in_process=decide_in_process)
+            trainer = build_trainer(job, sinks=(log, *sinks), decide_in_process=decide_in_process, run_id=run_id)
             if state is not None:
                 restore_checkpoint(trainer, state)
         except BaseException:
             log.close()
             raise
-        return cls(spec, out, trainer, log)
+        return cls(job, out, trainer, log, mode)
 
     def checkpoint(self) -> Path:
         """Save the trainer's full state (after an epoch, or after commands applied between epochs)."""
@@ -219,19 +138,20 @@ class RunFolder:
 
 
 def run(
-    spec: RunSpec,
+    job: TrainingJob,
     out_dir: str | Path,
     *,
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``spec`` into ``out_dir`` (checkpoint each epoch, events, report, curves); returns the report.
+    """Train ``job`` in this process into ``out_dir`` (checkpoint each epoch, events, report, curves);
+    returns the report.
 
-    With ``resume`` the run stored in ``out_dir`` continues; ``spec.epochs`` may
+    With ``resume`` the run stored in ``out_dir`` continues; ``job.epochs`` may
     extend it, every other field comes from the checkpoint.
     """
-    folder = RunFolder.open(spec, out_dir, resume=resume)
+    folder = RunFolder.open(job, out_dir, resume=resume)
     trainer = folder.trainer
     bar = _progress_bar(trainer, progress)
 
@@ -273,13 +193,10 @@ __all__ = [
     "KASMINA",
     "POLICIES",
     "RunFolder",
-    "RunSpec",
     "build_trainer",
-    "cost_model",
     "epoch_line",
     "has_checkpoint",
-    "heuristic_config",
-    "make_policy",
+    "job_from_dict",
     "run",
     "stage_summary",
 ]

@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from esper.kasmina.hosts import ConvHost1D
+from esper.leyline import BUILTIN_TASKS
 
-TASKS = ("mnist1d", "digits", "cifar10")
+#: The built-in tasks (Leyline names them, so the control API can check a job without importing Tolaria).
+TASKS = BUILTIN_TASKS
 
 #: Validation share per task where 10% is wrong. MNIST-1D has only 4,000 training rows, and every
 #: row moved to validation is one the host cannot learn from; 200 rows still resolve a one-sample

@@ -1,13 +1,15 @@
 """The epoch loop: train with the mode the slots' stages call for, validate, measure
 seeds, publish signals, ask the policy, apply its command at the epoch boundary.
 
-Order within epoch ``e`` (1-based): train steps -> (governor rollback if a step
-tripped) -> validation and counterfactuals on the validation split -> tracker ->
-``TrainingSignals``/``LayerHealth`` published -> policy decides on them (when the
-trainer has an in-process policy) -> ``at_boundary`` hook (the service waits for
-Tamiyo's commands here) -> the commands are applied -> ``model.end_epoch(e)`` ->
-snapshot for the governor. The test split is evaluated for the record only;
-nothing reads it back.
+Order within epoch ``e`` (1-based): (the run's ``ModelGraph``, before the first
+epoch) -> train steps -> (governor rollback if a step tripped) -> validation
+and counterfactuals on the validation split -> tracker ->
+``TrainingSignals``/``LayerHealth`` published -> Tamiyo's decide step on them
+(:func:`esper.tamiyo.decide.decide`: policy, safety monitor, command; when the
+trainer has an in-process policy) -> ``at_boundary`` hook (the service waits
+for Tamiyo's commands here) -> the commands are applied -> ``model.end_epoch(e)``
+-> a new ``ModelGraph`` if the network changed -> snapshot for the governor.
+The test split is evaluated for the record only; nothing reads it back.
 """
 
 from __future__ import annotations
@@ -21,20 +23,27 @@ from typing import Any
 import torch
 
 from esper.kasmina import KasminaConfig, MorphogeneticModel, wrap
+from esper.kasmina.graph import describe
 from esper.leyline import (
     ACTIVE_STAGES,
+    RUN_ACTIONS,
     AdaptationCommand,
     AdaptationDecision,
     CommandAction,
     CommandResult,
     CommandStatus,
+    EventKind,
     LayerHealth,
     Message,
+    ModelGraph,
     SeedStage,
     TelemetryEvent,
     TrainingSignals,
 )
-from esper.tamiyo.policy import Policy, decision_to_command
+from esper.tamiyo.decide import decide, run_snapshot
+from esper.tamiyo.policies import DEFAULT_SAFETY
+from esper.tamiyo.policy import Policy
+from esper.tamiyo.safety import SafetyMonitor
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.commands import apply_slot_command
 from esper.tolaria.config import EpochRecord, TrainerConfig, seed_everything
@@ -57,9 +66,11 @@ class Trainer:
 
     ``policy=None`` means no in-process decisions: the trainer publishes no
     decision and applies only the commands it is given (the Tolaria service,
-    where Tamiyo decides over the bus). Every message (signals, health,
-    decisions, command results, seed transitions, events) goes to each of
-    ``sinks`` in order.
+    where Tamiyo decides over the bus). With a policy, each epoch goes through
+    the same decide step as the Tamiyo service (``safety``, by default the
+    service's defaults; ``param_budget`` from the job). Every message (model
+    graphs, signals, health, decisions, command results, seed transitions,
+    events) goes to each of ``sinks`` in order.
     """
 
     def __init__(
@@ -70,8 +81,13 @@ class Trainer:
         *,
         kasmina: KasminaConfig | None = None,
         sinks: Iterable[Sink] = (),
+        run_id: str = "local",
+        safety: SafetyMonitor | None = None,
+        param_budget: int | None = None,
     ) -> None:
         self.task, self.policy = task, policy
+        self.run_id, self.param_budget = run_id, param_budget
+        self.safety = safety or SafetyMonitor(DEFAULT_SAFETY)
         self.config = config or TrainerConfig()
         seed_everything(self.config.seed)
         self.model: MorphogeneticModel = wrap(task.build_host(), task.slots, config=kasmina)
@@ -92,6 +108,10 @@ class Trainer:
         self.paused = False
         self.stop_requested = False
         self.wall_seconds = 0.0
+        #: the newest ModelGraph published, how many were, and the structure it described
+        self.graph: ModelGraph | None = None
+        self.graph_revision = -1
+        self._graph_key: tuple[tuple[str, str | None], ...] | None = None
         self.governor.take_snapshot(0, self.model, self.optimizers)
 
     # -- parameters and optimizers --------------------------------------------
@@ -133,6 +153,20 @@ class Trainer:
         for sink in self.sinks:
             sink(message)
 
+    def _structure(self) -> tuple[tuple[str, str | None], ...]:
+        return tuple((sid, slot.seed_id if slot.seed is not None else None) for sid, slot in self.model.slots.items())
+
+    def publish_graph(self, *, force: bool = False) -> ModelGraph | None:
+        """Publish the model's :class:`ModelGraph` if the network changed since the last one (or ``force``)."""
+        key = self._structure()
+        if not force and key == self._graph_key:
+            return None
+        self.graph_revision += 1
+        self.graph = describe(self.model, self.task.train.x[:2], epoch=self.epoch, revision=self.graph_revision)
+        self._graph_key = key
+        self.publish(self.graph)
+        return self.graph
+
     def _publish_transitions(self) -> None:
         for event in self.model.events[self.events_seen :]:
             self.publish(event)
@@ -154,7 +188,7 @@ class Trainer:
             self.optimizers.pop(culprit, None)
         self.publish(
             TelemetryEvent(
-                kind="governor_rollback",
+                kind=EventKind.GOVERNOR_ROLLBACK,
                 epoch=epoch,
                 slot_id=culprit,
                 message=reason if culprit else reason + "; no live seed to cull",
@@ -195,6 +229,7 @@ class Trainer:
             self._publish_transitions()
             results.append(result)
         if results and not inside_epoch:
+            self.publish_graph()
             self.governor.take_snapshot(self.epoch, self.model, self.optimizers)
         return results
 
@@ -209,7 +244,7 @@ class Trainer:
                 reason="already applied",
             )
         self.applied_commands.append(command.command_id)
-        if command.action in (CommandAction.PAUSE, CommandAction.RESUME, CommandAction.STOP):
+        if command.action in RUN_ACTIONS:
             self.paused = command.action is CommandAction.PAUSE or (
                 self.paused and command.action is CommandAction.STOP
             )
@@ -231,6 +266,8 @@ class Trainer:
         ``at_boundary(signals)`` runs once the epoch's signals and health are
         published; the commands it returns apply after ``commands``.
         """
+        if self.graph is None:
+            self.publish_graph(force=True)
         epoch = self.epoch + 1
         started = time.perf_counter()
         if self.paused:
@@ -266,21 +303,26 @@ class Trainer:
             paused=self.paused,
         )
         self.publish(signals)
-        self.publish(LayerHealth(epoch=epoch, layers=layer_health(self.model, self.task.slots, self.task.val.x[:256])))
+        health = LayerHealth(epoch=epoch, layers=layer_health(self.model, self.task.slots, self.task.val.x[:256]))
+        self.publish(health)
         to_apply: list[AdaptationCommand] = []
         if self.policy is not None:
-            decision = self.policy.decide(signals)
-            self.decisions.append(decision)
-            self.publish(decision)
-            command = decision_to_command(decision, signals)
-            if command is not None:
-                to_apply.append(command)
+            snapshot = run_snapshot(
+                self.run_id, signals, graph=self.graph, telemetry_at=time.time(), param_budget=self.param_budget
+            )
+            decided = decide(self.policy, signals, snapshot, self.safety, graph=self.graph, health=health)
+            self.decisions.append(decided.decision)
+            self.publish(decided.decision)
+            if decided.command is not None:
+                to_apply.append(decided.command)
         to_apply.extend(commands)
         if at_boundary is not None:
             to_apply.extend(at_boundary(signals))
         self.apply_commands(to_apply, epoch)
         self.model.end_epoch(epoch)
         self._publish_transitions()
+        self.epoch = epoch
+        self.publish_graph()
         self.governor.take_snapshot(epoch, self.model, self.optimizers)
         seconds = time.perf_counter() - started
         self.wall_seconds += seconds
@@ -301,7 +343,6 @@ class Trainer:
             epoch_seconds=seconds,
         )
         self.history.append(record)
-        self.epoch = epoch
         return record
 
     def fit(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+import msgspec
+import msgspec.inspect as mi
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from esper.tamiyo.service.wiring import POLICIES
-from esper.tolaria.tasks import TASKS
+from esper.leyline import TrainingJob
+from esper.tamiyo.policies import POLICIES
 
 PolicyName = Literal[POLICIES]  # type: ignore[valid-type]
-TaskName = Literal[TASKS]  # type: ignore[valid-type]
 AdaptAction = Literal["germinate", "advance", "cull", "fossilize"]
 ConfigValue = bool | int | float | str
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -26,23 +27,49 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SubmitRun(_Strict):
-    """A training job (``TrainingJob``'s fields) and optionally the id the run should have."""
+def _annotation(t: mi.Type) -> tuple[Any, dict[str, Any]]:
+    """A pydantic annotation and Field constraints for one msgspec field type."""
+    if isinstance(t, mi.UnionType):
+        inner = [x for x in t.types if not isinstance(x, mi.NoneType)]
+        if len(inner) == 1 and len(inner) < len(t.types):
+            annotation, constraints = _annotation(inner[0])
+            return annotation | None, constraints
+    if isinstance(t, mi.LiteralType):
+        return Literal[tuple(t.values)], {}
+    bounds = {k: getattr(t, k, None) for k in ("ge", "gt", "le", "lt", "min_length", "max_length", "pattern")}
+    constraints = {k: v for k, v in bounds.items() if v is not None}
+    if isinstance(t, mi.BoolType):
+        return bool, {}
+    if isinstance(t, mi.IntType):
+        return int, constraints
+    if isinstance(t, mi.FloatType):
+        return float, {**constraints, "allow_inf_nan": False}
+    if isinstance(t, mi.StrType):
+        return str, constraints
+    raise TypeError(f"no request field for {t!r}")
 
-    run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="default: run-<8 hex>")
-    task: TaskName = "mnist1d"
-    policy: PolicyName = "heuristic"
-    epochs: int = Field(40, ge=1, le=100_000)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    data_dir: str | None = Field(None, min_length=1, max_length=4096)
-    max_train_samples: int | None = Field(None, ge=2, le=10**9)
-    host_channels: int | None = Field(None, ge=1, le=4096)
-    batch_size: int = Field(100, ge=1, le=1_000_000)
-    lr: float = Field(1e-2, gt=0.0, le=10.0, allow_inf_nan=False)
-    lr_schedule: Literal["cosine", "constant", "anneal"] = "cosine"
-    param_budget: int | None = Field(None, ge=1, le=10**12)
-    lockstep: bool = False
-    lockstep_timeout_ms: int = Field(2_000, ge=0, le=3_600_000)
+
+def _job_fields() -> dict[str, Any]:
+    """``TrainingJob``'s fields as pydantic field definitions: the request body is derived, never re-spelled."""
+    info = mi.type_info(TrainingJob)
+    assert isinstance(info, mi.StructType)
+    fields: dict[str, Any] = {}
+    for f in info.fields:
+        annotation, constraints = _annotation(f.type)
+        if f.name == "policy":
+            annotation, constraints = PolicyName, {}
+        default = f.default if f.default is not msgspec.NODEFAULT else ...
+        fields[f.name] = (annotation, Field(default, **constraints))
+    return fields
+
+
+#: A training job (``TrainingJob``'s fields, constraints and defaults) and optionally the id the run should have.
+SubmitRun = create_model(
+    "SubmitRun",
+    __base__=_Strict,
+    run_id=(str | None, Field(None, pattern=RUN_ID_PATTERN, description="default: run-<8 hex>")),
+    **_job_fields(),
+)
 
 
 class Adaptation(_Strict):
@@ -50,7 +77,9 @@ class Adaptation(_Strict):
 
     action: AdaptAction
     slot_id: str = Field(..., min_length=1, max_length=64)
-    blueprint: str | None = Field(None, validate_default=True, description="required to germinate")
+    blueprint: str | None = Field(
+        None, min_length=1, max_length=64, validate_default=True, description="required to germinate"
+    )
     blueprint_config: dict[str, ConfigValue] | None = Field(None, max_length=32)
     reason: str = Field("", max_length=1000)
     override: bool = False
@@ -58,15 +87,9 @@ class Adaptation(_Strict):
     @field_validator("blueprint")
     @classmethod
     def _blueprint(cls, value: str | None, info: ValidationInfo) -> str | None:
-        from esper.kasmina import list_blueprints
-
-        if value is None:
-            if info.data.get("action") == "germinate":
-                raise ValueError("germinate needs a blueprint")
-            return None
-        known = list_blueprints()
-        if value not in known:
-            raise ValueError(f"unknown blueprint {value!r} (known: {', '.join(known)})")
+        # Which blueprints fit a slot is the run's model graph's to say (the safety monitor checks it).
+        if value is None and info.data.get("action") == "germinate":
+            raise ValueError("germinate needs a blueprint")
         return value
 
     @field_validator("blueprint_config")

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends
 
-from esper.leyline import CodecError, CommandAction, TrainingJob, validate
+from esper.leyline import RUN_ACTIONS, CodecError, CommandAction, TrainingJob, validate
 from esper.tamiyo.api.auth import ApiError
 from esper.tamiyo.api.models import (
     CommandIssued,
@@ -91,7 +91,7 @@ def runs_router(control: RunControl, guard: Callable[..., None]) -> APIRouter:
             name=f"{action.value}_run",
         )
 
-    for action in (CommandAction.PAUSE, CommandAction.RESUME, CommandAction.STOP):
+    for action in sorted(RUN_ACTIONS):
         control_route(action)
 
     @router.put(

@@ -15,11 +15,11 @@ from esper.oona import ConsumerOptions, RedisBus
 from esper.service import BusReadiness, ServiceSettings, add_arguments, configure_logging, serve, settings_from
 from esper.tamiyo.api import create_app
 from esper.tamiyo.collector import HealthCollector, RunStore
+from esper.tamiyo.policies import DEFAULT_SAFETY
 from esper.tamiyo.safety import SafetyConfig, SafetyMonitor
 from esper.tamiyo.service.control import RunControl
 from esper.tamiyo.service.loop import CONSUMED_STREAMS, DecisionLoop
 from esper.tamiyo.service.metrics import TamiyoMetrics
-from esper.tamiyo.service.wiring import TaskWiring
 
 log = logging.getLogger("esper.tamiyo.service")
 SERVICE = "tamiyo"
@@ -28,7 +28,7 @@ SERVICE = "tamiyo"
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m esper.tamiyo.service", description="Tamiyo: decisions and control API")
     add_arguments(p, SERVICE)
-    defaults = SafetyConfig()
+    defaults = DEFAULT_SAFETY
     p.add_argument("--max-active-seeds", type=int, default=defaults.max_active_seeds, help="live seeds per run")
     p.add_argument(
         "--max-telemetry-age-s", type=float, default=defaults.max_telemetry_age_s, help="older telemetry is stale"
@@ -42,12 +42,12 @@ async def run_service(settings: ServiceSettings, safety_config: SafetyConfig) ->
     bus = RedisBus.from_url(settings.redis_url)
     store = RunStore.from_url(settings.redis_url)
     metrics = TamiyoMetrics()
-    collector = HealthCollector(TaskWiring(), store)
+    collector = HealthCollector(store)
     safety = SafetyMonitor(safety_config)
     loop = DecisionLoop(collector, safety, bus, metrics)
     control = RunControl(collector, safety, bus, metrics)
     consumer = bus.subscribe(CONSUMED_STREAMS, ls.GROUP_TAMIYO, settings.consumer, loop.handle, ConsumerOptions())
-    readiness = BusReadiness(bus.client.ping)
+    readiness = BusReadiness(bus.ping)
     restoring: list[str | None] = ["restoring run states from Redis"]
 
     async def consume() -> None:

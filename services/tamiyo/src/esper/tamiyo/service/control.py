@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 from esper.leyline import (
+    RUN_ACTIONS,
     AdaptationCommand,
     AdaptationDecision,
     CommandAction,
@@ -97,7 +98,7 @@ class RunControl:
 
     async def control(self, run_id: str, action: CommandAction, reason: str = "") -> str:
         """Pause, resume or stop ``run_id``; returns the command id."""
-        if action not in (CommandAction.PAUSE, CommandAction.RESUME, CommandAction.STOP):
+        if action not in RUN_ACTIONS:
             raise ValueError(f"field 'action': {action.value!r} is not run control")
         run = self.run(run_id)
         async with run.lock:

@@ -13,9 +13,12 @@ and hands each envelope to :meth:`DecisionLoop.handle`. For an epoch's
    too) on ``CONTROL_DECISIONS``;
 4. the run's state is saved to Redis; the handler returns and Oona acks.
 
-Policy command ids are deterministic (``<run>:e<epoch>:<action>:<slot>``): an
-epoch redelivered after a crash yields the same id, and Tolaria answers
-DUPLICATE instead of applying it twice.
+Step 2 and the command are :func:`esper.tamiyo.decide.decide`, the same step
+``esper train`` runs in process. Policy command ids are deterministic
+(:func:`~esper.tamiyo.decide.command_id`): an epoch redelivered after a crash
+yields the same id, and Tolaria answers DUPLICATE instead of applying it twice.
+A run's :class:`ModelGraph` (on the training stream, before the epochs it
+describes) is kept with the run: the policy and the monitor price from it.
 """
 
 from __future__ import annotations
@@ -23,18 +26,15 @@ from __future__ import annotations
 import logging
 import time
 
-import msgspec
-
 from esper.leyline import (
-    AdaptationCommand,
-    AdaptationDecision,
     CommandAction,
     CommandResult,
     CommandStatus,
-    DecisionAction,
     Envelope,
+    EventKind,
     LayerHealth,
     Message,
+    ModelGraph,
     TelemetryEvent,
     TrainingJob,
     TrainingSignals,
@@ -42,7 +42,7 @@ from esper.leyline import (
 from esper.leyline import streams as ls
 from esper.oona import Bus, Delivery
 from esper.tamiyo.collector import HealthCollector, RunState
-from esper.tamiyo.policy import Policy, decision_to_command
+from esper.tamiyo.decide import decide
 from esper.tamiyo.safety import SafetyMonitor
 from esper.tamiyo.service.metrics import TamiyoMetrics
 
@@ -57,13 +57,6 @@ CONSUMED_STREAMS = (
     ls.TELEMETRY_EVENTS,
     ls.CONTROL_RESULTS,
 )
-#: TelemetryEvent kind Tolaria publishes when a run is over.
-RUN_FINISHED = "run_finished"
-
-
-def policy_command_id(run_id: str, decision: AdaptationDecision) -> str:
-    """The idempotency key of a policy decision's command: the same on every redelivery of the epoch."""
-    return f"{run_id}:e{decision.epoch}:{decision.action.value}:{decision.slot_id}"
 
 
 class DecisionLoop:
@@ -86,11 +79,13 @@ class DecisionLoop:
             await self.on_job(envelope.run_id, payload)
         elif isinstance(payload, CommandResult):
             await self.on_result(envelope.run_id, payload)
+        elif isinstance(payload, ModelGraph):
+            self._run_for(envelope.run_id).observe_graph(payload)
         elif isinstance(payload, LayerHealth):
             run = self.collector.get(envelope.run_id)
             if run is not None and (run.health is None or payload.epoch >= run.health.epoch):
                 run.health = payload
-        elif isinstance(payload, TelemetryEvent) and payload.kind == RUN_FINISHED:
+        elif isinstance(payload, TelemetryEvent) and payload.kind == EventKind.RUN_FINISHED:
             await self.on_finished(envelope.run_id, payload)
         self._count_runs()
 
@@ -129,7 +124,12 @@ class DecisionLoop:
                 return
             before = policy.state_dict()
             try:
-                decision, command = self._decide(run, policy, signals)
+                started = time.perf_counter()
+                decided = decide(policy, signals, run.snapshot(), self.safety, graph=run.graph, health=run.health)
+                self.metrics.policy_seconds.observe(time.perf_counter() - started)
+                decision, command = decided.decision, decided.command
+                if not decided.verdict.accepted:
+                    self.metrics.rejections.labels(decided.verdict.category).inc()
                 if command is not None:
                     await self.bus.publish(
                         ls.CONTROL_COMMANDS, Envelope(payload=command, run_id=run.run_id, trace_id=envelope.trace_id)
@@ -146,21 +146,6 @@ class DecisionLoop:
             run.last_decided_epoch = signals.epoch
             self.collector.record(run, decision)
             await self.collector.save(run)
-
-    def _decide(
-        self, run: RunState, policy: Policy, signals: TrainingSignals
-    ) -> tuple[AdaptationDecision, AdaptationCommand | None]:
-        """The policy's decision with the safety verdict and, if it is to be carried out, its command."""
-        started = time.perf_counter()
-        decision = policy.decide(signals)
-        self.metrics.policy_seconds.observe(time.perf_counter() - started)
-        verdict = self.safety.validate(decision, run.snapshot())
-        if not verdict.accepted:
-            decision = msgspec.structs.replace(decision, accepted=False, rejection_reason=verdict.reason)
-            self.metrics.rejections.labels(verdict.category).inc()
-        elif decision.action is not DecisionAction.WAIT:
-            decision = msgspec.structs.replace(decision, command_id=policy_command_id(run.run_id, decision))
-        return decision, decision_to_command(decision, signals)
 
     async def on_result(self, run_id: str, result: CommandResult) -> None:
         """Tolaria's answer: attach it to the decision and follow run control that took effect."""

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
-from redis.exceptions import ResponseError
 
 from esper.leyline import (
     AdaptationCommand,
@@ -34,13 +33,13 @@ from esper.leyline import (
     CommandResult,
     CommandStatus,
     Envelope,
+    EventKind,
     Message,
     TelemetryEvent,
     TrainingJob,
-    decode,
 )
 from esper.leyline import streams as ls
-from esper.oona import ConsumerOptions, Delivery, RedisBus, Subscription
+from esper.oona import Bus, ConsumerOptions, Delivery, Subscription
 from esper.service import BusReadiness, health_router
 from esper.tolaria.service.inbox import CommandInbox, PendingCommand, RunInterrupted, future_settler
 from esper.tolaria.service.metrics import TolariaMetrics
@@ -48,9 +47,6 @@ from esper.tolaria.service.worker import JobRejected, RunOutcome, ServiceRun
 
 log = logging.getLogger(__name__)
 
-#: TelemetryEvent kinds Tolaria publishes when a run ends.
-RUN_FINISHED = "run_finished"
-RUN_FAILED = "run_failed"
 #: A running job stays pending for its whole run: another consumer must not claim it from a live Tolaria.
 JOB_CLAIM_IDLE_MS = 24 * 3600 * 1000
 #: Every restart re-delivers the running job; a run that takes the process down this often is dead-lettered.
@@ -62,7 +58,7 @@ class TolariaService:
 
     def __init__(
         self,
-        bus: RedisBus,
+        bus: Bus,
         runs_dir: Path,
         consumer: str,
         *,
@@ -95,7 +91,7 @@ class TolariaService:
         self.decisions: Subscription = bus.subscribe(
             ls.CONTROL_DECISIONS, ls.GROUP_TOLARIA, consumer, self.on_decision, ConsumerOptions()
         )
-        self.readiness = BusReadiness(bus.client.ping)
+        self.readiness = BusReadiness(bus.ping)
         self.app = FastAPI(title="Esper Tolaria", description="The trainer: runs jobs, applies commands.")
         self.app.include_router(health_router(self.not_ready, (self.metrics.registry, REGISTRY)))
 
@@ -116,7 +112,7 @@ class TolariaService:
         except JobRejected as exc:
             log.error("run %s: job rejected: %s", run_id, exc)
             await self._end(run_id, inbox, f"run failed: {exc}")
-            await self._announce(run_id, TelemetryEvent(kind=RUN_FAILED, message=str(exc)))
+            await self._announce(run_id, TelemetryEvent(kind=EventKind.RUN_FAILED, message=str(exc)))
             self.metrics.runs.labels("failed").inc()
             return
         except RunInterrupted:
@@ -178,24 +174,8 @@ class TolariaService:
     async def pending_job_runs(self) -> list[str]:
         """Run ids of jobs this consumer holds unacked (it was killed mid-run): their commands must wait, not
         be rejected as unknown, while the jobs consumer gets back to them."""
-        client = self.bus.client
-        try:
-            pending = await client.xpending_range(
-                ls.CONTROL_JOBS, ls.GROUP_TOLARIA, "-", "+", 100, consumername=self.consumer_name
-            )
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                return []
-            raise
-        run_ids = []
-        for entry in pending:
-            for _, fields in await client.xrange(ls.CONTROL_JOBS, entry["message_id"], entry["message_id"]):
-                data = fields.get(ls.ENVELOPE_FIELD.encode())
-                try:
-                    run_ids.append(decode(data).run_id)
-                except Exception as exc:  # an undecodable job is the consumer's to dead-letter
-                    log.warning("pending job %s does not decode: %s", entry["message_id"], exc)
-        return run_ids
+        held = await self.bus.pending(ls.CONTROL_JOBS, ls.GROUP_TOLARIA, self.consumer_name)
+        return [envelope.run_id for envelope in held]
 
     def not_ready(self) -> str | None:
         """None once the consumers run and Redis answered a PING recently, else why not."""
@@ -238,7 +218,7 @@ def finished_event(outcome: RunOutcome) -> TelemetryEvent:
     """``run_finished`` with the report's headline numbers and where it is."""
     report = outcome.report
     return TelemetryEvent(
-        kind=RUN_FINISHED,
+        kind=EventKind.RUN_FINISHED,
         epoch=report["epochs"],
         message=f"run finished after {report['epochs']} epochs; report at {outcome.report_path}",
         attributes={

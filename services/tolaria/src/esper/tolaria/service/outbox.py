@@ -18,6 +18,7 @@ from esper.leyline import (
     Envelope,
     LayerHealth,
     Message,
+    ModelGraph,
     SeedTransition,
     TelemetryEvent,
     TrainingSignals,
@@ -27,6 +28,7 @@ from esper.oona import Bus
 
 #: Where each message the trainer produces goes.
 STREAM_FOR: dict[type[Message], str] = {
+    ModelGraph: ls.TELEMETRY_TRAINING,
     TrainingSignals: ls.TELEMETRY_TRAINING,
     LayerHealth: ls.TELEMETRY_HEALTH,
     SeedTransition: ls.TELEMETRY_EVENTS,

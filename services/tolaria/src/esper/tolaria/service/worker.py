@@ -29,7 +29,7 @@ from typing import Any
 from esper.leyline import AdaptationCommand, CommandResult, Message, TrainingJob, TrainingSignals
 from esper.oona import Bus
 from esper.tolaria.report import REPORT_NAME
-from esper.tolaria.runs import RunFolder, RunSpec, has_checkpoint
+from esper.tolaria.runs import RunFolder, has_checkpoint
 from esper.tolaria.service.inbox import CommandInbox, PendingCommand, RunInterrupted
 from esper.tolaria.service.metrics import TolariaMetrics
 from esper.tolaria.service.outbox import Outbox
@@ -100,11 +100,13 @@ class ServiceRun:
     def _open(self, resume: bool) -> RunFolder:
         try:
             return RunFolder.open(
-                RunSpec.from_job(self.job),
+                self.job,
                 self.out_dir,
                 resume=resume,
                 sinks=(self._observe, self.outbox),
                 decide_in_process=False,
+                run_id=self.run_id,
+                mode="lockstep" if self.job.lockstep else "async",
             )
         except (ValueError, FileNotFoundError) as exc:
             raise JobRejected(str(exc)) from exc
