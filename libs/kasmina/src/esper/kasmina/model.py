@@ -118,11 +118,15 @@ class MorphogeneticModel(nn.Module):
         *,
         epoch: int,
         reason: str,
+        seed: nn.Module | None = None,
     ) -> SeedTransition:
         """Gate G0, then build ``blueprint`` at the slot on its current device and dtype: DORMANT -> GERMINATED.
 
-        Raises GateFailedError (unknown slot or blueprint, slot not DORMANT) and
-        ValueError (slot not probed, blueprint or config not fitting the slot's shape).
+        ``seed``: a module already made for this blueprint, config and slot (a
+        compiled kernel, :class:`esper.kasmina.kernels.KernelLoader`) used instead
+        of building one. Raises GateFailedError (unknown slot or blueprint, slot
+        not DORMANT) and ValueError (slot not probed, blueprint or config not
+        fitting the slot's shape).
         """
         known_slot = slot_id in self.slots
         try:
@@ -142,9 +146,10 @@ class MorphogeneticModel(nn.Module):
             raise ValueError(f"slot {slot_id!r} does not know its feature shape yet: call model.probe(example_input)")
         if slot.layer_kind is None:
             raise ValueError(f"slot {slot_id!r}: no blueprint serves features of shape {slot.feature_shape}")
-        seed = spec.build(slot.feature_shape, config, layer_kind=slot.layer_kind)
-        seed.to(device=slot.device, dtype=slot.dtype)
         resolved = spec.resolve(slot.feature_shape, config, layer_kind=slot.layer_kind).config
+        if seed is None:
+            seed = spec.build(slot.feature_shape, config, layer_kind=slot.layer_kind)
+        seed.to(device=slot.device, dtype=slot.dtype)
         seed_id = f"{slot_id}-{self.seeds_made}"
         event = self._event(slot, SeedStage.GERMINATED, epoch, _with_verdict(result.reason, reason), seed_id, blueprint)
         self.seeds_made += 1

@@ -1,0 +1,257 @@
+"""Germinating from compiled kernels: fetch through the cache, verify, decode, check, copy; else build eagerly.
+
+:meth:`KernelLoader.seed` is what germination calls. It names the kernel
+(:func:`esper.leyline.compile.kernel_id_for` over the resolved config, the
+slot's shape and layout, dtype and device), and returns a seed module:
+
+1. the kernel's record from the cache index, else from Urza (only validated
+   kernels; the record must match the slot's shape and layout);
+2. the artifact from the cache (re-hashed on every load), else from Urza
+   (hashed against the record before it is cached);
+3. the decoded module for that content hash (decoded once, after a trial
+   forward proved it maps the slot's shape to itself), copied with fresh
+   parameters (:func:`fresh_copy`).
+
+Any failure on the way (:class:`esper.leyline.compile.KernelFailure`) is
+counted, and the blueprint is built eagerly instead: germination never fails
+because a kernel did. The returned :class:`SeedBuild` says which path it took
+and, after a fallback, carries the telemetry event to publish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from esper.kasmina.blueprints import get_blueprint
+from esper.kasmina.kernels.artifact import CorruptArtifact, fresh_copy, load_artifact
+from esper.kasmina.kernels.cache import KernelCache, KernelRecord
+from esper.kasmina.kernels.metrics import KernelMetrics, default_metrics
+from esper.kasmina.kernels.source import KernelNotFound, KernelNotValidated, KernelSource, SourceUnavailable
+from esper.kasmina.model import MorphogeneticModel
+from esper.leyline import SeedStage, TelemetryEvent
+from esper.leyline.compile import KERNEL_FALLBACK_EVENT, KernelFailure, kernel_id_for
+
+ConfigValue = int | float | str | bool
+
+
+class KernelLoadError(Exception):
+    """A kernel that could not become a seed, and why (``failure``)."""
+
+    def __init__(self, failure: KernelFailure, message: str) -> None:
+        super().__init__(f"{failure.value}: {message}")
+        self.failure = failure
+
+
+@dataclass(frozen=True, slots=True)
+class SeedBuild:
+    """A seed module and how it was made: ``origin`` is ``cache``, ``urza`` or ``eager``."""
+
+    module: nn.Module
+    kernel_id: str
+    blueprint: str
+    origin: str
+    seconds: float
+    failure: KernelFailure | None = None
+    error: str = ""
+
+    def fallback_event(self, epoch: int | None = None, slot_id: str | None = None) -> TelemetryEvent | None:
+        """The telemetry event a fallback publishes (None when the kernel was used)."""
+        if self.failure is None:
+            return None
+        return TelemetryEvent(
+            kind=KERNEL_FALLBACK_EVENT,
+            epoch=epoch,
+            slot_id=slot_id,
+            message=f"kernel {self.kernel_id} for {self.blueprint!r} not used, built eagerly: {self.error}",
+            attributes={"failure": self.failure.value, "kernel_id": self.kernel_id, "blueprint": self.blueprint},
+        )
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``float32`` (the spelling kernel ids use)."""
+    return str(dtype).removeprefix("torch.")
+
+
+class KernelLoader:
+    """Seeds from kernels in ``source`` (Urza) through ``cache``; ``decoded_max`` decoded modules kept in memory."""
+
+    def __init__(
+        self,
+        source: KernelSource | None,
+        cache: KernelCache,
+        metrics: KernelMetrics | None = None,
+        *,
+        decoded_max: int = 64,
+    ) -> None:
+        self.source = source
+        self.cache = cache
+        self.metrics = metrics or default_metrics()
+        self.decoded_max = decoded_max
+        self._decoded: OrderedDict[str, nn.Module] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ entry points
+    def seed(
+        self,
+        blueprint: str,
+        config: Mapping[str, ConfigValue] | None,
+        feature_shape: tuple[int, ...],
+        layer_kind: str | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> SeedBuild:
+        """A seed for ``blueprint`` at a slot with these features: the kernel if it loads, else built eagerly.
+
+        ValueError (unknown blueprint, config or shape that does not fit) is
+        raised before any kernel is tried: that is a bad command, not a bad kernel.
+        """
+        started = time.perf_counter()
+        spec = get_blueprint(blueprint)
+        resolved = spec.resolve(feature_shape, config, layer_kind=layer_kind)
+        device = torch.device(device)
+        kernel_id = kernel_id_for(
+            blueprint,
+            resolved.shape,
+            resolved.config,
+            layout=resolved.kind,
+            dtype=dtype_name(dtype),
+            device=device.type,
+        )
+        try:
+            module, origin = self.load(kernel_id, resolved.shape, resolved.kind)
+        except KernelLoadError as exc:
+            self.metrics.fallbacks.labels(exc.failure.value).inc()
+            module = spec.build(resolved.shape, resolved.config, layer_kind=resolved.kind).to(
+                device=device, dtype=dtype
+            )
+            seconds = time.perf_counter() - started
+            return SeedBuild(module, kernel_id, blueprint, "eager", seconds, exc.failure, str(exc))
+        module = module.to(device=device, dtype=dtype)
+        return SeedBuild(module, kernel_id, blueprint, origin, time.perf_counter() - started)
+
+    def seed_for_slot(
+        self, model: MorphogeneticModel, slot_id: str, blueprint: str, config: Mapping[str, ConfigValue] | None
+    ) -> SeedBuild | None:
+        """:meth:`seed` at one of ``model``'s slots; None where germination would refuse anyway.
+
+        (Unknown slot or blueprint, a slot that is not DORMANT or not probed:
+        :meth:`MorphogeneticModel.germinate` gives the reason, no kernel is fetched.)
+        """
+        slot = model.slots[slot_id] if slot_id in model.slots else None
+        if slot is None or slot.stage is not SeedStage.DORMANT or slot.feature_shape is None or slot.layer_kind is None:
+            return None
+        try:
+            get_blueprint(blueprint)
+        except ValueError:
+            return None
+        return self.seed(blueprint, config, slot.feature_shape, slot.layer_kind, dtype=slot.dtype, device=slot.device)
+
+    def load(self, kernel_id: str, shape: tuple[int, ...], layout: str | None) -> tuple[nn.Module, str]:
+        """A fresh module from kernel ``kernel_id`` for features ``shape``; (module, ``cache`` | ``urza``).
+
+        Raises KernelLoadError naming the failure kind.
+        """
+        started = time.perf_counter()
+        record = self.cache.record(kernel_id)
+        if record is None:
+            record = self._fetch_record(kernel_id)
+        if tuple(record.input_shape) != tuple(shape) or (layout is not None and record.layout not in (None, layout)):
+            raise KernelLoadError(
+                KernelFailure.SHAPE_MISMATCH,
+                f"kernel {kernel_id} is for {record.layout} features {list(record.input_shape)}, "
+                f"the slot has {layout} features {list(shape)}",
+            )
+        data = self.cache.get(record.sha256)
+        origin = "cache"
+        if data is None:
+            origin = "urza"
+            data = self._fetch_artifact(record)
+        template = self._template(record, data, shape)
+        module = fresh_copy(template)
+        (self.metrics.cache_hits if origin == "cache" else self.metrics.cache_misses).inc()
+        self.metrics.load_seconds.labels("hit" if origin == "cache" else "miss").observe(time.perf_counter() - started)
+        return module, origin
+
+    # ------------------------------------------------------------------ steps
+    def _need_source(self) -> KernelSource:
+        if self.source is None:
+            raise KernelLoadError(KernelFailure.URZA_UNAVAILABLE, "no kernel store configured")
+        return self.source
+
+    def _fetch_record(self, kernel_id: str) -> KernelRecord:
+        source = self._need_source()
+        try:
+            return source.record(kernel_id)
+        except SourceUnavailable as exc:
+            raise KernelLoadError(KernelFailure.URZA_UNAVAILABLE, str(exc)) from None
+        except KernelNotValidated as exc:
+            raise KernelLoadError(KernelFailure.NOT_VALIDATED, str(exc)) from None
+        except KernelNotFound as exc:
+            raise KernelLoadError(KernelFailure.NOT_FOUND, str(exc)) from None
+        except (ValueError, KeyError, TypeError) as exc:  # an answer that is not a kernel record
+            raise KernelLoadError(KernelFailure.URZA_UNAVAILABLE, f"unreadable kernel record: {exc}") from None
+
+    def _fetch_artifact(self, record: KernelRecord) -> bytes:
+        source = self._need_source()
+        try:
+            data = source.artifact(record.kernel_id)
+        except SourceUnavailable as exc:
+            raise KernelLoadError(KernelFailure.URZA_UNAVAILABLE, str(exc)) from None
+        except KernelNotFound as exc:
+            raise KernelLoadError(KernelFailure.NOT_FOUND, str(exc)) from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != record.sha256:
+            raise KernelLoadError(
+                KernelFailure.CHECKSUM_MISMATCH,
+                f"artifact of kernel {record.kernel_id} hashes to {actual}, its record says {record.sha256}",
+            )
+        self.cache.put(record.sha256, data)
+        self.cache.remember(record)
+        return data
+
+    def _template(self, record: KernelRecord, data: bytes, shape: tuple[int, ...]) -> nn.Module:
+        with self._lock:
+            template = self._decoded.get(record.sha256)
+            if template is not None:
+                self._decoded.move_to_end(record.sha256)
+                return template
+        try:
+            template = load_artifact(data)
+        except CorruptArtifact as exc:
+            self._discard(record)
+            raise KernelLoadError(KernelFailure.CORRUPT_ARTIFACT, f"kernel {record.kernel_id}: {exc}") from None
+        probe = torch.zeros((2, *shape))
+        try:
+            with torch.no_grad():
+                out = template(probe)
+        except Exception as exc:  # a program that cannot run on the slot's features does not fit it
+            self._discard(record)
+            raise KernelLoadError(
+                KernelFailure.SHAPE_MISMATCH, f"kernel {record.kernel_id} does not run on {list(probe.shape)}: {exc}"
+            ) from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(probe.shape):
+            self._discard(record)
+            got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise KernelLoadError(
+                KernelFailure.SHAPE_MISMATCH,
+                f"kernel {record.kernel_id} maps {list(probe.shape)} to {got}; a seed must keep the shape",
+            )
+        with self._lock:
+            self._decoded[record.sha256] = template
+            while len(self._decoded) > self.decoded_max:
+                self._decoded.popitem(last=False)
+        return template
+
+    def _discard(self, record: KernelRecord) -> None:
+        """Drop a kernel that proved unusable from the cache, so a repaired one is fetched next time."""
+        self.cache.evict(record.sha256)
+        self.cache.forget(record.kernel_id)

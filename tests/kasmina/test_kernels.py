@@ -1,0 +1,236 @@
+"""Germinating from compiled kernels: through Urza and a verified LRU cache, with eager fallback for every failure.
+
+Urza is the real app on a real port (``tests/urza_server.py``). The one
+stand-in is a store whose bytes are corrupted in transit (a tiny HTTP server
+serving a kernel record with other bytes), because Urza itself never serves a
+blob that fails its checksum.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+from urza_server import UrzaServer, free_port
+
+from esper.kasmina import ConvHost1D, MorphogeneticModel, wrap
+from esper.kasmina.blueprints import get_blueprint
+from esper.kasmina.kernels import (
+    KernelCache,
+    KernelLoader,
+    KernelMetrics,
+    UrzaSource,
+    compile_seed,
+)
+from esper.leyline import SeedStage
+from esper.leyline.compile import KERNEL_FALLBACK_EVENT, KernelFailure
+
+SHAPE = (8, 19)  # ConvHost1D(channels=8): the features at its slot s1
+
+
+def artifact_for(blueprint: str, shape: tuple[int, ...], layout: str | None = None) -> bytes:
+    torch.manual_seed(1)
+    module = get_blueprint(blueprint).build(shape, layer_kind=layout)
+    data, _ = compile_seed(module, torch.randn((4, *shape)))
+    return data
+
+
+@pytest.fixture(scope="module")
+def urza(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UrzaServer]:
+    server = UrzaServer(tmp_path_factory.mktemp("urza")).start()
+    server.publish_kernel("conv_light", list(SHAPE), artifact_for("conv_light", SHAPE), layout="conv1d")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def metrics() -> KernelMetrics:
+    return KernelMetrics(CollectorRegistry())
+
+
+def loader_for(url: str, tmp_path: Path, metrics: KernelMetrics, max_bytes: int = 1 << 26) -> KernelLoader:
+    return KernelLoader(UrzaSource(url, timeout_s=2.0), KernelCache(tmp_path / "cache", max_bytes), metrics)
+
+
+def count(metric: object, *labels: str) -> float:
+    target = metric.labels(*labels) if labels else metric  # type: ignore[attr-defined]
+    return float(target._value.get())
+
+
+def model() -> MorphogeneticModel:
+    torch.manual_seed(0)
+    m = wrap(ConvHost1D(channels=8), ConvHost1D.DEFAULT_SLOTS)
+    m.probe(torch.randn(2, 40))
+    return m
+
+
+def test_a_cold_load_fetches_from_urza_and_a_warm_one_comes_from_the_cache(urza, tmp_path, metrics):
+    loader = loader_for(urza.url, tmp_path, metrics)
+    cold = loader.seed("conv_light", {}, SHAPE, "conv1d")
+    warm = loader.seed("conv_light", {}, SHAPE, "conv1d")
+    assert (cold.origin, warm.origin, cold.failure, warm.failure) == ("urza", "cache", None, None)
+    assert count(metrics.cache_misses) == 1 and count(metrics.cache_hits) == 1
+    assert metrics.load_seconds.labels("hit")._sum.get() > 0  # type: ignore[attr-defined]
+    # A fresh loader over the same directory finds the kernel without Urza (the index is on disk).
+    offline = KernelLoader(UrzaSource(f"http://127.0.0.1:{free_port()}"), KernelCache(tmp_path / "cache"), metrics)
+    assert offline.seed("conv_light", {}, SHAPE, "conv1d").origin == "cache"
+
+
+def test_a_kernel_seed_computes_like_the_blueprint_and_trains(urza, tmp_path, metrics):
+    seed = loader_for(urza.url, tmp_path, metrics).seed("conv_light", {}, SHAPE, "conv1d").module
+    x = torch.randn(5, *SHAPE)
+    torch.testing.assert_close(seed(x), x)  # a fresh residual seed is the identity
+    optimizer = torch.optim.SGD(seed.parameters(), lr=0.1)
+    target = torch.randn(5, *SHAPE)
+    before = float(((seed(x) - target) ** 2).mean().detach())
+    for _ in range(5):
+        optimizer.zero_grad()
+        ((seed(x) - target) ** 2).mean().backward()
+        optimizer.step()
+    assert float(((seed(x) - target) ** 2).mean().detach()) < before
+
+
+def test_every_load_owns_its_parameters(urza, tmp_path, metrics):
+    loader = loader_for(urza.url, tmp_path, metrics)
+    a = loader.seed("conv_light", {}, SHAPE, "conv1d").module
+    b = loader.seed("conv_light", {}, SHAPE, "conv1d").module
+    with torch.no_grad():
+        next(a.parameters()).add_(1.0)
+    assert not torch.equal(next(a.parameters()), next(b.parameters()))
+
+
+def test_germination_uses_the_kernel_and_the_model_trains_with_it(urza, tmp_path, metrics):
+    m = model()
+    build = loader_for(urza.url, tmp_path, metrics).seed_for_slot(m, "s1", "conv_light", {})
+    assert build is not None and build.origin == "urza"
+    m.germinate("s1", "conv_light", {}, epoch=0, reason="test", seed=build.module)
+    m.advance("s1", epoch=0, reason="train")
+    assert m.slot("s1").stage is SeedStage.TRAINING
+    loss = torch.nn.functional.cross_entropy(m(torch.randn(4, 40)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert all(p.grad is not None for p in m.seed_parameters("s1"))
+    # State dicts keep the eager names, so checkpoints restore into an eagerly built seed.
+    eager = get_blueprint("conv_light").build(SHAPE, layer_kind="conv1d")
+    assert list(build.module.state_dict()) == list(eager.state_dict())
+
+
+def test_no_kernel_is_fetched_where_germination_would_refuse(urza, tmp_path, metrics):
+    m = model()
+    loader = loader_for(urza.url, tmp_path, metrics)
+    assert loader.seed_for_slot(m, "nope", "conv_light", {}) is None
+    assert loader.seed_for_slot(m, "s1", "no_such_blueprint", {}) is None
+    with pytest.raises(ValueError, match="kernel_size"):
+        loader.seed("conv_light", {"kernel_size": 2}, SHAPE, "conv1d")
+    assert count(metrics.cache_misses) == 0
+
+
+def assert_fallback(build, failure: KernelFailure, metrics: KernelMetrics) -> None:
+    assert build.origin == "eager" and build.failure is failure, build.error
+    assert count(metrics.fallbacks, failure.value) == 1
+    event = build.fallback_event(epoch=3, slot_id="s1")
+    assert event is not None and event.kind == KERNEL_FALLBACK_EVENT
+    assert event.attributes["failure"] == failure.value and event.slot_id == "s1"
+    x = torch.randn(2, *SHAPE)
+    torch.testing.assert_close(build.module(x), x)  # the eager seed works
+
+
+def test_urza_down_falls_back_to_eager(tmp_path, metrics):
+    loader = loader_for(f"http://127.0.0.1:{free_port()}", tmp_path, metrics)
+    assert_fallback(loader.seed("conv_light", {}, SHAPE, "conv1d"), KernelFailure.URZA_UNAVAILABLE, metrics)
+
+
+def test_a_kernel_urza_does_not_have_falls_back_to_eager(urza, tmp_path, metrics):
+    loader = loader_for(urza.url, tmp_path, metrics)
+    assert_fallback(loader.seed("conv_light", {}, (8, 41), "conv1d"), KernelFailure.NOT_FOUND, metrics)
+
+
+def test_a_corrupt_artifact_falls_back_to_eager(urza, tmp_path, metrics):
+    urza.publish_kernel("depthwise", list(SHAPE), b"ESPERK1\ntorch.export\nnot a zip at all", layout="conv1d")
+    loader = loader_for(urza.url, tmp_path, metrics)
+    assert_fallback(loader.seed("depthwise", {}, SHAPE, "conv1d"), KernelFailure.CORRUPT_ARTIFACT, metrics)
+    assert not list((tmp_path / "cache" / "index").iterdir())  # not remembered: a repaired kernel is fetched again
+
+
+def test_an_artifact_for_another_shape_falls_back_to_eager(urza, tmp_path, metrics):
+    # Registered for 16 channels, compiled for 8: the trial forward on the slot's shape catches it.
+    urza.publish_kernel("se_attention", [16, 19], artifact_for("se_attention", SHAPE), layout="conv1d")
+    loader = loader_for(urza.url, tmp_path, metrics)
+    build = loader.seed("se_attention", {}, (16, 19), "conv1d")
+    assert build.failure is KernelFailure.SHAPE_MISMATCH, build.error
+    assert count(metrics.fallbacks, "shape_mismatch") == 1 and build.module(torch.randn(2, 16, 19)).shape == (2, 16, 19)
+
+
+class CorruptingStore(BaseHTTPRequestHandler):
+    """Serves Urza's answers but flips a byte of every artifact (a broken proxy or object store)."""
+
+    upstream = ""
+
+    def do_GET(self) -> None:
+        import urllib.request
+
+        with urllib.request.urlopen(self.upstream + self.path) as response:
+            body = bytearray(response.read())
+        if self.path.endswith("/artifact"):
+            body[-1] ^= 0xFF
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(bytes(body))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_checksum_mismatch_falls_back_to_eager_and_caches_nothing(urza, tmp_path, metrics):
+    CorruptingStore.upstream = urza.url
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), CorruptingStore)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        loader = loader_for(f"http://127.0.0.1:{proxy.server_address[1]}", tmp_path, metrics)
+        build = loader.seed("conv_light", {}, SHAPE, "conv1d")
+    finally:
+        proxy.shutdown()
+    assert_fallback(build, KernelFailure.CHECKSUM_MISMATCH, metrics)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_file()]
+
+
+def test_a_cached_file_that_rots_is_detected_and_fetched_again(urza, tmp_path, metrics):
+    loader = loader_for(urza.url, tmp_path, metrics)
+    loader.seed("conv_light", {}, SHAPE, "conv1d")
+    cached = next(p for p in (tmp_path / "cache").iterdir() if p.is_file())
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    build = loader.seed("conv_light", {}, SHAPE, "conv1d")
+    assert build.origin == "urza" and build.failure is None
+    assert count(metrics.cache_misses) == 2
+
+
+def test_the_cache_is_bounded_and_evicts_the_least_recently_used(tmp_path):
+    import hashlib
+
+    cache = KernelCache(tmp_path, max_bytes=250)
+    blobs = [bytes([i]) * 100 for i in range(3)]
+    names = [hashlib.sha256(b).hexdigest() for b in blobs]
+    cache.put(names[0], blobs[0])
+    cache.put(names[1], blobs[1])
+    assert cache.get(names[0]) == blobs[0]  # 0 is now the most recently used
+    cache.put(names[2], blobs[2])
+    assert names[1] not in cache and cache.get(names[1]) is None
+    assert cache.get(names[0]) == blobs[0] and cache.get(names[2]) == blobs[2]
+    assert cache.size_bytes <= 250
+    with pytest.raises(ValueError, match="hashes to"):
+        cache.put(names[0], blobs[1])
+
+
+def test_a_kernel_not_yet_validated_falls_back_to_eager(urza, tmp_path, metrics):
+    urza.http.post("/kernels", json={"blueprint_id": "bottleneck", "input_shape": list(SHAPE)}).raise_for_status()
+    loader = loader_for(urza.url, tmp_path, metrics)
+    build = loader.seed("bottleneck", {}, SHAPE, "conv1d")
+    assert build.failure is KernelFailure.NOT_VALIDATED and json.loads(json.dumps(build.error))
