@@ -328,7 +328,7 @@ class ComposeTest:
                 raise StepFailed("esper/nissa:dev carries torch")
             if not carries_torch["tolaria"]:
                 raise StepFailed("esper/tolaria:dev has no torch")
-            if (ROOT / "libs" / "tamiyo").is_dir():
+            if (ROOT / "libs" / "tamiyo" / "pyproject.toml").exists():
                 if carries_torch["tamiyo"]:
                     raise StepFailed("esper/tamiyo:dev carries torch although libs/tamiyo (the torch-free core) exists")
                 note("no torch in tamiyo and nissa")
