@@ -10,18 +10,32 @@ torch-bearing package) and in a process where ``import torch`` fails
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+import redis
+
+from esper.leyline import AdaptationCommand, Envelope, TrainingJob, decode
+from esper.leyline import streams as ls
+from esper.oona import RedisBus
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("torch_free_service.py")
+sys.path.insert(0, str(PROBE.parent))
+
+from tamiyo_inputs import FIRST_DECISION, graph, signals  # noqa: E402
 
 #: Distributions that must install without torch (Tolaria's process imports the first; the second is a container).
 TORCH_FREE = ("esper-tamiyo", "esper-tamiyo-service")
@@ -206,7 +220,7 @@ def torch_free_run() -> dict[str, object]:
 
 
 def test_tamiyo_service_runs_where_torch_cannot_be_imported(torch_free_run: dict[str, object]) -> None:
-    assert torch_free_run["decision"] == {"action": "germinate", "slot": "s1", "blueprint": "conv_heavy"}
+    assert torch_free_run["decision"] == FIRST_DECISION
     assert "/runs/{run_id}/adaptations" in torch_free_run["routes"]  # type: ignore[operator]
     assert torch_free_run["refused"] == [], "code on the Tamiyo service's path tried to import torch"
     assert "torch" not in torch_free_run["imported"]  # type: ignore[operator]
@@ -214,3 +228,117 @@ def test_tamiyo_service_runs_where_torch_cannot_be_imported(torch_free_run: dict
 
 def test_tamiyo_service_loads_neither_the_model_side_nor_a_data_set(torch_free_run: dict[str, object]) -> None:
     assert torch_free_run["imported"] == [], "the Tamiyo service imported model-side modules"
+
+
+# -- the service's own entry point, as a process, where importing torch fails --------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen[bytes]
+    url: str
+    out: Path
+    err: Path
+
+    def wait_for(self, check: Callable[[], object], what: str, timeout_s: float = 60.0) -> object:
+        """``check()``'s first truthy answer; fails at once if the service exits meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the service exited {self.proc.returncode}:\n{self.err.read_text()[-4000:]}")
+            try:
+                found = check()
+            except httpx.TransportError:
+                found = None
+            if found:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+    def stop(self) -> dict[str, object]:
+        """SIGTERM; the exit code must be 0 and the last stdout line is the probe's import report."""
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=30)
+        assert rc == 0, f"exit {rc}\n{self.err.read_text()[-4000:]}"
+        report: dict[str, object] = json.loads(self.out.read_text().strip().splitlines()[-1])
+        return report
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[[str], Service]]:
+    started: list[Service] = []
+
+    def start(redis_url: str) -> Service:
+        port = free_port()
+        out, err = tmp_path / f"tamiyo-{port}.out", tmp_path / f"tamiyo-{port}.err"
+        argv = [sys.executable, str(PROBE), "serve", "--redis-url", redis_url, "--port", str(port)]
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            proc = subprocess.Popen([*argv, "--consumer", "tamiyo-arch"], stdout=stdout, stderr=stderr, cwd=ROOT)
+        service = Service(proc, f"http://127.0.0.1:{port}", out, err)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.proc.poll() is None:
+            service.proc.kill()
+            service.proc.wait(timeout=30)
+
+
+async def publish_run(redis_url: str, run_id: str) -> None:
+    """What Tolaria publishes when a run starts and its first epoch ends (the job as the CLI submits it)."""
+    bus = RedisBus.from_url(redis_url)
+    try:
+        await bus.publish(ls.CONTROL_JOBS, Envelope(payload=TrainingJob(epochs=5), run_id=run_id))
+        await bus.publish(ls.TELEMETRY_TRAINING, Envelope(payload=graph(), run_id=run_id))
+        await bus.publish(ls.TELEMETRY_TRAINING, Envelope(payload=signals(1), run_id=run_id))
+    finally:
+        await bus.aclose()
+
+
+def commands_for(redis_url: str, run_id: str) -> list[AdaptationCommand]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        entries = client.xrange(ls.CONTROL_COMMANDS)
+    finally:
+        client.close()
+    envelopes = [decode(fields[ls.ENVELOPE_FIELD.encode()]) for _, fields in entries]
+    return [e.payload for e in envelopes if e.run_id == run_id and isinstance(e.payload, AdaptationCommand)]
+
+
+def test_tamiyo_service_process_steers_a_run_where_torch_cannot_be_imported(
+    clean_redis_url: str, start_service: Callable[[str], Service]
+) -> None:
+    service = start_service(clean_redis_url)
+    service.wait_for(lambda: httpx.get(service.url + "/readyz").status_code == 200, "the service to be ready")
+    asyncio.run(publish_run(clean_redis_url, "run-notorch"))
+    (command,) = service.wait_for(lambda: commands_for(clean_redis_url, "run-notorch"), "a command")  # type: ignore[misc]
+    assert {"action": command.action.value, "slot": command.slot_id, "blueprint": command.blueprint} == FIRST_DECISION
+    assert [r["run_id"] for r in httpx.get(service.url + "/runs").json()] == ["run-notorch"]
+    assert service.stop() == {"imported": [], "refused": []}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="run_service waits for Redis only on OSError, but redis-py 8's ConnectionError is not an OSError: "
+    "the service exits 1 when Redis is down at start (services/tamiyo/src/esper/tamiyo/service/__main__.py)",
+)
+def test_tamiyo_service_process_waits_for_redis_where_torch_cannot_be_imported(
+    start_service: Callable[[str], Service],
+) -> None:
+    service = start_service(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    ready = service.wait_for(
+        lambda: "waiting for Redis" in (r := httpx.get(service.url + "/readyz")).json().get("reason", "") and r,
+        "/readyz to say it waits for Redis",
+        timeout_s=30,
+    )
+    assert ready.status_code == 503, ready.text  # type: ignore[attr-defined]
+    time.sleep(1.0)  # and it keeps waiting
+    assert service.proc.poll() is None, service.err.read_text()[-4000:]
+    assert service.stop() == {"imported": [], "refused": []}

@@ -1,18 +1,25 @@
 """Run the Tamiyo service's code where ``import torch`` fails (``tests/architecture/test_packages.py`` runs this).
 
-A meta-path finder refuses ``torch`` and ``torch.*`` (and records who tried);
-then the service's modules are imported, its control API is built the way
-``run_service`` builds it (over a Redis URL nothing listens on: nothing here
-connects), a run is steered through the decision loop over Oona's in-memory
-bus, and the heuristic decides once through ``esper.tamiyo.decide.decide`` on
-a hand-built epoch. The last line is JSON: what was imported and refused.
+A meta-path finder refuses ``torch`` and ``torch.*`` (and records who tried).
+
+* ``python torch_free_service.py``: the service's modules are imported, its
+  control API is built the way ``run_service`` builds it (over a Redis URL
+  nothing listens on: nothing here connects), a run is steered through the
+  decision loop over Oona's in-memory bus, and the heuristic decides once
+  through ``esper.tamiyo.decide.decide`` on a hand-built epoch; prints ``OK``.
+* ``python torch_free_service.py serve ARGS``: ``python -m esper.tamiyo.service
+  ARGS`` itself, until it is signalled.
+
+Either way the last line printed is JSON: what was imported and refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.abc
 import json
+import runpy
 import sys
 import time
 
@@ -32,25 +39,29 @@ class RefuseTorch(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, RefuseTorch())
 
+
+def imports_report() -> dict[str, object]:
+    """Forbidden modules loaded so far, and every refused import attempt."""
+    imported = sorted(m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN))
+    return {"imported": imported, "refused": sorted(set(refused))}
+
+
+if sys.argv[1:2] == ["serve"]:  # the service's own entry point, reporting at exit
+    atexit.register(lambda: print(json.dumps(imports_report()), flush=True))
+    sys.argv = ["esper.tamiyo.service", *sys.argv[2:]]
+    runpy.run_module("esper.tamiyo.service", run_name="__main__", alter_sys=True)
+
 from fastapi.testclient import TestClient  # noqa: E402
+from tamiyo_inputs import FIRST_DECISION, graph, signals  # noqa: E402
 
 import esper.tamiyo.api  # noqa: E402, F401  (the control API package, imported on its own)
 import esper.tamiyo.service.__main__ as service_main  # noqa: E402
 from esper.leyline import (  # noqa: E402
     AdaptationCommand,
     AdaptationDecision,
-    BlueprintOption,
-    DecisionAction,
     Envelope,
-    GraphEdge,
-    GraphNode,
-    ModelGraph,
-    NodeKind,
     SeedStage,
-    SeedStateReport,
-    SlotOptions,
     TrainingJob,
-    TrainingSignals,
     decode,
 )
 from esper.leyline import streams as ls  # noqa: E402
@@ -63,51 +74,6 @@ from esper.tamiyo.safety import SafetyMonitor  # noqa: E402
 from esper.tamiyo.service.control import RunControl  # noqa: E402
 from esper.tamiyo.service.loop import CONSUMED_STREAMS, DecisionLoop  # noqa: E402
 from esper.tamiyo.service.metrics import TamiyoMetrics  # noqa: E402
-
-SLOTS = ("s1", "s2", "s3")
-
-
-def graph() -> ModelGraph:
-    """ConvHost1D(channels=8) as Kasmina describes it, with two blueprint options per slot."""
-    nodes = [GraphNode(node_id="input", kind=NodeKind.INPUT, op="input", shape=[40])]
-    edges, previous = [], "input"
-    for i, (slot, length, params) in enumerate(zip(SLOTS, (19, 10, 5), (48, 200, 200), strict=True), start=1):
-        for node in (
-            GraphNode(node_id=f"conv{i}", kind=NodeKind.LAYER, op="Conv1d", shape=[8, length], params=params),
-            GraphNode(node_id=f"act{i}", kind=NodeKind.LAYER, op="ReLU", shape=[8, length]),
-            GraphNode(
-                node_id=f"slot:{slot}", kind=NodeKind.SLOT, op="slot", shape=[8, length], layout="conv1d",
-                slot_id=slot, module=f"act{i}",
-            ),
-        ):  # fmt: skip
-            nodes.append(node)
-            edges.append(GraphEdge(source=previous, target=node.node_id))
-            previous = node.node_id
-    nodes.append(GraphNode(node_id="output", kind=NodeKind.OUTPUT, op="output", shape=[10]))
-    edges.append(GraphEdge(source=previous, target="output"))
-    options = [
-        BlueprintOption(blueprint="conv_heavy", config={"hidden": 16}, params=424),
-        BlueprintOption(blueprint="conv_light", config={}, params=208),
-    ]
-    slots = [
-        SlotOptions(slot_id=s, module=f"act{i}", shape=[8, 19], layout="conv1d", options=options)
-        for i, s in enumerate(SLOTS, start=1)
-    ]
-    return ModelGraph(epoch=0, params_total=858, nodes=nodes, edges=edges, slots=slots)
-
-
-def signals(epoch: int) -> TrainingSignals:
-    return TrainingSignals(
-        epoch=epoch,
-        train_loss=1.2,
-        val_loss=1.3,
-        train_accuracy=0.55,
-        val_accuracy=0.5,
-        best_val_loss=1.3,
-        best_val_accuracy=0.5,
-        params_total=858,
-        seeds=[SeedStateReport(slot_id=s, stage=SeedStage.DORMANT) for s in SLOTS],
-    )
 
 
 def service_app() -> list[str]:
@@ -159,7 +125,7 @@ def main() -> None:
     decided = decide(make_policy("heuristic", job), first, snapshot, SafetyMonitor(DEFAULT_SAFETY), graph=graph())
     d = decided.decision
     assert decided.verdict.accepted, decided.verdict
-    assert d.action is DecisionAction.GERMINATE and d.slot_id == "s1", d
+    assert {"action": d.action.value, "slot": d.slot_id, "blueprint": d.blueprint} == FIRST_DECISION, d
     assert decided.command is not None and decided.command.command_id == "run-b:e1:germinate:s1", decided.command
     assert decided.command.expected_stage is SeedStage.DORMANT, decided.command
     # the service's loop and the in-process step decide the same on the same epoch
@@ -170,8 +136,7 @@ def main() -> None:
     report = {
         "decision": {"action": d.action.value, "slot": d.slot_id, "blueprint": d.blueprint},
         "routes": paths,
-        "imported": sorted(m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)),
-        "refused": sorted(set(refused)),
+        **imports_report(),
     }
     try:  # the guard itself must work, or the lists above prove nothing
         import torch  # noqa: F401
