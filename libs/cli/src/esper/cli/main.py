@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from esper.cli import runs as runs_command
+from esper.cli import simic as simic_command
 from esper.cli import up as up_command
 from esper.leyline import BUILTIN_TASKS, LR_SCHEDULES, TrainingJob, validate
 from esper.tamiyo.policies import POLICIES
@@ -54,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
 
     up_command.add_parser(sub)
     runs_command.add_parser(sub)
+    simic_command.add_parser(sub)
     return top
 
 
@@ -97,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return up_command.up(args)
         if args.command == "runs":
             return runs_command.runs(args)
+        if args.command == "simic":
+            return simic_command.simic(args)
         print(format_summary(load_report(args.dir)))
         return 0
     except (FileNotFoundError, ValueError) as exc:

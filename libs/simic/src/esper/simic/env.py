@@ -70,7 +70,7 @@ STAGE_POTENTIAL: dict[SeedStage, float] = {
 class RewardConfig:
     """Reward terms (see the module docstring); ``gamma`` must be the learner's discount."""
 
-    rent: float = 0.02
+    rent: float = 0.005
     gamma: float = 0.99
     terminal: float = 1.0
     terminal_rent: float = 0.05
@@ -83,7 +83,7 @@ class EnvConfig:
 
     split: str = "train"
     pool: int = 64
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-2
     lr_schedule: str = "cosine"

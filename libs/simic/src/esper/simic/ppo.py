@@ -306,18 +306,34 @@ class PPO:
             **stats,
         )
 
+    # -- checkpoints ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer and progress (the agent's weights are the caller's to save)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "update": self.update,
+            "global_step": self.global_step,
+            "episode_returns": list(self.episode_returns),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (the envs start fresh episodes)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.update, self.global_step = int(state["update"]), int(state["global_step"])
+        self.episode_returns = [float(r) for r in state["episode_returns"]]
+
     # -- the loop ---------------------------------------------------------------
     def train(self, *, on_update: Callable[[UpdateStats], Any] | None = None) -> list[UpdateStats]:
         """Run every remaining update; each update's stats go to the log and to ``on_update``."""
         history: list[UpdateStats] = []
-        started = time.perf_counter()
+        started, first_step = time.perf_counter(), self.global_step
         while self.update < self.num_updates:
             fraction_done = self.update / self.num_updates
             if self.config.anneal_lr:
                 self.optimizer.param_groups[0]["lr"] = self.config.learning_rate * (1.0 - fraction_done)
             rollout = self.collect()
             stats = self.learn(rollout, fraction_done)
-            stats.sps = self.global_step / max(time.perf_counter() - started, 1e-9)
+            stats.sps = (self.global_step - first_step) / max(time.perf_counter() - started, 1e-9)
             self.update += 1
             history.append(stats)
             if self.log is not None:
