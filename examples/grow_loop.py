@@ -73,7 +73,10 @@ def parse_args() -> Args:
     for f in dataclasses.fields(Args):
         kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
-    return Args(**vars(p.parse_args()))
+    args = Args(**vars(p.parse_args()))
+    if args.epochs < 1 or (args.max_train_samples is not None and args.max_train_samples < 1):
+        p.error(f"--epochs and --max-train-samples must be >= 1 (values {args.epochs}, {args.max_train_samples})")
+    return args
 
 
 def load_data(args: Args) -> Data:
@@ -97,8 +100,7 @@ def load_data(args: Args) -> Data:
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over (x, y), in eval mode."""
     was_training = model.training
-    model.eval()
-    logits = model(x)
+    logits = model.eval()(x)
     model.train(was_training)
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
@@ -124,9 +126,7 @@ def train_epoch(
     stages = {sid: SeedStage(slot.stage) for sid, slot in model.slots.items()}
     seeds = {id(p) for s in model.slots.values() if s.seed is not None for p in s.seed.parameters()}
     stepped = {"host": [p for p in model.parameters() if id(p) not in seeds]}
-    stepped |= {
-        sid: list(model.slots[sid].seed.parameters()) for sid in optimizers if stages.get(sid) in STEPPED_STAGES
-    }
+    stepped |= {s: list(model.slots[s].seed.parameters()) for s in optimizers if stages.get(s) in STEPPED_STAGES}
     isolated = [sid for sid in stepped if stages.get(sid) is SeedStage.TRAINING]
     # one step per epoch runs under the isolation monitor when seeds train isolated (Kasmina's G2 reads it)
     check_isolation = bool(isolated) and not any(s in BLENDED_STAGES for s in stages.values())
