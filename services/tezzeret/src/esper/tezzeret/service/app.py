@@ -1,0 +1,54 @@
+"""The Tezzeret service: the compile-request consumer, and ``/healthz``, ``/readyz``, ``/metrics``.
+
+Several Tezzerets share one consumer group (``tezzeret``), so each request is
+compiled by one of them; a Tezzeret that dies mid-compile leaves its request
+pending, and another claims it after ``claim_idle_ms``.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+from esper.leyline import streams as ls
+from esper.oona import ConsumerOptions, RedisBus, Subscription
+from esper.service import BusReadiness, health_router
+from esper.tezzeret.urza import UrzaClient
+from esper.tezzeret.worker import Tezzeret, TezzeretMetrics
+
+#: A compile takes seconds: read one request at a time, and let another Tezzeret
+#: claim a request only after a compile could not still be running.
+DEFAULT_OPTIONS = ConsumerOptions(batch_size=1, claim_idle_ms=600_000)
+
+
+class TezzeretService:
+    """``run()`` consumes until :meth:`stop`; ``app`` is the HTTP app."""
+
+    def __init__(
+        self,
+        bus: RedisBus,
+        urza: UrzaClient,
+        consumer: str,
+        options: ConsumerOptions | None = None,
+        *,
+        repeats: int = 20,
+    ) -> None:
+        self.bus = bus
+        self.urza = urza
+        self.metrics = TezzeretMetrics()
+        self.tezzeret = Tezzeret(bus, urza, self.metrics, repeats=repeats)
+        self.subscription: Subscription = bus.subscribe(
+            ls.COMPILE_REQUESTS, ls.GROUP_TEZZERET, consumer, self.tezzeret.handle, options or DEFAULT_OPTIONS
+        )
+        self.readiness = BusReadiness(bus.client.ping)
+        self.app = FastAPI(title="Esper Tezzeret", description="The compiler: blueprints into validated kernels.")
+        self.app.include_router(health_router(self.readiness.not_ready, (self.metrics.registry, REGISTRY)))
+
+    async def run(self) -> None:
+        async with self.readiness.consuming():
+            await self.subscription.run()
+
+    async def stop(self) -> None:
+        await self.subscription.stop()
+        await self.bus.aclose()
+        self.urza.close()

@@ -1,0 +1,168 @@
+"""Tezzeret on the bus: compile requests in (consumer group ``tezzeret``), Urza updated, results out.
+
+For each :class:`CompileRequest`:
+
+1. register the kernel in Urza (the same kernel for the same request, however
+   often it comes, from whichever Tamiyo or operator);
+2. if Urza already holds it validated, publish that (no second artifact);
+3. else mark it compiling, compile/validate/measure it off the event loop,
+   upload the artifact, mark it validated with the measurements, publish OK.
+
+A blueprint that cannot be built, compiled or validated gives a FAILED result
+with the error (and the kernel is marked failed in Urza); Tezzeret goes on
+with the next request. Urza being down is different: the handler raises, the
+message stays pending and comes back (at-least-once), so no request is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from esper.leyline import Envelope, Message
+from esper.leyline import streams as ls
+from esper.leyline.compile import CompileRequest, CompileResult, CompileStatus, KernelMetadata
+from esper.oona import Bus, Delivery
+from esper.tezzeret.compiler import compile_kernel
+from esper.tezzeret.urza import UrzaClient, UrzaRejected
+
+log = logging.getLogger(__name__)
+
+
+class TezzeretMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.results = Counter(
+            "esper_tezzeret_compile_results",
+            "Compile requests answered, by outcome",
+            ["status"],
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "esper_tezzeret_compile_seconds",
+            "Time to build, compile, validate and measure one kernel",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+
+
+def metadata_from(kernel: dict[str, Any]) -> KernelMetadata:
+    """Leyline's KernelMetadata from Urza's kernel record."""
+    return KernelMetadata(
+        kernel_id=kernel["kernel_id"],
+        blueprint_id=kernel["blueprint_id"],
+        blueprint_version=kernel["blueprint_version"],
+        input_shape=list(kernel["input_shape"]),
+        layout=kernel.get("layout"),
+        config=dict(kernel["config"]),
+        dtype=kernel["dtype"],
+        device=kernel["target"],
+        sha256=kernel["sha256"],
+        size_bytes=kernel["size_bytes"],
+        params=kernel.get("params") or 0,
+        artifact_format=kernel.get("artifact_format") or "",
+        latency_us=kernel.get("latency_us"),
+        backward_latency_us=kernel.get("backward_latency_us"),
+        memory_bytes=kernel.get("memory_bytes"),
+        max_abs_error=kernel.get("max_abs_error"),
+        max_grad_error=kernel.get("max_grad_error"),
+    )
+
+
+class Tezzeret:
+    """Compiles what arrives on ``esper.compile.requests``; ``handle`` is the bus handler."""
+
+    def __init__(
+        self, bus: Bus, urza: UrzaClient, metrics: TezzeretMetrics | None = None, *, repeats: int = 20
+    ) -> None:
+        self.bus = bus
+        self.urza = urza
+        self.metrics = metrics or TezzeretMetrics()
+        self.repeats = repeats
+
+    async def handle(self, envelope: Envelope[Message], delivery: Delivery) -> None:
+        """Bus handler: answer one request (raises only when Urza is unavailable, so it is redelivered)."""
+        request = envelope.payload
+        if not isinstance(request, CompileRequest):
+            return  # another message type on the stream: not ours to answer
+        result = await self.answer(request)
+        self.metrics.results.labels(result.status.value).inc()
+        await self.bus.publish(
+            ls.COMPILE_RESULTS, Envelope(payload=result, run_id=envelope.run_id, trace_id=envelope.trace_id)
+        )
+
+    async def answer(self, request: CompileRequest) -> CompileResult:
+        """The result for ``request``: the kernel (compiled now or before), or why there is none."""
+        body = {
+            "blueprint_id": request.blueprint_id,
+            "blueprint_version": request.blueprint_version,
+            "config": dict(request.config),
+            "input_shape": list(request.input_shape),
+            "layout": request.layout,
+            "dtype": request.dtype,
+            "target": request.device,
+        }
+        try:
+            kernel = await asyncio.to_thread(self.urza.register, body)
+        except UrzaRejected as exc:  # the request itself is bad: say so, do not retry
+            return CompileResult(request_id=request.request_id, status=CompileStatus.FAILED, error=exc.reason)
+        kernel_id = kernel["kernel_id"]
+        if kernel["status"] == "validated":
+            log.info("kernel %s already validated: no recompile", kernel_id)
+            return self._ok(request, kernel)
+        await asyncio.to_thread(self.urza.report, kernel_id, {"status": "compiling"})
+        started = time.perf_counter()
+        try:
+            compiled = await asyncio.to_thread(
+                compile_kernel,
+                request.blueprint_id,
+                tuple(kernel["input_shape"]),
+                dict(kernel["config"]),
+                kernel["layout"],
+                dtype=kernel["dtype"],
+                device=kernel["target"],
+                repeats=self.repeats,
+                seed=int(kernel_id[1:9], 16),
+            )
+        except Exception as exc:  # a blueprint's failure is a result, never a crash
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("kernel %s failed: %s", kernel_id, error)
+            await asyncio.to_thread(self.urza.report, kernel_id, {"status": "failed", "error": error[:16_000]})
+            return CompileResult(
+                request_id=request.request_id, status=CompileStatus.FAILED, error=error, kernel_id=kernel_id
+            )
+        finally:
+            self.metrics.seconds.observe(time.perf_counter() - started)
+        sha = await asyncio.to_thread(self.urza.upload, compiled.artifact)
+        report = {
+            "status": "validated",
+            "sha256": sha,
+            "artifact_format": compiled.artifact_format,
+            "latency_us": compiled.forward_us,
+            "backward_latency_us": compiled.backward_us,
+            "params": compiled.params,
+            "memory_bytes": compiled.memory_bytes,
+            "max_abs_error": compiled.max_abs_error,
+            "max_grad_error": compiled.max_grad_error,
+        }
+        try:
+            kernel = await asyncio.to_thread(self.urza.report, kernel_id, report)
+        except UrzaRejected as exc:
+            if exc.status != 409:
+                raise
+            # Another Tezzeret validated it first: its artifact is the kernel.
+            kernel = await asyncio.to_thread(self.urza.kernel, kernel_id)
+        return self._ok(request, kernel)
+
+    @staticmethod
+    def _ok(request: CompileRequest, kernel: dict[str, Any]) -> CompileResult:
+        return CompileResult(
+            request_id=request.request_id,
+            status=CompileStatus.OK,
+            kernel=metadata_from(kernel),
+            kernel_id=kernel["kernel_id"],
+        )
