@@ -211,10 +211,6 @@ class Stack:
         """Services given up on (they died more than the restart policy allows)."""
         return [s.name for s in self.services.values() if s.gave_up]
 
-    def all_pids(self) -> list[int]:
-        """Every pid any service ever had (restarts included)."""
-        return [pid for s in self.services.values() for pid in s.pids]
-
     def start(self, supervise: bool = True) -> Stack:
         """Start every service; with ``supervise``, a background thread restarts the ones that die."""
         with self._lock:

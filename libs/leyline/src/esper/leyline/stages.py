@@ -57,9 +57,6 @@ ACTIVE_STAGES: frozenset[SeedStage] = frozenset(
     }
 )
 
-#: Stages from which the slot is free to germinate a new seed.
-TERMINAL_STAGES: frozenset[SeedStage] = frozenset({SeedStage.FOSSILIZED})
-
 #: Stages in which a seed module exists (the live ones and a fossilized one).
 SEEDED_STAGES: frozenset[SeedStage] = ACTIVE_STAGES | {SeedStage.FOSSILIZED}
 

@@ -111,6 +111,8 @@ def restore_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.published, trainer.events_seen = state["published"], state["events_seen"]
     trainer.paused = state["paused"]
     trainer.graph_revision = state.get("graph_revision", -1)  # the next graph continues the run's count
+    if trainer.graph_revision >= 0:  # published before the checkpoint: held again, not published twice
+        trainer.describe_graph()
     trainer.stop_requested = state.get("stop_requested", False)  # absent in checkpoints of older builds
     trainer.params_initial = state["params_initial"]
     trainer.wall_seconds = state["wall_seconds"]

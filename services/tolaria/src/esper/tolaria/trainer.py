@@ -25,7 +25,6 @@ import torch
 from esper.kasmina import KasminaConfig, MorphogeneticModel, wrap
 from esper.kasmina.graph import describe
 from esper.leyline import (
-    ACTIVE_STAGES,
     RUN_ACTIONS,
     AdaptationCommand,
     AdaptationDecision,
@@ -158,13 +157,20 @@ class Trainer:
 
     def publish_graph(self, *, force: bool = False) -> ModelGraph | None:
         """Publish the model's :class:`ModelGraph` if the network changed since the last one (or ``force``)."""
-        key = self._structure()
-        if not force and key == self._graph_key:
+        if not force and self._structure() == self._graph_key:
             return None
         self.graph_revision += 1
-        self.graph = describe(self.model, self.task.train.x[:2], epoch=self.epoch, revision=self.graph_revision)
-        self._graph_key = key
-        self.publish(self.graph)
+        graph = self.describe_graph()
+        self.publish(graph)
+        return graph
+
+    def describe_graph(self) -> ModelGraph:
+        """Describe the network as it is now (as revision ``graph_revision``) and hold it as the current graph.
+
+        A resumed run calls this without publishing: its graph was published before the checkpoint.
+        """
+        self.graph = describe(self.model, self.task.train.x[:2], epoch=self.epoch, revision=max(self.graph_revision, 0))
+        self._graph_key = self._structure()
         return self.graph
 
     def _publish_transitions(self) -> None:
@@ -356,6 +362,3 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(self, record)
         return self.history
-
-    def live_seeds(self) -> int:
-        return sum(1 for s in self.model.slots.values() if SeedStage(s.stage) in ACTIVE_STAGES)
