@@ -108,8 +108,9 @@ def load_artifact(data: bytes) -> nn.Module:
 def streamline(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Cut the per-call overhead an exported module adds around its ops, in place.
 
-    * the input-guard call (``_guards_fn``): the loader checks the kernel's
-      shape against the slot's and runs a trial forward instead;
+    * the input-guard call (``_guards_fn``) and the input-check hooks: the
+      loader checks the kernel's shape against the slot's and runs a trial
+      forward instead;
     * pytree flattening of inputs and outputs: a seed takes one tensor and
       returns one;
     * ``torch.ops.aten.<op>.<overload>`` calls, dispatched through Python
@@ -119,6 +120,13 @@ def streamline(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     Tezzeret validates artifacts through this very function, so a kernel whose
     streamlined program disagrees with eager is never published.
     """
+    # The hooks export installs check inputs against the traced constraints and
+    # toggle pytree handling of module inputs; neither applies once the guards and
+    # pytree code are gone, and without hooks a call takes nn.Module's fast path.
+    for hooks in (gm._forward_pre_hooks, gm._forward_hooks):
+        hooks.clear()
+    for extra in ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+        getattr(gm, extra).clear()
     graph = gm.graph
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
