@@ -31,18 +31,31 @@ _FIELD = ls.ENVELOPE_FIELD.encode()
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+#: Seconds a pooled connection may sit idle before it is PINGed again before use.
+HEALTH_CHECK_INTERVAL_S = 5
+#: Seconds any one command may wait for its reply. Longer than a blocking read
+#: (``READ_BLOCK_MS``) so that XREADGROUP's own wait never counts as a dead socket.
+SOCKET_TIMEOUT_S = 10.0
+
+
 def connect(url: str, **client_options: Any) -> aioredis.Redis:
     """A redis-py asyncio client with the settings the bus relies on.
 
-    redis-py's own command retries are off: the bus retries with its own bounded
-    backoff, so "Redis is down" surfaces when the bus decides, not later.
+    The pool never hands out a connection that died with a Redis restart: a
+    connection idle for ``HEALTH_CHECK_INTERVAL_S`` is PINGed before use, and a
+    command that fails with a connection error is sent once more on a fresh
+    connection (no backoff, one retry: a Redis that is really down surfaces at
+    once). Every command has a deadline (``SOCKET_TIMEOUT_S``; connecting:
+    2 s). Timeouts are not retried here: a command that timed out may have been
+    executed, and the bus decides (bounded by ``publish_timeout_s``) whether to
+    send it again. Any option may be overridden by ``client_options``.
     """
     options: dict[str, Any] = {
-        "socket_timeout": 30.0,
+        "socket_timeout": SOCKET_TIMEOUT_S,
         "socket_connect_timeout": 2.0,
         "socket_keepalive": True,
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
     }
     options.update(client_options)
     return aioredis.Redis.from_url(url, **options)

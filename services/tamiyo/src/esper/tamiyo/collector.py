@@ -39,6 +39,7 @@ from esper.leyline import (
     TrainingJob,
     TrainingSignals,
 )
+from esper.oona import connect
 from esper.tamiyo.decide import run_snapshot
 from esper.tamiyo.policies import POLICIES, make_policy
 from esper.tamiyo.policy import Policy
@@ -191,13 +192,20 @@ class RunStore:
 
     @classmethod
     def from_url(cls, url: str) -> RunStore:
-        return cls(aioredis.Redis.from_url(url))
+        """A store on ``url`` with Oona's health-checked pool and deadlines (:func:`esper.oona.connect`)."""
+        return cls(connect(url))
 
     async def save(self, state: dict[str, Any]) -> None:
         run_id = state["run_id"]
         pipe = self.client.pipeline(transaction=True)
         pipe.set(KEY_PREFIX + run_id, msgspec.json.encode(state))
         pipe.sadd(INDEX_KEY, run_id)
+        await pipe.execute()
+
+    async def delete(self, run_id: str) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(KEY_PREFIX + run_id)
+        pipe.srem(INDEX_KEY, run_id)
         await pipe.execute()
 
     async def load_all(self) -> list[dict[str, Any]]:
@@ -256,6 +264,12 @@ class HealthCollector:
         run = self.runs[run_id] = RunState(run_id=run_id, job=job, policy_name=name)
         self._prepare(run)
         return run, True
+
+    def forget(self, run_id: str) -> None:
+        """Drop ``run_id`` from memory (a submission that never reached the jobs stream)."""
+        run = self.runs.pop(run_id, None)
+        if run is not None and run.prepared is not None:
+            run.prepared.cancel()
 
     def get(self, run_id: str) -> RunState | None:
         return self.runs.get(run_id)

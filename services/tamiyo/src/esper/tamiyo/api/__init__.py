@@ -13,9 +13,9 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from esper.service import ReadinessCheck, health_router
 from esper.tamiyo.api.adaptations import adaptations_router
-from esper.tamiyo.api.auth import ApiError, api_error_handler, token_guard
+from esper.tamiyo.api.auth import ApiError, api_error_handler, token_guard, unavailable_handler
 from esper.tamiyo.api.runs import runs_router
-from esper.tamiyo.service.control import RunControl
+from esper.tamiyo.service.control import RunControl, Unavailable
 
 
 def create_app(
@@ -32,6 +32,7 @@ def create_app(
         description="Runs, their status and decisions; pause, resume, stop; forced adaptations; policies.",
     )
     app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(Unavailable, unavailable_handler)
     guard = token_guard(api_token)
     app.include_router(runs_router(control, guard))
     app.include_router(adaptations_router(control, guard))

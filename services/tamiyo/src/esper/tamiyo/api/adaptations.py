@@ -26,7 +26,7 @@ def adaptations_router(control: RunControl, guard: Callable[..., None]) -> APIRo
             403: {"model": Problem, "description": "wrong bearer token"},
             404: {"model": Problem, "description": "unknown run"},
             409: {"model": Problem, "description": "rejected by the safety monitor (reason names the category)"},
-            503: {"model": Problem, "description": "no API token configured"},
+            503: {"model": Problem, "description": "no API token configured, or Redis unavailable (Retry-After)"},
         },
     )
     async def adapt(run_id: str, body: Adaptation) -> CommandIssued:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from esper.tamiyo.service.control import Unavailable
 
 _bearer = HTTPBearer(auto_error=False, description="ESPER_API_TOKEN")
 
@@ -25,6 +28,13 @@ class ApiError(Exception):
 async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return JSONResponse({"reason": exc.reason}, status_code=exc.status, headers=exc.headers)
+
+
+async def unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Redis did not answer in time: 503, ``Retry-After`` in whole seconds, the reason names the cause."""
+    assert isinstance(exc, Unavailable)
+    retry_after = str(max(1, math.ceil(exc.retry_after_s)))
+    return JSONResponse({"reason": exc.reason}, status_code=503, headers={"Retry-After": retry_after})
 
 
 def token_guard(token: str | None) -> Callable[..., None]:

@@ -27,7 +27,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "descript
 _AUTH: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing bearer token"},
     403: {"model": Problem, "description": "wrong bearer token"},
-    503: {"model": Problem, "description": "no API token configured"},
+    503: {"model": Problem, "description": "no API token configured, or Redis unavailable (Retry-After)"},
 }
 
 

@@ -7,12 +7,23 @@ adaptation passes the :class:`SafetyMonitor` unless ``override`` is set; it is
 also published as an :class:`AdaptationDecision` (``policy="operator"``,
 accepted or not), so Nissa records operator interventions and their verdicts
 next to the policy's.
+
+Every action that touches Redis has a deadline (``deadline_s``). A submission
+is listed only once its job is on the jobs stream: the job is published before
+the run's state is saved, and a job that could not be published within the
+deadline leaves nothing behind (:class:`Unavailable`, the API's 503).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from redis.exceptions import RedisError
 
 from esper.leyline import (
     RUN_ACTIONS,
@@ -25,12 +36,19 @@ from esper.leyline import (
 )
 from esper.leyline import streams as ls
 from esper.leyline.commands import BlueprintConfig
-from esper.oona import Bus
+from esper.oona import Bus, BusUnavailable
 from esper.tamiyo.collector import DecisionRecord, HealthCollector, RunState
 from esper.tamiyo.safety import SafetyMonitor, Verdict
 from esper.tamiyo.service.metrics import TamiyoMetrics
 
 OPERATOR = "operator"
+#: How long an operator action may wait for Redis before it is refused (seconds).
+DEFAULT_DEADLINE_S = 5.0
+#: Errors that mean "Redis did not answer in time", not "the request was wrong".
+REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (BusUnavailable, RedisError, OSError, TimeoutError)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class UnknownRunError(LookupError):
@@ -43,6 +61,19 @@ class UnknownRunError(LookupError):
 
 class ConflictError(RuntimeError):
     """The action does not fit the run's state (the API answers 409 with this reason)."""
+
+
+class Unavailable(RuntimeError):
+    """Redis did not take the action within the deadline (the API answers 503 with ``Retry-After``).
+
+    ``reason`` names the cause and what was left behind; ``retry_after_s`` is a
+    sensible wait before trying again.
+    """
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +104,21 @@ class RunControl:
     """The operator's levers on runs; every method publishes before it returns."""
 
     def __init__(
-        self, collector: HealthCollector, safety: SafetyMonitor, bus: Bus, metrics: TamiyoMetrics | None = None
+        self,
+        collector: HealthCollector,
+        safety: SafetyMonitor,
+        bus: Bus,
+        metrics: TamiyoMetrics | None = None,
+        *,
+        deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> None:
+        if deadline_s <= 0:
+            raise ValueError(f"deadline_s must be > 0, got {deadline_s!r}")
         self.collector = collector
         self.safety = safety
         self.bus = bus
         self.metrics = metrics or TamiyoMetrics()
+        self.deadline_s = deadline_s
 
     def run(self, run_id: str) -> RunState:
         run = self.collector.get(run_id)
@@ -87,14 +127,54 @@ class RunControl:
         return run
 
     async def submit(self, job: TrainingJob, run_id: str | None = None) -> str:
-        """Register the run and publish its job for Tolaria; returns the run id."""
+        """Publish the run's job for Tolaria, then register and save it; returns the run id.
+
+        The same ``run_id`` with the same job again is a retried submission and
+        answers the same id (nothing is published twice); with another job it is
+        a :class:`ConflictError`. When the job cannot be published within the
+        deadline the run is forgotten and :class:`Unavailable` is raised. (A
+        publish whose reply was lost may still have stored the job: the decision
+        loop then registers the run from the jobs stream, and a retry with the
+        same ``run_id`` answers it.) A failed save after a successful publish is
+        logged, not raised: the job is on the stream and the next save stores
+        the run.
+        """
         run_id = run_id or new_run_id()
-        if self.collector.get(run_id) is not None:
+        existing = self.collector.get(run_id)
+        if existing is not None:
+            if existing.job == job:
+                return run_id
             raise ConflictError(f"run {run_id!r} already exists")
         run, _ = self.collector.register(run_id, job)
-        await self.collector.save(run)
-        await self.bus.publish(ls.CONTROL_JOBS, Envelope(payload=job, run_id=run_id))
+        try:
+            await self._within_deadline(
+                self.bus.publish(ls.CONTROL_JOBS, Envelope(payload=job, run_id=run_id)),
+                f"job of run {run_id!r} not enqueued; nothing was kept, submit it again",
+            )
+        except Unavailable:
+            self.collector.forget(run_id)
+            raise
+        await self._save_later_if_unavailable(run)
         return run_id
+
+    async def _within_deadline(self, step: Awaitable[T], left_behind: str) -> T:
+        """Await ``step`` for at most ``deadline_s``; Redis trouble becomes :class:`Unavailable`."""
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                return await step
+        except REDIS_UNAVAILABLE as exc:
+            cause = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError) and not isinstance(exc, RedisError):
+                cause = f"no answer within {self.deadline_s:g}s"
+            raise Unavailable(f"Redis unavailable ({cause}): {left_behind}", self.deadline_s) from exc
+
+    async def _save_later_if_unavailable(self, run: RunState) -> None:
+        """Save ``run``; on Redis trouble log it (the next save of the run stores it) instead of failing."""
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                await self.collector.save(run)
+        except REDIS_UNAVAILABLE as exc:
+            log.warning("tamiyo: state of run %s not saved (%s); the next save stores it", run.run_id, exc)
 
     async def control(self, run_id: str, action: CommandAction, reason: str = "") -> str:
         """Pause, resume or stop ``run_id``; returns the command id."""
@@ -111,7 +191,10 @@ class RunControl:
                 reason=reason or f"{action.value} by operator",
                 issued_by=OPERATOR,
             )
-            await self.bus.publish(ls.CONTROL_COMMANDS, Envelope(payload=command, run_id=run_id))
+            await self._within_deadline(
+                self.bus.publish(ls.CONTROL_COMMANDS, Envelope(payload=command, run_id=run_id)),
+                f"{action.value} of run {run_id!r} not sent; the run is unchanged, send it again",
+            )
             # Tamiyo stops deciding at once; Tolaria follows at its next epoch boundary.
             if action is CommandAction.PAUSE:
                 run.paused = True
@@ -131,7 +214,7 @@ class RunControl:
                 ),
             )
             self.metrics.decisions.labels(action.value, OPERATOR).inc()
-            await self.collector.save(run)
+            await self._save_later_if_unavailable(run)
             return command.command_id
 
     async def adapt(self, run_id: str, request: ForcedAdaptation) -> Outcome:
@@ -168,13 +251,20 @@ class RunControl:
                 command_id=command.command_id if verdict.accepted else None,
             )
             if verdict.accepted:
-                await self.bus.publish(ls.CONTROL_COMMANDS, Envelope(payload=command, run_id=run_id))
+                await self._within_deadline(
+                    self.bus.publish(ls.CONTROL_COMMANDS, Envelope(payload=command, run_id=run_id)),
+                    f"forced {request.action.value} of run {run_id!r} not sent; send it again",
+                )
             else:
                 self.metrics.rejections.labels(verdict.category).inc()
-            await self.bus.publish(ls.CONTROL_DECISIONS, Envelope(payload=decision, run_id=run_id))
+            await self._within_deadline(
+                self.bus.publish(ls.CONTROL_DECISIONS, Envelope(payload=decision, run_id=run_id)),
+                f"the decision record of command {command.command_id} was not published"
+                + (" (the command itself was)" if verdict.accepted else ""),
+            )
             self.metrics.decisions.labels(decision.action.value, OPERATOR).inc()
             self.collector.record(run, decision)
-            await self.collector.save(run)
+            await self._save_later_if_unavailable(run)
             return Outcome(verdict, decision.command_id)
 
     async def set_policy(self, run_id: str, name: str) -> None:
@@ -182,7 +272,9 @@ class RunControl:
         run = self.run(run_id)
         async with run.lock:
             if name != run.policy_name:
-                await self.collector.switch_policy(run, name)
+                await self._within_deadline(
+                    self.collector.switch_policy(run, name), f"policy of run {run_id!r} switched but not saved"
+                )
 
     @staticmethod
     def _live(run: RunState, *, stopping: bool = False) -> None:
