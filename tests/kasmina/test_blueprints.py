@@ -65,14 +65,14 @@ def test_list_blueprints_filters_by_shape_and_kind() -> None:
     assert set(list_blueprints((12,))) == {"mlp", "lowrank", "norm"}
     conv = {"conv_light", "conv_heavy", "depthwise", "se_attention", "bottleneck", "norm"}
     assert set(list_blueprints((6, 5, 7))) == conv
-    assert set(list_blueprints((7, 16), layer_kind="sequence")) == {"mlp", "lowrank", "norm"}
+    assert set(list_blueprints((7, 16), layer_kind="sequence")) == {"mlp", "lowrank", "norm", "attention"}
     assert "mlp" not in list_blueprints((8, 19), layer_kind="conv1d")
     assert list_blueprints((2, 3, 4, 5)) == []
     assert set(LAYER_KIND_RANK) == set(SHAPES)
 
 
 def test_unknown_blueprint_lists_the_known_names() -> None:
-    with pytest.raises(ValueError, match=r"unknown blueprint 'conv_giant' \(known: bottleneck, conv_heavy"):
+    with pytest.raises(ValueError, match=r"unknown blueprint 'conv_giant' \(known: attention, bottleneck, conv_heavy"):
         get_blueprint("conv_giant")
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from esper.kasmina.blueprints import get_blueprint
 from esper.kasmina.config import KasminaConfig, alpha_progress
 from esper.kasmina.errors import GateFailedError, NoForwardStepError
-from esper.kasmina.layout import within_sequence_model
+from esper.kasmina.layout import DataFlow, within_sequence_model
 from esper.kasmina.slot import SeedSlot, SlotMetrics
 from esper.leyline import (
     ACTIVE_STAGES,
@@ -34,6 +34,7 @@ from esper.leyline import (
 from esper.leyline.stages import next_stage
 
 ConfigValue = int | float | str | bool
+Layouts = Mapping[str, str] | None
 
 
 class MorphogeneticModel(nn.Module):
@@ -43,7 +44,9 @@ class MorphogeneticModel(nn.Module):
     forward hooks. Build one with :func:`wrap`.
     """
 
-    def __init__(self, host: nn.Module, slots: Mapping[str, str], config: KasminaConfig | None = None) -> None:
+    def __init__(
+        self, host: nn.Module, slots: Mapping[str, str], config: KasminaConfig | None = None, layouts: Layouts = None
+    ) -> None:
         super().__init__()
         self.host = host
         self.config = config or KasminaConfig()
@@ -52,6 +55,9 @@ class MorphogeneticModel(nn.Module):
         self.seeds_made = 0
         modules = dict(host.named_modules())
         taken: dict[str, str] = {}
+        unknown = sorted(set(layouts or {}) - set(slots))
+        if unknown:
+            raise ValueError(f"field 'layouts': no slots {unknown} (slots: {', '.join(slots) or 'none'})")
         for slot_id, module_name in slots.items():
             if not isinstance(slot_id, str) or not slot_id.isidentifier():
                 raise ValueError(f"slot id {slot_id!r} must be a Python identifier (it names a submodule)")
@@ -66,7 +72,8 @@ class MorphogeneticModel(nn.Module):
                 )
             taken[module_name] = slot_id
             in_sequence = within_sequence_model(host, module_name)
-            self.slots[slot_id] = SeedSlot(slot_id, module_name, modules[module_name], in_sequence)
+            layout = (layouts or {}).get(slot_id)
+            self.slots[slot_id] = SeedSlot(slot_id, module_name, modules[module_name], in_sequence, layout)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The host's forward with every slot acting at its layer."""
@@ -89,7 +96,7 @@ class MorphogeneticModel(nn.Module):
         """Run one no-grad forward so every slot learns its per-sample feature shape and layer kind.
 
         The forward runs in eval mode (restored afterwards) so that probing does
-        not move batch-norm running statistics.
+        not move batch-norm running statistics. Layouts: as declared, else along the data flow.
         """
         slots = list(self._slots())
         modes = {module: module.training for module in self.modules()}
@@ -98,7 +105,12 @@ class MorphogeneticModel(nn.Module):
             for slot in slots:
                 slot._probing = True
                 slot.sync_hook()
-            self.host(*example_inputs, **example_kwargs)
+            flow = DataFlow(self.host)
+            with flow.record():
+                self.host(*example_inputs, **example_kwargs)
+            for slot in slots:
+                if slot.declared_layout is None and slot.feature_shape is not None:
+                    slot.layer_kind = flow.layout(slot.module_name, slot.feature_shape, slot.in_sequence_model)
         finally:
             for slot in slots:
                 slot._probing = False
@@ -361,13 +373,16 @@ class MorphogeneticModel(nn.Module):
         return [slot.report() for slot in self._slots()]
 
 
-def wrap(host: nn.Module, slots: Mapping[str, str], *, config: KasminaConfig | None = None) -> MorphogeneticModel:
+def wrap(
+    host: nn.Module, slots: Mapping[str, str], *, config: KasminaConfig | None = None, layouts: Layouts = None
+) -> MorphogeneticModel:
     """Attach seed slots to named submodules of ``host`` (``{"s1": "features.2"}``) without changing its class.
 
-    Unknown module names raise ValueError naming them. Dormant slots add no
-    hook, so the model's outputs are bit-identical to the bare host's.
+    ``layouts`` declares slot layouts where inference could be wrong (``{"s1": "sequence"}``;
+    ``conv1d``, ``conv2d``, ``sequence``, ``linear``/``vector``). Unknown module names raise
+    ValueError naming them. Dormant slots add no hook: outputs are bit-identical to the bare host's.
     """
-    return MorphogeneticModel(host, slots, config)
+    return MorphogeneticModel(host, slots, config, layouts)
 
 
 def _with_verdict(verdict: str, reason: str) -> str:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from esper.kasmina.blueprints import get_blueprint
-from esper.kasmina.layout import infer_layer_kind
+from esper.kasmina.layout import infer_layer_kind, layout_rank, normalize_layout
 from esper.leyline import (
     BLENDED_STAGES,
     HOOKED_STAGES,
@@ -57,7 +57,14 @@ class SeedSlot(nn.Module):
     - FOSSILIZED: ``seed(h)``.
     """
 
-    def __init__(self, slot_id: str, module_name: str, target: nn.Module, in_sequence_model: bool = False) -> None:
+    def __init__(
+        self,
+        slot_id: str,
+        module_name: str,
+        target: nn.Module,
+        in_sequence_model: bool = False,
+        layout: str | None = None,
+    ) -> None:
         super().__init__()
         self.slot_id = slot_id
         self.module_name = module_name
@@ -72,6 +79,8 @@ class SeedSlot(nn.Module):
         self.feature_shape: tuple[int, ...] | None = None
         self.layer_kind: str | None = None
         self.in_sequence_model = in_sequence_model
+        #: the layout the user declared for this slot (None: inferred when probed)
+        self.declared_layout = normalize_layout(layout, f"layouts.{slot_id}") if layout is not None else None
         self.metrics = SlotMetrics()
         # Where the alpha ramp started and how many epochs it has run (set_alpha re-bases it).
         self.ramp_from = 0.0
@@ -134,7 +143,15 @@ class SeedSlot(nn.Module):
                 "a slot needs (N, *features)"
             )
         self.feature_shape = tuple(int(s) for s in output.shape[1:])
-        self.layer_kind = infer_layer_kind(self.target, self.feature_shape, self.in_sequence_model)
+        if self.declared_layout is None:
+            self.layer_kind = infer_layer_kind(self.target, self.feature_shape, self.in_sequence_model)
+            return
+        if layout_rank(self.declared_layout) != len(self.feature_shape):
+            raise ValueError(
+                f"field 'layouts.{self.slot_id}': layout {self.declared_layout!r} needs rank-"
+                f"{layout_rank(self.declared_layout)} features, module {self.module_name!r} gives {self.feature_shape}"
+            )
+        self.layer_kind = self.declared_layout
 
     # ----------------------------------------------------------------- hook management
     @property

@@ -2,10 +2,10 @@
 
 Importing this package registers the catalogue: conv_light, conv_heavy,
 depthwise, se_attention, bottleneck (conv1d/conv2d), mlp, lowrank
-(linear/sequence) and norm (every kind).
+(linear/sequence), attention (sequence) and norm (every kind).
 """
 
-from esper.kasmina.blueprints import conv, dense
+from esper.kasmina.blueprints import attention, conv, dense
 from esper.kasmina.blueprints.modules import ChannelGate, Residual
 from esper.kasmina.blueprints.registry import (
     LAYER_KIND_RANK,
@@ -22,6 +22,7 @@ __all__ = [
     "BlueprintSpec",
     "ChannelGate",
     "Residual",
+    "attention",
     "conv",
     "dense",
     "get_blueprint",

@@ -20,7 +20,8 @@ class Option(NamedTuple):
     config: dict[str, ConfigValue]
 
 
-#: The default catalogue: conv blueprints for (C, L) and (C, H, W) features, dense ones for (D,) and (T, D).
+#: The default catalogue: conv blueprints for (C, L) and (C, H, W) features, dense ones for (D,) and (T, D),
+#: self-attention for (T, D).
 CATALOGUE: tuple[Option, ...] = (
     Option("conv_heavy", {"kernel_size": 3, "expansion": 3.5}),
     Option("bottleneck", {"kernel_size": 3, "reduction": 2}),
@@ -30,6 +31,7 @@ CATALOGUE: tuple[Option, ...] = (
     Option("mlp", {"expansion": 2.0}),
     Option("lowrank", {"rank": 4}),
     Option("norm", {"groups": 1}),
+    Option("attention", {"heads": 1}),
 )
 
 
