@@ -19,6 +19,11 @@ With the run's :class:`ModelGraph` the policy prices every candidate at the
 slot from the graph's options (a candidate the graph does not offer there
 does not fit), builds it with the graph's configuration when the candidate
 names none, and checks gates with the thresholds the graph says Kasmina runs.
+Candidates are chosen per slot: the slot's own list, else the list for the
+slot's layout in the graph (``layout_candidates``), else ``candidates``; where
+the graph offers none of them at a slot, the graph's own options are the
+candidates, in the order it lists them (``fallback_to_graph``), so every
+kind of slot can grow.
 """
 
 from __future__ import annotations
@@ -73,6 +78,10 @@ class HeuristicConfig:
     candidates: tuple[BlueprintChoice, ...] = (BlueprintChoice("conv_light"), BlueprintChoice("conv_heavy"))
     #: per-slot candidates overriding ``candidates``
     slot_candidates: Mapping[str, tuple[BlueprintChoice, ...]] = field(default_factory=dict)
+    #: per-layout candidates (``linear``, ``sequence``, ``conv1d``, ``conv2d``; the graph says a slot's layout)
+    layout_candidates: Mapping[str, tuple[BlueprintChoice, ...]] = field(default_factory=dict)
+    #: where the graph offers none of a slot's candidates, choose among the graph's own options there
+    fallback_to_graph: bool = False
     #: largest total parameter count a germination may lead to (None: unlimited; needs the graph or a cost model)
     param_budget: int | None = None
     #: contribution below -cull_harm counts as harm
@@ -295,11 +304,24 @@ class HeuristicTamiyo:
             return self._decision(signals, DecisionAction.GERMINATE, slot_id, reason, confidence, choice)
         return None
 
+    def _candidates(self, slot_id: str) -> tuple[BlueprintChoice, ...]:
+        c = self.config
+        if slot_id in c.slot_candidates:
+            return c.slot_candidates[slot_id]
+        slot = self._graph.slot(slot_id) if self._graph is not None else None
+        if slot is not None and slot.layout in c.layout_candidates:
+            return c.layout_candidates[slot.layout]
+        return c.candidates
+
     def _best_choice(self, slot_id: str, params_total: int) -> tuple[BlueprintChoice, int | None] | None:
         c = self.config
+        candidates = self._candidates(slot_id)
+        priced_all = [self._price(slot_id, candidate) for candidate in candidates]
+        slot = self._graph.slot(slot_id) if self._graph is not None else None
+        if c.fallback_to_graph and slot is not None and all(p is None for p in priced_all):
+            priced_all = [(BlueprintChoice(o.blueprint, dict(o.config)), o.params) for o in slot.options]
         best: tuple[float, int, BlueprintChoice, int | None] | None = None
-        for index, candidate in enumerate(c.slot_candidates.get(slot_id, c.candidates)):
-            priced = self._price(slot_id, candidate)
+        for index, priced in enumerate(priced_all):
             if priced is None:
                 continue
             choice, cost = priced

@@ -15,6 +15,12 @@ from esper.tamiyo.safety import SafetyConfig
 #: The policies a job may name.
 POLICIES = ("heuristic", "none")
 
+#: The heuristic's candidates at vector and sequence slots (conv slots use its default conv candidates).
+LAYOUT_CANDIDATES: dict[str, tuple[BlueprintChoice, ...]] = {
+    "linear": (BlueprintChoice("mlp"), BlueprintChoice("lowrank")),
+    "sequence": (BlueprintChoice("attention"), BlueprintChoice("mlp"), BlueprintChoice("lowrank")),
+}
+
 #: The safety monitor's limits on both paths (the Tamiyo service's flags default to these).
 DEFAULT_SAFETY = SafetyConfig()
 
@@ -28,12 +34,20 @@ def heuristic_config(job: TrainingJob) -> HeuristicConfig:
     blueprints only: their configuration and exact cost at each slot come from
     the run's :class:`~esper.leyline.ModelGraph`. ``benchmarks/growth.py``
     measures the result against static hosts of both sizes.
+
+    Conv slots choose among the conv seeds above; vector (``linear``) slots an
+    MLP or a low-rank adapter, sequence slots self-attention first (token mixing
+    is what a per-token layer lacks), then the same; any other slot falls back
+    to what the graph offers there (``benchmarks/hosts.py`` measures hosts
+    nobody tuned these for).
     """
     return HeuristicConfig(
         plateau_patience=0,
         min_epoch_to_germinate=1,
         max_active_seeds=DEFAULT_SAFETY.max_active_seeds,
         candidates=(BlueprintChoice("conv_heavy"), BlueprintChoice("bottleneck"), BlueprintChoice("conv_light")),
+        layout_candidates=LAYOUT_CANDIDATES,
+        fallback_to_graph=True,
         param_budget=job.param_budget,
     )
 
