@@ -135,7 +135,7 @@ def format_suggestions(suggestions: list[SlotSuggestion]) -> str:
         shape = "(" + ", ".join(str(d) for d in s.shape) + ("," if len(s.shape) == 1 else "") + ")"
         rows.append((s.module, s.op, shape, s.layout, "yes" if s.after_activation else "", fits))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows]
+    lines = ["  ".join([*(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)), row[-1]]) for row in rows]
     if not suggestions:
         lines.append("(no module output fits a blueprint)")
     return "\n".join(line.rstrip() for line in lines)
