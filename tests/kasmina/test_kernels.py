@@ -234,3 +234,21 @@ def test_a_kernel_not_yet_validated_falls_back_to_eager(urza, tmp_path, metrics)
     loader = loader_for(urza.url, tmp_path, metrics)
     build = loader.seed("bottleneck", {}, SHAPE, "conv1d")
     assert build.failure is KernelFailure.NOT_VALIDATED and json.loads(json.dumps(build.error))
+
+
+def test_germinate_through_the_loader_uses_the_kernel_and_reports_nothing(urza, tmp_path, metrics):
+    m, events = model(), []
+    loader = loader_for(urza.url, tmp_path, metrics)
+    event = loader.germinate(m, "s1", "conv_light", {}, 2, "grow", events.append)
+    assert event.to_stage is SeedStage.GERMINATED and events == []
+    assert count(metrics.cache_misses) == 1 and m.slot("s1").blueprint == "conv_light"
+
+
+def test_germinate_through_the_loader_with_urza_down_germinates_eagerly_and_reports_it(tmp_path, metrics):
+    m, events = model(), []
+    loader = loader_for(f"http://127.0.0.1:{free_port()}", tmp_path, metrics)
+    loader.germinate(m, "s1", "conv_light", {}, 2, "grow", events.append)
+    assert m.slot("s1").stage is SeedStage.GERMINATED
+    [event] = events
+    assert (event.kind, event.epoch, event.slot_id) == (KERNEL_FALLBACK_EVENT, 2, "s1")
+    assert event.attributes["failure"] == "urza_unavailable"

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 
 from esper.kasmina import MorphogeneticModel
-from esper.leyline import AdaptationCommand, CommandAction, CommandResult, CommandStatus, SeedStage
+from esper.kasmina.kernels import KernelLoader
+from esper.leyline import AdaptationCommand, CommandAction, CommandResult, CommandStatus, SeedStage, TelemetryEvent
 
 SeedOptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -24,11 +25,16 @@ def apply_slot_command(
     command: AdaptationCommand,
     epoch: int,
     new_optimizer: SeedOptimizerFactory,
+    *,
+    kernels: KernelLoader | None = None,
+    on_event: Callable[[TelemetryEvent], None] | None = None,
 ) -> CommandResult:
     """Carry out a slot command (germinate, advance, fossilize, cull, set_alpha) on ``model``.
 
     ``optimizers`` maps ``"host"`` and slot ids to optimizers; it gains an entry on
-    germination and loses one on cull.
+    germination and loses one on cull. With ``kernels``, a germinated seed comes
+    from its compiled kernel when that loads; when it does not, the seed is built
+    eagerly and ``on_event`` receives the ``kernel_fallback`` event saying why.
     """
 
     def result(status: CommandStatus, reason: str) -> CommandResult:
@@ -56,7 +62,10 @@ def apply_slot_command(
         action = command.action
         if action is CommandAction.GERMINATE:
             assert command.blueprint is not None
-            model.germinate(slot_id, command.blueprint, command.blueprint_config, epoch=epoch, reason=reason)
+            if kernels is not None:
+                kernels.germinate(model, slot_id, command.blueprint, command.blueprint_config, epoch, reason, on_event)
+            else:
+                model.germinate(slot_id, command.blueprint, command.blueprint_config, epoch=epoch, reason=reason)
             optimizers[slot_id] = new_optimizer(model.seed_parameters(slot_id))
         elif action in (CommandAction.ADVANCE, CommandAction.FOSSILIZE):
             stage = SeedStage(model.slots[slot_id].stage)

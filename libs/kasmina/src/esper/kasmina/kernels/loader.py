@@ -24,7 +24,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +36,7 @@ from esper.kasmina.kernels.cache import KernelCache, KernelRecord
 from esper.kasmina.kernels.metrics import KernelMetrics, default_metrics
 from esper.kasmina.kernels.source import KernelNotFound, KernelNotValidated, KernelSource, SourceUnavailable
 from esper.kasmina.model import MorphogeneticModel
-from esper.leyline import SeedStage, TelemetryEvent
+from esper.leyline import SeedStage, SeedTransition, TelemetryEvent
 from esper.leyline.compile import KERNEL_FALLBACK_EVENT, KernelFailure, kernel_id_for
 
 ConfigValue = int | float | str | bool
@@ -154,6 +154,29 @@ class KernelLoader:
         except ValueError:
             return None
         return self.seed(blueprint, config, slot.feature_shape, slot.layer_kind, dtype=slot.dtype, device=slot.device)
+
+    def germinate(
+        self,
+        model: MorphogeneticModel,
+        slot_id: str,
+        blueprint: str,
+        config: Mapping[str, ConfigValue] | None,
+        epoch: int,
+        reason: str,
+        on_event: Callable[[TelemetryEvent], None] | None = None,
+    ) -> SeedTransition:
+        """``model.germinate`` with the seed from its kernel; a fallback's event goes to ``on_event`` first.
+
+        Raises what :meth:`MorphogeneticModel.germinate` raises (the gate and the
+        config decide; a kernel failure never does).
+        """
+        build = self.seed_for_slot(model, slot_id, blueprint, config)
+        if build is not None and on_event is not None:
+            event = build.fallback_event(epoch, slot_id)
+            if event is not None:
+                on_event(event)
+        seed = build.module if build is not None else None
+        return model.germinate(slot_id, blueprint, config, epoch=epoch, reason=reason, seed=seed)
 
     def load(self, kernel_id: str, shape: tuple[int, ...], layout: str | None) -> tuple[nn.Module, str]:
         """A fresh module from kernel ``kernel_id`` for features ``shape``; (module, ``cache`` | ``urza``).
