@@ -85,7 +85,8 @@ def epoch_zero(redis_url: str, run_id: str) -> None:
 
 def wait_epoch(api_url: str, run_id: str) -> None:
     deadline = time.monotonic() + 30
-    while httpx.get(f"{api_url}/runs/{run_id}").json()["last_decided_epoch"] != 0:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    while httpx.get(f"{api_url}/runs/{run_id}", headers=auth).json()["last_decided_epoch"] != 0:
         assert time.monotonic() < deadline, "epoch 0 never decided"
         time.sleep(0.05)
 

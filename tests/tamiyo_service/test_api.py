@@ -54,7 +54,7 @@ def feed(api: TestClient, run_id: str, *epochs_signals) -> None:
 def test_a_submitted_run_is_listed_at_once_and_its_job_published(api, clean_redis_url):
     run_id = submit(api, run_id="run-abc", seed=3, lockstep=True)
     assert run_id == "run-abc"
-    listed = api.get("/runs").json()
+    listed = api.get("/runs", headers=AUTH).json()
     assert [r["run_id"] for r in listed] == ["run-abc"] and listed[0]["policy"] == "heuristic"
     jobs = published(clean_redis_url, ls.CONTROL_JOBS)
     assert jobs[0].run_id == "run-abc"
@@ -74,7 +74,7 @@ def test_a_taken_run_id_is_a_conflict(api):
 def test_status_shows_slots_decisions_and_flags(api):
     run_id = submit(api)
     feed(api, run_id, *(signals(e) for e in range(3)))
-    body = api.get(f"/runs/{run_id}").json()
+    body = api.get(f"/runs/{run_id}", headers=AUTH).json()
     assert body["epoch"] == 2 and body["val_accuracy"] == 0.5 and body["train_loss"] == 1.0
     assert [s["slot_id"] for s in body["slots"]] == ["s1", "s2", "s3"] and body["slots"][0]["stage"] == "DORMANT"
     last = body["decisions"][-1]
@@ -86,15 +86,15 @@ def test_status_shows_slots_decisions_and_flags(api):
 def test_non_finite_telemetry_is_shown_as_null(api):
     run_id = submit(api)
     feed(api, run_id, signals(0).__class__(**{**signals(0).to_dict(), "val_loss": float("nan"), "seeds": []}))
-    assert api.get(f"/runs/{run_id}").json()["val_loss"] is None
+    assert api.get(f"/runs/{run_id}", headers=AUTH).json()["val_loss"] is None
 
 
 def test_pause_and_resume_publish_operator_commands_and_flip_the_flag(api, clean_redis_url):
     run_id = submit(api)
     response = api.post(f"/runs/{run_id}/pause", headers=AUTH)
-    assert response.status_code == 202 and api.get(f"/runs/{run_id}").json()["paused"] is True
+    assert response.status_code == 202 and api.get(f"/runs/{run_id}", headers=AUTH).json()["paused"] is True
     assert api.post(f"/runs/{run_id}/resume", json={"reason": "go on"}, headers=AUTH).status_code == 202
-    assert api.get(f"/runs/{run_id}").json()["paused"] is False
+    assert api.get(f"/runs/{run_id}", headers=AUTH).json()["paused"] is False
     commands = [e.payload for e in published(clean_redis_url, ls.CONTROL_COMMANDS)]
     assert [c.action for c in commands] == [CommandAction.PAUSE, CommandAction.RESUME]
     assert commands[0].command_id == response.json()["command_id"] and commands[0].issued_by == "operator"
@@ -129,7 +129,7 @@ def test_a_forced_illegal_adaptation_is_rejected_with_the_reason(api, clean_redi
     assert published(clean_redis_url, ls.CONTROL_COMMANDS) == []
     decision = published(clean_redis_url, ls.CONTROL_DECISIONS)[-1].payload
     assert isinstance(decision, AdaptationDecision) and decision.policy == "operator" and not decision.accepted
-    status = api.get(f"/runs/{run_id}").json()["decisions"][-1]
+    status = api.get(f"/runs/{run_id}", headers=AUTH).json()["decisions"][-1]
     assert status["rejection_reason"] == response.json()["reason"]
 
 
@@ -170,15 +170,16 @@ def test_mutating_routes_need_the_bearer_token(api, method, path, body):
     assert wrong.status_code == 403 and wrong.json()["reason"] == "wrong bearer token"
 
 
-def test_without_a_configured_token_mutations_are_refused(clean_redis_url):
+def test_without_a_configured_token_everything_but_health_is_refused(clean_redis_url):
     with TestClient(create_app_on(clean_redis_url, None)) as client:
         response = client.post("/runs", json={}, headers=AUTH)
         assert response.status_code == 503 and "ESPER_API_TOKEN" in response.json()["reason"]
-        assert client.get("/runs").status_code == 200
+        response = client.get("/runs", headers=AUTH)
+        assert response.status_code == 503 and "ESPER_API_READ_TOKEN" in response.json()["reason"]
 
 
 def test_an_unknown_run_is_404(api):
-    assert api.get("/runs/nope").status_code == 404
+    assert api.get("/runs/nope", headers=AUTH).status_code == 404
     response = api.post("/runs/nope/adaptations", json={"action": "cull", "slot_id": "s1"}, headers=AUTH)
     assert response.status_code == 404 and "nope" in response.json()["reason"]
     assert api.post("/runs/nope/stop", headers=AUTH).status_code == 404

@@ -87,7 +87,7 @@ def publish_epochs(redis_url: str, run_id: str, epochs: range) -> None:
 def wait_decided(url: str, run_id: str, epoch: int) -> dict:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        body = httpx.get(f"{url}/runs/{run_id}").json()
+        body = httpx.get(f"{url}/runs/{run_id}", headers=AUTH).json()
         if body["last_decided_epoch"] == epoch:
             return body
         time.sleep(0.05)
@@ -104,7 +104,7 @@ def test_the_service_decides_survives_a_restart_and_stops_on_sigterm(service):
     assert service.terminate() == 0
 
     service.start()  # same consumer name, same Redis: the run and its policy state come back
-    assert [r["run_id"] for r in httpx.get(f"{service.url}/runs").json()] == [run_id]
+    assert [r["run_id"] for r in httpx.get(f"{service.url}/runs", headers=AUTH).json()] == [run_id]
     publish_epochs(service.redis_url, run_id, range(1, 3))  # epoch 1 again: already decided
     body = wait_decided(service.url, run_id, 2)
     assert body["decisions"][-1]["action"] == "germinate" and body["stale_skipped"] == 1

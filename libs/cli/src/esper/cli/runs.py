@@ -1,8 +1,9 @@
 """``esper runs ...``: the control API from the command line.
 
 Talks to Tamiyo's control API at ``--api`` (default ``$ESPER_API_URL`` or
-http://127.0.0.1:8700) with the bearer token in ``$ESPER_API_TOKEN``. A refused
-request prints the status code and the API's reason and exits 1.
+http://127.0.0.1:8700) with the bearer token in ``$ESPER_API_TOKEN`` (reads
+fall back to the read-only ``$ESPER_API_READ_TOKEN`` when it is unset). A
+refused request prints the status code and the API's reason and exits 1.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    token = os.environ.get("ESPER_API_TOKEN")
+    token = os.environ.get("ESPER_API_TOKEN") or (os.environ.get("ESPER_API_READ_TOKEN") if method == "GET" else None)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = args.api.rstrip("/") + path
     try:

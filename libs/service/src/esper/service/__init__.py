@@ -1,9 +1,11 @@
 """What every Esper service shares: settings, health and metrics routes, the runtime."""
 
 from esper.service.health import ReadinessCheck, health_router
+from esper.service.http_policy import BodyLimit, apply_http_policy
 from esper.service.readiness import BusReadiness
 from esper.service.runtime import serve
 from esper.service.settings import (
+    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PORTS,
     ServiceSettings,
     add_arguments,
@@ -12,11 +14,14 @@ from esper.service.settings import (
 )
 
 __all__ = [
-    "BusReadiness",
+    "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_PORTS",
+    "BodyLimit",
+    "BusReadiness",
     "ReadinessCheck",
     "ServiceSettings",
     "add_arguments",
+    "apply_http_policy",
     "configure_logging",
     "health_router",
     "serve",

@@ -13,9 +13,19 @@ variable                  meaning                         default
 ``ESPER_RUNS_DIR``        where runs, reports and         ./runs
                           archives are written
 ``ESPER_API_TOKEN``       bearer token for mutating       (none: mutations refused)
-                          control-API routes
+                          control-API routes (it reads
+                          too)
+``ESPER_API_READ_TOKEN``  a read-only bearer token        (none)
+``ESPER_API_MAX_BODY_``   request bodies larger than      1048576
+``BYTES``                 this are refused (413)
+``ESPER_API_CORS_``       comma-separated origins that    (none: CORS off)
+``ORIGINS``               browsers may call from
 ``ESPER_LOG_LEVEL``       logging level                   INFO
 ========================  ==============================  =====================
+
+Tokens are never part of a settings object's ``repr`` (so logging one leaks
+nothing). A service that has no use for the read token, the body limit or
+CORS ignores those fields.
 """
 
 from __future__ import annotations
@@ -25,12 +35,14 @@ import logging
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: Default HTTP ports: the control API (Tamiyo), the trainer, the telemetry sink.
 DEFAULT_PORTS = {"tamiyo": 8700, "tolaria": 8701, "nissa": 8702}
+#: Request bodies above this many bytes are refused with 413 (a TrainingJob is well under 4 KiB).
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +53,11 @@ class ServiceSettings:
     port: int
     consumer: str
     runs_dir: Path
-    api_token: str | None
+    api_token: str | None = field(repr=False)
     log_level: str
+    read_token: str | None = field(default=None, repr=False)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    cors_origins: tuple[str, ...] = ()
 
 
 def add_arguments(parser: argparse.ArgumentParser, service: str) -> None:
@@ -73,7 +88,22 @@ def settings_from(args: argparse.Namespace, service: str) -> ServiceSettings:
         runs_dir=args.runs_dir,
         api_token=os.environ.get("ESPER_API_TOKEN") or None,
         log_level=level,
+        read_token=os.environ.get("ESPER_API_READ_TOKEN") or None,
+        max_body_bytes=_max_body_bytes(service, os.environ.get("ESPER_API_MAX_BODY_BYTES")),
+        cors_origins=tuple(o.strip() for o in os.environ.get("ESPER_API_CORS_ORIGINS", "").split(",") if o.strip()),
     )
+
+
+def _max_body_bytes(service: str, raw: str | None) -> int:
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_BODY_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SystemExit(f"{service}: ESPER_API_MAX_BODY_BYTES must be a whole number of bytes >= 1 (value {raw!r})")
+    return value
 
 
 def configure_logging(settings: ServiceSettings) -> None:

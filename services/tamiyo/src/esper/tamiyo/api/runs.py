@@ -31,10 +31,18 @@ _AUTH: dict[int | str, dict[str, Any]] = {
 }
 
 
-def runs_router(control: RunControl, guard: Callable[..., None]) -> APIRouter:
-    """The runs resource over ``control``; ``guard`` is the auth dependency of mutating routes."""
+_READ_AUTH: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "missing bearer token"},
+    403: {"model": Problem, "description": "wrong bearer token"},
+    503: {"model": Problem, "description": "no API token configured"},
+}
+
+
+def runs_router(control: RunControl, guard: Callable[..., None], read_guard: Callable[..., None]) -> APIRouter:
+    """The runs resource over ``control``; ``guard`` admits mutations, ``read_guard`` reads."""
     router = APIRouter(prefix="/runs", tags=["runs"])
     mutating = [Depends(guard)]
+    reading = [Depends(read_guard)]
 
     def find(run_id: str) -> RunState:
         try:
@@ -42,7 +50,7 @@ def runs_router(control: RunControl, guard: Callable[..., None]) -> APIRouter:
         except UnknownRunError as exc:
             raise ApiError(404, str(exc)) from None
 
-    @router.get("", summary="List runs", response_model=list[RunSummary])
+    @router.get("", summary="List runs", response_model=list[RunSummary], dependencies=reading, responses=_READ_AUTH)
     def list_runs() -> list[RunSummary]:
         return [summary(r) for r in control.collector.all()]
 
@@ -66,7 +74,13 @@ def runs_router(control: RunControl, guard: Callable[..., None]) -> APIRouter:
             raise ApiError(409, str(exc)) from None
         return Submitted(run_id=run_id)
 
-    @router.get("/{run_id}", summary="A run's status", response_model=RunStatus, responses=_NOT_FOUND)
+    @router.get(
+        "/{run_id}",
+        summary="A run's status",
+        response_model=RunStatus,
+        dependencies=reading,
+        responses={**_READ_AUTH, **_NOT_FOUND},
+    )
     def show(run_id: str) -> RunStatus:
         return status(find(run_id))
 

@@ -73,6 +73,9 @@ async def run_service(settings: ServiceSettings, safety_config: SafetyConfig) ->
         api_token=settings.api_token,
         ready=lambda: restoring[0] or readiness.not_ready(),
         registries=(REGISTRY, metrics.registry),
+        read_token=settings.read_token,
+        max_body_bytes=settings.max_body_bytes,
+        cors_origins=settings.cors_origins,
     )
     if settings.api_token is None:
         log.warning("tamiyo: ESPER_API_TOKEN is not set: mutating API routes answer 503")
