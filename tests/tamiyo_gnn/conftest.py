@@ -45,3 +45,6 @@ def conv_graph() -> ModelGraph:
 def mlp_graph() -> ModelGraph:
     host = MLPHost(64, 24, 10, depth=4)
     return describe(wrap(host, host.default_slots), torch.randn(2, 64))
+
+
+torch.set_num_threads(1)  # as in the Tamiyo service and Simic's workers

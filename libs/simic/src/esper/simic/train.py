@@ -13,7 +13,8 @@ statistics, optimizer, normalizer, configuration, phase and progress) so
    fraction, entropy, explained variance per update), checkpointed after every
    update.
 
-The trained policy is ``OUT/policy.pt`` (:meth:`GNNTamiyo.load` reads it).
+The trained policy is ``OUT/policy.pt`` (:meth:`GNNTamiyo.load` reads it); ``OUT/policy-offline.pt``
+is the network as offline learning left it, before PPO.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from esper.tamiyo.gnn.policy import GNNPolicyConfig, GNNTamiyo
 CHECKPOINT = "checkpoint.pt"
 RECORDED = "recorded.pt"
 POLICY = "policy.pt"
+OFFLINE_POLICY = "policy-offline.pt"
 PHASES = ("record", "offline", "ppo", "done")
 
 
@@ -215,6 +217,7 @@ class TrainingJob:
             if bar is not None:
                 bar.close()
         self.save("ppo")
+        self.policy().save(self.out / OFFLINE_POLICY)  # kept: what offline learning alone reached
         return history[-1]
 
     def _ppo(self) -> dict[str, float]:

@@ -4,9 +4,11 @@ It keeps what a decision needs across epochs of one run (the newest graph, the
 validation loss and accuracy histories, the host's initial size) and asks
 :class:`TamiyoNetwork` for the most likely legal action (greedy, so a run
 reproduces). The decision's confidence is the probability the network gives
-its choice (operation x slot x blueprint), shrunk by the value ensemble's
-disagreement: ``p / (1 + value_std)``, so the safety monitor's confidence
-floor rejects choices the network is unsure of or states it has not learned.
+the chosen operation, shrunk by the value ensemble's disagreement:
+``p_op / (1 + value_std)``, so the safety monitor's confidence floor rejects
+operations the network is unsure of, or decided in states unlike its training
+data. (Where among equally good slots or blueprints it grows is a preference,
+not doubt about the decision: those probabilities are in the reason.)
 
 Policy files (``torch.save``) hold the network's weights, sizes and running
 statistics, and the policy settings (:meth:`GNNTamiyo.save`, :meth:`GNNTamiyo.load`).
@@ -86,10 +88,12 @@ class GNNTamiyo:
         out = self.network.decide_one(self.network.encode([obs])[0])
         op, slot_number, option_number = out["action"]
         action = OPERATIONS[op]
-        p = out["p_op"] * out["p_slot"] * out["p_option"]
+        p = out["p_op"]
         value, spread = out["value"], out["value_std"]
         confidence = min(1.0, max(0.0, p / (1.0 + spread)))
-        why = f"p={p:.2f}, value {value:+.3f} +- {spread:.3f}"
+        why = (
+            f"p={p:.2f} (slot {out['p_slot']:.2f}, blueprint {out['p_option']:.2f}), value {value:+.3f} +- {spread:.3f}"
+        )
         epoch = obs.signals.epoch
         if action is DecisionAction.WAIT:
             return wait(self.name, epoch, f"gnn: wait ({why})", confidence=confidence)
