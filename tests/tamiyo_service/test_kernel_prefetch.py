@@ -1,0 +1,88 @@
+"""Tamiyo asks for kernels ahead of need: a graph's slot options not yet in Urza become compile requests."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+import redis
+from urza_server import TOKEN, UrzaServer, free_port
+
+from esper.leyline import BlueprintOption, ModelGraph, SlotOptions, decode
+from esper.leyline import streams as ls
+from esper.leyline.compile import CompileRequest
+from esper.oona import RedisBus
+from esper.tamiyo.service.kernels import KernelPrefetch, UrzaKernelStatus, compile_requests
+
+CONV = [BlueprintOption(blueprint="conv_light", config={"kernel_size": 3}, params=200)]
+CONV += [BlueprintOption(blueprint="depthwise", config={"kernel_size": 5}, params=120)]
+
+
+def graph() -> ModelGraph:
+    """Two slots with the same features (their options are the same kernels) and one with others."""
+    slots = [
+        SlotOptions(slot_id="s1", module="a", shape=[8, 19], layout="conv1d", options=CONV),
+        SlotOptions(slot_id="s2", module="b", shape=[8, 19], layout="conv1d", options=CONV),
+        SlotOptions(slot_id="s3", module="c", shape=[8, 10], layout="conv1d", options=CONV[:1]),
+    ]
+    return ModelGraph(epoch=0, params_total=858, nodes=[], slots=slots)
+
+
+def requested(redis_url: str) -> list[CompileRequest]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [decode(f[ls.ENVELOPE_FIELD.encode()]).payload for _, f in client.xrange(ls.COMPILE_REQUESTS)]
+    finally:
+        client.close()
+
+
+def prefetch(redis_url: str, store: UrzaKernelStatus | None, graphs: int = 1) -> list[int]:
+    async def go() -> list[int]:
+        bus = RedisBus.from_url(redis_url)
+        try:
+            prefetcher = KernelPrefetch(bus, store)
+            return [len(await prefetcher.schedule(graph(), "run-1")) for _ in range(graphs)]
+        finally:
+            await bus.aclose()
+
+    return asyncio.run(go())
+
+
+def test_one_request_per_distinct_kernel_in_the_graph():
+    requests = compile_requests(graph())
+    assert [(r.blueprint_id, r.input_shape) for r in requests] == [
+        ("conv_light", [8, 19]),
+        ("depthwise", [8, 19]),
+        ("conv_light", [8, 10]),
+    ]
+    assert all(r.layout == "conv1d" and r.request_id.startswith("prefetch-k") for r in requests)
+
+
+def test_kernels_urza_already_holds_are_not_requested_and_a_graph_seen_again_asks_nothing(clean_redis_url, tmp_path):
+    urza = UrzaServer(tmp_path).start()
+    try:
+        urza.publish_kernel("conv_light", [8, 19], b"ESPERK1\ntorch.export\n...", layout="conv1d")
+        store = UrzaKernelStatus(urza.url, TOKEN)
+        assert prefetch(clean_redis_url, store, graphs=2) == [2, 0]
+        kernels = urza.http.get("/kernels", params={"status": "requested"}).json()
+        assert kernels["total"] == 2  # what was asked for is registered in Urza as wanted
+    finally:
+        urza.stop()
+    assert sorted((r.blueprint_id, tuple(r.input_shape)) for r in requested(clean_redis_url)) == [
+        ("conv_light", (8, 10)),
+        ("depthwise", (8, 19)),
+    ]
+
+
+def test_without_urza_every_option_is_requested(clean_redis_url):
+    store = UrzaKernelStatus(f"http://127.0.0.1:{free_port()}", TOKEN, timeout_s=0.5)
+    assert prefetch(clean_redis_url, store) == [3]
+    assert len(requested(clean_redis_url)) == 3
+
+
+@pytest.mark.parametrize("module", ["esper.tamiyo.service.kernels"])
+def test_the_prefetch_module_imports_no_torch(module):
+    code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
