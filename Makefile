@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # Where the CPU build of torch comes from; override for another index.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test run lint proto proto-check bench bench-growth clean
+.PHONY: install test run lint proto proto-check bench bench-growth chaos clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ bench: install
 # The growth benchmark: 15 trainings (5 seeds x 3 arms), about 10 minutes on two cores.
 bench-growth: install
 	$(BIN)/python benchmarks/growth.py --seeds 5 --workers 2
+
+# The full chaos campaign (real services under seeded faults; a bounded one runs in `make test`): about 5 minutes.
+chaos: install
+	$(BIN)/python benchmarks/chaos.py --full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

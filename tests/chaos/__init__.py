@@ -1,0 +1,1 @@
+"""The chaos suite: real services under seeded faults (see campaign.py)."""
