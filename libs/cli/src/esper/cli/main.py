@@ -12,8 +12,9 @@ from pathlib import Path
 
 from esper.cli import runs as runs_command
 from esper.cli import simic as simic_command
+from esper.cli import slots as slots_command
 from esper.cli import up as up_command
-from esper.leyline import BUILTIN_TASKS, LR_SCHEDULES, TrainingJob, validate
+from esper.leyline import BUILTIN_TASKS, LR_SCHEDULES, TrainingJob, is_task_name, validate
 from esper.tamiyo.policies import POLICIES
 from esper.tolaria.checkpoint import read_checkpoint
 from esper.tolaria.report import format_summary, load_report
@@ -29,12 +30,20 @@ def _positive(value: str) -> int:
     return number
 
 
+def _task(value: str) -> str:
+    if not is_task_name(value):
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(BUILTIN_TASKS)} or package.module:function")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="esper", description="Esper: neural networks that grow while they train.")
     sub = top.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a task in one process, Tamiyo deciding each epoch")
-    train.add_argument("--task", choices=BUILTIN_TASKS, default=_JOB.task)
+    train.add_argument(
+        "--task", type=_task, default=_JOB.task, help=f"{', '.join(BUILTIN_TASKS)} or package.module:function"
+    )
     train.add_argument("--policy", choices=POLICIES, default=_JOB.policy, help="'none' trains the static host")
     train.add_argument(
         "--epochs", type=_positive, default=None, help="planned epochs (default 40; with --resume: keep)"
@@ -56,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     up_command.add_parser(sub)
     runs_command.add_parser(sub)
     simic_command.add_parser(sub)
+    slots_command.add_parser(sub)
     return top
 
 
@@ -83,7 +93,8 @@ def train(args: argparse.Namespace) -> int:
                 param_budget=args.param_budget,
             )
         )
-        out = args.out or Path("runs") / f"{job.task}-{job.policy}-s{job.seed}"
+        out = args.out or Path("runs") / f"{job.task.replace(':', '.')}-{job.policy}-s{job.seed}"
+    slots_command.importable_cwd()
     report = run(job, out, resume=args.resume is not None, progress=not args.no_progress)
     print(format_summary(report))
     print(f"report: {out / 'report.json'}  curves: {out / 'curves.png'}  events: {out / 'events.jsonl'}")
@@ -101,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return runs_command.runs(args)
         if args.command == "simic":
             return simic_command.simic(args)
+        if args.command == "slots":
+            return slots_command.slots(args)
         print(format_summary(load_report(args.dir)))
         return 0
     except (FileNotFoundError, ValueError) as exc:
