@@ -66,3 +66,22 @@ READ_COUNT = 64
 
 def maxlen_for(stream: str) -> int:
     return MAXLEN.get(stream, DEFAULT_MAXLEN)
+
+
+#: Prefix of the per-run streams a service's router fills (``routed_stream``).
+ROUTED_PREFIX = "esper.route"
+#: Key prefix of run leases and routing state in Redis (``esper.oona.ownership``).
+OWNERSHIP_PREFIX = "esper:own"
+
+
+def routed_stream(group: str, lane: str, run_id: str) -> str:
+    """The stream holding ``run_id``'s messages of ``lane`` for the replica of ``group`` that owns the run.
+
+    A service that scales out (several replicas in one group) reads its shared
+    streams through one router, which copies each message, in order, onto
+    ``esper.route.<group>.<lane>.<run_id>``; only the run's owner reads that.
+    """
+    for label, value in (("group", group), ("lane", lane), ("run_id", run_id)):
+        if not value:
+            raise ValueError(f"routed_stream: {label} must be non-empty, got {value!r}")
+    return f"{ROUTED_PREFIX}.{group}.{lane}.{run_id}"

@@ -1,21 +1,29 @@
-"""The Tolaria service: jobs, commands and decisions from the bus; one run at a time in a training thread.
+"""The Tolaria service: jobs from a shared queue, commands and decisions routed to the replica that trains the run.
 
-Three Oona consumers in group ``tolaria``, all under this process's consumer name:
+Several Tolaria replicas may run in group ``tolaria``:
 
-* ``CONTROL_JOBS`` (concurrency 1): the handler runs the whole job
-  (:class:`ServiceRun` in a thread) and returns, so Oona acks the job, only
-  once the run has finished and its report is written. A killed Tolaria gets
-  the job back from its own pending list when it restarts under the same name
-  and resumes it from ``runs_dir/<run_id>/checkpoint.pt``.
-* ``CONTROL_COMMANDS`` (a whole batch at a time): a command for the running run
-  is queued for the next boundary and its handler waits until the command was
-  applied or rejected, the result published and the checkpoint written; a
-  command for a run this process is not running is answered REJECTED
-  ("unknown run") at once.
-* ``CONTROL_DECISIONS``: Tamiyo's decisions, which a lockstep run waits for.
-
-One run at a time per process: the jobs consumer holds the next job until the
-current one ends.
+* ``CONTROL_JOBS`` is a shared work queue: each replica has ``max_runs`` job
+  slots (consumers ``<consumer>``, ``<consumer>.2``, ...). A slot that takes a
+  job adopts its run (:class:`esper.oona.ownership.OwnedRuns`: a lease in
+  Redis, renewed while the run trains, and the job entry kept held with it),
+  runs it (:class:`ServiceRun` in a thread) and returns - so Oona acks the job
+  - only once the run has finished and its report is written. A replica that
+  dies stops renewing: its lease expires, its job entries go idle, and after
+  the job claim timeout an idle slot of another replica claims the job
+  (XAUTOCLAIM), adopts the run and resumes it from the last checkpoint in the
+  shared run storage (:mod:`esper.tolaria.service.storage`). A replica
+  restarted under the same consumer name finds its jobs in its own pending
+  list first.
+* ``CONTROL_COMMANDS`` and ``CONTROL_DECISIONS`` are read by one router
+  (whichever replica holds the router lease) and copied onto the run's own
+  streams, which only the run's owner reads: a command is queued for the run's
+  next boundary and its handler returns (Oona acks) once it was applied or
+  rejected, its result published and the checkpoint written. A command whose
+  run is neither owned nor queued is answered REJECTED ("unknown run") by the
+  router; one for an ended run "run finished before the command's boundary".
+  A new owner takes over the commands the old one held but never acked, so no
+  command is lost in a move, and applied ids in the checkpoint make a
+  redelivered one DUPLICATE, so none is applied twice.
 """
 
 from __future__ import annotations
@@ -39,18 +47,30 @@ from esper.leyline import (
     TrainingJob,
 )
 from esper.leyline import streams as ls
-from esper.oona import Bus, ConsumerOptions, Delivery, Subscription
+from esper.oona import ConsumerOptions, Delivery, RedisBus, Subscription
+from esper.oona.ownership import HeldEntry, Lane, Leases, OwnedRuns, RunRouter
 from esper.service import BusReadiness, health_router
 from esper.tolaria.service.inbox import CommandInbox, PendingCommand, RunInterrupted, future_settler
 from esper.tolaria.service.metrics import TolariaMetrics
+from esper.tolaria.service.storage import RunStorage, SharedDirectory
 from esper.tolaria.service.worker import JobRejected, RunOutcome, ServiceRun
 
 log = logging.getLogger(__name__)
 
-#: A running job stays pending for its whole run: another consumer must not claim it from a live Tolaria.
-JOB_CLAIM_IDLE_MS = 24 * 3600 * 1000
 #: Every restart re-delivers the running job; a run that takes the process down this often is dead-lettered.
 JOB_MAX_DELIVERIES = 20
+#: How long a run's lease lasts without renewal: a dead replica's runs move after about this (+ the claim).
+DEFAULT_LEASE_MS = 10_000
+#: Commands wait for their run's boundary while pending: the owner must never claim its own back.
+_HELD_FOR_RUN_MS = 24 * 3600 * 1000
+COMMANDS_LANE = "commands"
+DECISIONS_LANE = "decisions"
+FINISHED_BEFORE_BOUNDARY = "run finished before the command's boundary"
+
+
+def slot_name(consumer: str, slot: int) -> str:
+    """The job consumer of slot ``slot`` (0-based); the first keeps the plain name, as one-slot Tolarias had."""
+    return consumer if slot == 0 else f"{consumer}.{slot + 1}"
 
 
 class TolariaService:
@@ -58,39 +78,59 @@ class TolariaService:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: RedisBus,
         runs_dir: Path,
         consumer: str,
         *,
         metrics: TolariaMetrics | None = None,
         command_options: ConsumerOptions | None = None,
+        max_runs: int = 1,
+        lease_ms: int = DEFAULT_LEASE_MS,
+        job_claim_ms: int | None = None,
+        storage: RunStorage | None = None,
     ) -> None:
+        if not isinstance(max_runs, int) or max_runs < 1:
+            raise ValueError(f"max_runs must be an integer >= 1, got {max_runs!r}")
         self.bus = bus
         self.runs_dir = Path(runs_dir)
+        self.storage: RunStorage = storage or SharedDirectory(self.runs_dir)
         self.consumer_name = consumer
         self.metrics = metrics or TolariaMetrics()
-        #: Runs whose commands are accepted: the running one, and one this process will resume.
+        #: Runs this replica trains (their inboxes), by run id.
         self.inboxes: dict[str, CommandInbox] = {}
-        self.jobs: Subscription = bus.subscribe(
-            ls.CONTROL_JOBS,
-            ls.GROUP_TOLARIA,
-            consumer,
-            self.on_job,
-            ConsumerOptions(
-                batch_size=1, concurrency=1, claim_idle_ms=JOB_CLAIM_IDLE_MS, max_deliveries=JOB_MAX_DELIVERIES
-            ),
-        )
+        self.leases = Leases.on(bus, ls.GROUP_TOLARIA, consumer, lease_ms)
+        # A job's entry is held as long as its lease: it goes idle (claimable) only once the lease is long gone.
+        self.job_claim_ms = job_claim_ms if job_claim_ms is not None else 3 * lease_ms
+        if self.job_claim_ms <= lease_ms:
+            raise ValueError(f"job_claim_ms must exceed lease_ms ({lease_ms}), got {self.job_claim_ms!r}")
         batch = ConsumerOptions().batch_size
-        self.commands: Subscription = bus.subscribe(
-            ls.CONTROL_COMMANDS,
-            ls.GROUP_TOLARIA,
-            consumer,
-            self.on_command,
-            command_options or ConsumerOptions(batch_size=batch, concurrency=batch),
+        lanes = [
+            Lane(
+                COMMANDS_LANE,
+                (ls.CONTROL_COMMANDS,),
+                self.on_command,
+                command_options or ConsumerOptions(batch_size=batch, concurrency=batch, claim_idle_ms=_HELD_FOR_RUN_MS),
+            ),
+            Lane(
+                DECISIONS_LANE,
+                (ls.CONTROL_DECISIONS,),
+                self.on_decision,
+                ConsumerOptions(claim_idle_ms=_HELD_FOR_RUN_MS),
+            ),
+        ]
+        self.owned = OwnedRuns(bus, self.leases, lanes, on_lost=self._lost)
+        self.router = RunRouter(bus, self.leases, lanes, admit=self._admit, on_refused=self._refused, unless_ended=True)
+        job_options = ConsumerOptions(
+            batch_size=1,
+            concurrency=1,
+            claim_idle_ms=self.job_claim_ms,
+            claim_interval_ms=max(lease_ms // 2, 1),
+            max_deliveries=JOB_MAX_DELIVERIES,
         )
-        self.decisions: Subscription = bus.subscribe(
-            ls.CONTROL_DECISIONS, ls.GROUP_TOLARIA, consumer, self.on_decision, ConsumerOptions()
-        )
+        self.job_slots: list[Subscription] = [
+            bus.subscribe(ls.CONTROL_JOBS, ls.GROUP_TOLARIA, slot_name(consumer, i), self.on_job, job_options)
+            for i in range(max_runs)
+        ]
         self.readiness = BusReadiness(bus.ping)
         self.app = FastAPI(title="Esper Tolaria", description="The trainer: runs jobs, applies commands.")
         self.app.include_router(health_router(self.not_ready, (self.metrics.registry, REGISTRY)))
@@ -103,31 +143,47 @@ class TolariaService:
             log.warning("ignoring %s on %s", job.message_type, delivery.stream)
             return
         run_id = envelope.run_id
+        if await self.leases.is_ended(run_id):
+            log.warning("run %s: job delivered again after the run ended; nothing to do", run_id)
+            return
         inbox = self.inboxes.setdefault(run_id, CommandInbox())
-        run = ServiceRun(run_id, job, self.runs_dir, self.bus, asyncio.get_running_loop(), inbox, self.metrics)
-        log.info("run %s: starting (%s, %d epochs, lockstep %s)", run_id, job.task, job.epochs, job.lockstep)
+        held = HeldEntry(delivery.stream, delivery.group, delivery.consumer, delivery.entry_id)
+        if not await self.owned.adopt(run_id, held):
+            self.inboxes.pop(run_id, None)
+            owner = await self.leases.owner(run_id)
+            log.warning("run %s: a second job for a run %s trains; this copy is dropped", run_id, owner)
+            return
+        run = ServiceRun(run_id, job, self.storage, self.bus, asyncio.get_running_loop(), inbox, self.metrics)
+        log.info(
+            "run %s: starting on %s (%s, %d epochs, lockstep %s)",
+            run_id,
+            delivery.consumer,
+            job.task,
+            job.epochs,
+            job.lockstep,
+        )
         self.metrics.active_runs.inc()
         try:
             outcome = await asyncio.to_thread(run.execute)
         except JobRejected as exc:
             log.error("run %s: job rejected: %s", run_id, exc)
-            await self._end(run_id, inbox, f"run failed: {exc}")
             await self._announce(run_id, TelemetryEvent(kind=EventKind.RUN_FAILED, message=str(exc)))
+            await self._end(run_id, inbox, f"run failed: {exc}")
             self.metrics.runs.labels("failed").inc()
             return
-        except RunInterrupted:
-            inbox.fail_all(RunInterrupted(f"run {run_id} interrupted"))
-            raise
-        except Exception:
-            # retried by the jobs consumer (same process), resuming from the checkpoint
-            inbox.fail_all(RunInterrupted(f"run {run_id} failed; it will be resumed"))
-            if delivery.deliveries >= JOB_MAX_DELIVERIES:
-                self.inboxes.pop(run_id, None)
+        except BaseException as exc:
+            # Interrupted (stopping, lease lost) or failed: the job stays pending and the run resumes from its
+            # checkpoint (here on retry, or on whichever replica adopts it); its commands stay on its stream.
+            inbox.fail_all(RunInterrupted(f"run {run_id} interrupted: {exc}"))
+            if self.inboxes.get(run_id) is inbox:
+                del self.inboxes[run_id]
+            if self.owned.owns(run_id):
+                await self.owned.release(run_id)
             raise
         finally:
             self.metrics.active_runs.dec()
-        await self._end(run_id, inbox, "run finished before the command's boundary")
         await self._announce(run_id, finished_event(outcome))
+        await self._end(run_id, inbox, FINISHED_BEFORE_BOUNDARY)
         self.metrics.runs.labels("finished").inc()
         log.info("run %s: finished, report at %s", run_id, outcome.report_path)
 
@@ -138,44 +194,58 @@ class TolariaService:
             log.warning("ignoring %s on %s", command.message_type, delivery.stream)
             return
         inbox = self.inboxes.get(envelope.run_id)
+        if inbox is None:
+            raise RunInterrupted(f"run {envelope.run_id} is not training here (any more)")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if inbox is None or not inbox.put_command(PendingCommand(command, future_settler(future))):
-            await self._reject(envelope.run_id, [command], f"unknown run {envelope.run_id!r}: not running here")
+        if not inbox.put_command(PendingCommand(command, future_settler(future))):
+            await self._reject(envelope.run_id, [command], FINISHED_BEFORE_BOUNDARY)
             return
         await future
 
     async def on_decision(self, envelope: Envelope[Message], delivery: Delivery) -> None:
-        """Hand Tamiyo's decision to its run (lockstep waits for it); decisions of other runs are dropped."""
+        """Hand Tamiyo's decision to its run (lockstep waits for it)."""
         decision = envelope.payload
         inbox = self.inboxes.get(envelope.run_id)
         if isinstance(decision, AdaptationDecision) and inbox is not None:
             inbox.put_decision(decision)
 
+    # -- routing --------------------------------------------------------------------
+    async def _admit(self, lane: str, envelope: Envelope[Message]) -> str | None:
+        """Route a message to its run if some replica trains it or its job is queued; else say why not."""
+        run_id = envelope.run_id
+        if await self.leases.owner(run_id) is not None:
+            return None
+        if await self.leases.is_ended(run_id):
+            return FINISHED_BEFORE_BOUNDARY
+        if any(job.run_id == run_id for job in await self.leases.unacked(ls.CONTROL_JOBS, ls.GROUP_TOLARIA)):
+            return None  # queued or between owners: it waits on the run's stream
+        return f"unknown run {run_id!r}: no Tolaria trains it or has it queued"
+
+    async def _refused(self, lane: str, envelope: Envelope[Message], reason: str) -> None:
+        if lane == COMMANDS_LANE and isinstance(envelope.payload, AdaptationCommand):
+            why = FINISHED_BEFORE_BOUNDARY if reason == "ended" else reason
+            await self._reject(envelope.run_id, [envelope.payload], why)
+
+    async def _lost(self, run_id: str) -> None:
+        inbox = self.inboxes.get(run_id)
+        if inbox is not None:
+            inbox.fence()
+
     # -- lifecycle ----------------------------------------------------------------
     async def run(self) -> None:
-        """Consume jobs, commands and decisions until :meth:`stop`."""
-        for run_id in await self.pending_job_runs():
-            log.info("run %s: pending from an earlier life of %s; it will resume", run_id, self.consumer_name)
-            self.inboxes.setdefault(run_id, CommandInbox())
+        """Consume jobs, route commands and decisions, keep leases, until :meth:`stop`."""
         async with self.readiness.consuming():
-            await asyncio.gather(self.jobs.run(), self.commands.run(), self.decisions.run())
+            await asyncio.gather(*(slot.run() for slot in self.job_slots), self.router.run(), self.owned.keep())
 
     async def stop(self) -> None:
-        """Interrupt the run at its next boundary (checkpointed, job left pending), stop consuming, close."""
-        for inbox in self.inboxes.values():
+        """Interrupt runs at their next boundary (checkpointed, jobs left pending), stop consuming, close."""
+        for inbox in list(self.inboxes.values()):
             inbox.interrupt()
-        await self.jobs.stop()
-        for inbox in self.inboxes.values():  # commands waiting for a run that will not start now
-            inbox.fail_all(RunInterrupted("service stopping"))
-        await self.commands.stop()
-        await self.decisions.stop()
+        for slot in self.job_slots:
+            await slot.stop()
+        await self.router.stop()
+        await self.owned.close()
         await self.bus.aclose()
-
-    async def pending_job_runs(self) -> list[str]:
-        """Run ids of jobs this consumer holds unacked (it was killed mid-run): their commands must wait, not
-        be rejected as unknown, while the jobs consumer gets back to them."""
-        held = await self.bus.pending(ls.CONTROL_JOBS, ls.GROUP_TOLARIA, self.consumer_name)
-        return [envelope.run_id for envelope in held]
 
     def not_ready(self) -> str | None:
         """None once the consumers run and Redis answered a PING recently, else why not."""
@@ -183,13 +253,19 @@ class TolariaService:
 
     # -- helpers ------------------------------------------------------------------
     async def _end(self, run_id: str, inbox: CommandInbox, reason: str) -> None:
-        """Close the run's inbox; commands that arrived after its last boundary are answered REJECTED."""
+        """The run is over: nothing more is routed to it; queued commands are answered REJECTED."""
         left = inbox.close()
-        if self.inboxes.get(run_id) is inbox:
-            del self.inboxes[run_id]
         await self._reject(run_id, [p.command for p in left], reason)
         for pending in left:
             pending.settle(None)
+
+        async def leftover(lane: str, envelopes: list[Envelope[Message]]) -> None:
+            commands = [e.payload for e in envelopes if isinstance(e.payload, AdaptationCommand)]
+            await self._reject(run_id, commands, reason)
+
+        await self.owned.release(run_id, ended=True, on_leftover=leftover)
+        if self.inboxes.get(run_id) is inbox:
+            del self.inboxes[run_id]
 
     async def _reject(self, run_id: str, commands: list[AdaptationCommand], reason: str) -> None:
         results = [

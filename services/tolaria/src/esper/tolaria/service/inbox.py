@@ -59,6 +59,7 @@ class CommandInbox:
         self._commands: list[PendingCommand] = []
         self._decisions: dict[int, AdaptationDecision] = {}
         self._interrupted = False
+        self._fenced = False
         self._closed = False
 
     # -- event loop side --------------------------------------------------------
@@ -83,6 +84,14 @@ class CommandInbox:
             self._interrupted = True
             self._cond.notify_all()
 
+    def fence(self) -> None:
+        """The run's lease was lost (another replica owns it now): like :meth:`interrupt`, but the thread must
+        not apply, checkpoint or publish anything more - the new owner resumes from the last checkpoint."""
+        with self._cond:
+            self._fenced = True
+            self._interrupted = True
+            self._cond.notify_all()
+
     def close(self) -> list[PendingCommand]:
         """Refuse further commands; returns the ones still queued (the run ended before their boundary)."""
         with self._cond:
@@ -102,6 +111,11 @@ class CommandInbox:
     def interrupted(self) -> bool:
         with self._cond:
             return self._interrupted
+
+    @property
+    def fenced(self) -> bool:
+        with self._cond:
+            return self._fenced
 
     def take_commands(self) -> list[PendingCommand]:
         """Every queued command, oldest first."""

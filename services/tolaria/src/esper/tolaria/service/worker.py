@@ -33,6 +33,7 @@ from esper.tolaria.runs import RunFolder, has_checkpoint
 from esper.tolaria.service.inbox import CommandInbox, PendingCommand, RunInterrupted
 from esper.tolaria.service.metrics import TolariaMetrics
 from esper.tolaria.service.outbox import Outbox
+from esper.tolaria.service.storage import RunStorage
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +52,21 @@ class RunOutcome:
 
 
 class ServiceRun:
-    """``job`` as run ``run_id`` in ``runs_dir/<run_id>/``, steered only by the commands in ``inbox``."""
+    """``job`` as run ``run_id`` in its folder from ``storage``, steered only by the commands in ``inbox``."""
 
     def __init__(
         self,
         run_id: str,
         job: TrainingJob,
-        runs_dir: Path,
+        storage: RunStorage,
         bus: Bus,
         loop: asyncio.AbstractEventLoop,
         inbox: CommandInbox,
         metrics: TolariaMetrics,
     ) -> None:
         self.run_id, self.job, self.inbox, self.metrics = run_id, job, inbox, metrics
-        self.out_dir = Path(runs_dir) / run_id
+        self.storage = storage
+        self.out_dir = storage.checkout(run_id)
         self.outbox = Outbox(bus, run_id, loop)
         self.lockstep_timeout_s = job.lockstep_timeout_ms / 1000.0
         self._taken: list[PendingCommand] = []
@@ -95,6 +97,7 @@ class ServiceRun:
             self._settle(exc if isinstance(exc, RunInterrupted) else RunInterrupted(str(exc)))
             raise
         report = folder.finish()
+        self.storage.commit(self.run_id, self.out_dir)
         return RunOutcome(report, self.out_dir / REPORT_NAME, resumed_from)
 
     def _open(self, resume: bool) -> RunFolder:
@@ -117,6 +120,8 @@ class ServiceRun:
 
     def _boundary(self, signals: TrainingSignals) -> list[AdaptationCommand]:
         """Trainer hook after an epoch's signals are published: flush them, wait in lockstep, take commands."""
+        if self.inbox.fenced:
+            return []  # another replica owns the run now: apply nothing (the commit refuses to checkpoint)
         self.outbox.flush()
         if self.job.lockstep:
             self._await_tamiyo(signals.epoch)
@@ -154,8 +159,11 @@ class ServiceRun:
 
     def _commit(self, folder: RunFolder) -> None:
         """Publish what the boundary produced, checkpoint it, then let the bus ack its commands."""
+        if self.inbox.fenced:
+            raise RunInterrupted(f"run {self.run_id}: lease lost; the new owner resumes from the last checkpoint")
         self.outbox.flush()
         folder.checkpoint()
+        self.storage.commit(self.run_id, self.out_dir)
         self._settle(None)
 
     def _settle(self, error: BaseException | None) -> None:
