@@ -1,19 +1,35 @@
-"""Growth benchmark on MNIST-1D: static small host vs Esper (heuristic) vs a static ~5k CNN.
+"""Growth benchmark on MNIST-1D: does growing pay?
 
-Each arm trains with the reference budget of the MNIST-1D paper (Adam 1e-2,
-batch 100, EPOCHS epochs of 38 steps ~ 6,000 steps) over SEEDS seeds, on the
-3,800 training rows left after the 200-row validation split; every decision
-reads the validation split only. Every arm uses the same ``anneal`` schedule:
-the constant reference rate for 85% of the steps, then a short cosine tail, so
-that no arm's final accuracy is one random draw from constant-rate noise while
-the long constant phase keeps the reference budget (``--schedule`` compares the
-alternatives). Progress goes to stderr; the last stdout
-line is JSON: {"static_small": {...}, "heuristic": {...}, "static_5k": {...}}
-with each arm's median final validation accuracy (what the heuristic's defaults
-were tuned on), median final test accuracy (reported, never tuned on) and
-median final parameter count.
+Arms (each over SEEDS seeds, the same data, budget and schedule):
 
-    .venv/bin/python benchmarks/growth.py [--seeds 5] [--epochs 158] [--workers 2]
+* ``static_small``: the 858-parameter host, trained by Tolaria, no growth;
+* ``heuristic``: that host grown by the heuristic Tamiyo within 5,210 parameters;
+* ``static_5k``: the 5,210-parameter host (``host_channels=25``), trained by Tolaria;
+* ``oracle``: each heuristic run's final architecture (``esper.kasmina.export``),
+  re-initialized the way a user would (every layer's own PyTorch init) and
+  trained statically by Tolaria with the same seed (run right after its
+  heuristic run, in the same worker);
+* ``bare``: a plain PyTorch loop, no Esper, over the static 5,210-parameter host.
+
+Every arm trains with the reference budget of the MNIST-1D paper (Adam 1e-2,
+batch 100, EPOCHS epochs of 38 steps ~ 6,000 steps) on the 3,800 training rows
+left after the 200-row validation split, with the ``anneal`` schedule (constant
+rate, cosine over the last 15% of steps); every decision reads the validation
+split only, the test split is evaluated every epoch for the record. Tolaria arms
+run as ``esper train`` does (events, a checkpoint every ``--checkpoint-every``
+epochs), without the end-of-run plot. Training FLOPs are counted with
+``torch.utils.flop_counter.FlopCounterMode`` on one step per distinct
+architecture (and training mode), times its steps; counting is off the clock.
+
+The ablation flags change the heuristic arm (and so the oracle built from it);
+see the README's "Does growing pay?" for what each one showed.
+
+Progress goes to stderr; the last stdout line is JSON, per arm: median final
+validation and test accuracy, median final parameters, per-seed lists,
+``median_seconds`` and ``median_train_flops``; plus ``ratios`` (per-seed
+heuristic/oracle and static_5k/bare wall-time ratios, medians).
+
+    .venv/bin/python benchmarks/growth.py [--seeds 5] [--epochs 158] [--workers 2] [--arms heuristic,oracle]
 """
 
 from __future__ import annotations
@@ -23,61 +39,161 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from esper.tolaria.schedule import LR_SCHEDULES
-
-ARMS = {
-    "static_small": {"policy": "none"},
-    "heuristic": {"policy": "heuristic", "param_budget": 5210},
-    "static_5k": {"policy": "none", "host_channels": 25},
-}
+ARMS = ("static_small", "heuristic", "static_5k", "oracle", "bare")
+HOST_CHANNELS = {"static_small": None, "heuristic": None, "static_5k": 25, "bare": 25}
+BUDGET = 5210
+SEED_INITS = ("zero", "default", "gradmax")
+ORACLE_INITS = ("default", "zero")
 
 
-def one(arm: str, seed: int, epochs: int, schedule: str) -> dict[str, float]:
-    import torch
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """One benchmark invocation's knobs (the ablation flags)."""
 
-    torch.set_num_threads(1)
-    from esper.tolaria.runs import RunSpec, run
+    epochs: int = 158
+    schedule: str = "anneal"
+    checkpoint_every: int = 1
+    isolation_epochs: int | None = None
+    isolated_pass: bool = True
+    merge_fossilized: bool = True
+    blend_epochs: int | None = None
+    alpha_schedule: str | None = None
+    seed_init: str = "zero"
+    germinate_epoch: int | None = None
+    max_active_seeds: int | None = None
+    slot_order: tuple[str, ...] | None = None
+    oracle_init: str = "default"
 
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        report = run(RunSpec(epochs=epochs, seed=seed, lr_schedule=schedule, **ARMS[arm]), Path(out), progress=False)
-    seeds = [e for e in report["seed_events"] if e["to"] in ("GERMINATED", "FOSSILIZED", "CULLED")]
-    result = {
-        "arm": arm,
-        "seed": seed,
-        "final_val_accuracy": report["final_val_accuracy"],
-        "final_test_accuracy": report["final_test_accuracy"],
-        "best_val_accuracy": report["best_val_accuracy"],
-        "params_final": report["params_final"],
-        "seed_events": [f"e{e['epoch']} {e['slot']} {e['blueprint']} {e['to']}" for e in seeds],
-        "seconds": time.perf_counter() - started,
-    }
+
+def _trainer_config(settings: Settings, seed: int) -> Any:
+    from esper.tolaria.config import TrainerConfig
+    from esper.tolaria.governor import GovernorConfig
+
+    return TrainerConfig(
+        epochs=settings.epochs,
+        batch_size=100,
+        lr=1e-2,
+        lr_schedule=settings.schedule,
+        seed=seed,
+        governor=GovernorConfig(sigma=6.0),
+        isolated_seed_pass=settings.isolated_pass,
+        merge_fossilized=settings.merge_fossilized,
+        checkpoint_every=settings.checkpoint_every,
+    )
+
+
+def _growth_configs(settings: Settings) -> tuple[Any, Any]:
+    """Kasmina's config and the heuristic's, with the ablation flags applied."""
+    from esper.leyline import TrainingJob
+    from esper.tamiyo.policies import heuristic_config
+    from esper.tolaria.runs import KASMINA
+
+    kasmina = KASMINA
+    heuristic = heuristic_config(TrainingJob(param_budget=BUDGET))
+    if settings.isolation_epochs is not None:
+        thresholds = replace(kasmina.thresholds, min_training_epochs=settings.isolation_epochs)
+        kasmina = replace(kasmina, thresholds=thresholds)
+        heuristic = replace(
+            heuristic, thresholds=replace(heuristic.thresholds, min_training_epochs=thresholds.min_training_epochs)
+        )
+    if settings.blend_epochs is not None:
+        kasmina = replace(kasmina, blend_epochs=settings.blend_epochs)
+    if settings.alpha_schedule is not None:
+        kasmina = replace(kasmina, alpha_schedule=settings.alpha_schedule)
+    if settings.germinate_epoch is not None:
+        heuristic = replace(heuristic, min_epoch_to_germinate=settings.germinate_epoch)
+    if settings.max_active_seeds is not None:
+        heuristic = replace(heuristic, max_active_seeds=settings.max_active_seeds)
+    if settings.slot_order is not None:
+        heuristic = replace(heuristic, slot_order=settings.slot_order)
+    return kasmina, heuristic
+
+
+def _seed_init_hook(kind: str) -> Any:
+    """Re-initialize each new seed at germination (``zero`` leaves Kasmina's init); see ``growth_arms.init_seed``."""
+    if kind == "zero":
+        return None
+    from growth_arms import init_seed
+
+    def hook(trainer: Any) -> None:
+        make_optimizer = trainer.new_seed_optimizer
+
+        def new_seed_optimizer(params: list[Any]) -> Any:
+            ids = {id(p) for p in params}
+            for slot_id, slot in trainer.model.slots.items():
+                if slot.seed is not None and ids & {id(p) for p in slot.seed.parameters()}:
+                    init_seed(trainer, slot_id, kind)
+            return make_optimizer(params)
+
+        trainer.new_seed_optimizer = new_seed_optimizer
+
+    return hook
+
+
+def _record(arm: str, seed: int, run: Any) -> dict[str, Any]:
+    result = {"arm": arm, "seed": seed, **asdict(run)}
+    result["seconds"] = round(result["seconds"], 2)
+    result["cpu_seconds"] = round(result["cpu_seconds"], 2)
     print(json.dumps(result), file=sys.stderr, flush=True)
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=158)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--schedule", choices=LR_SCHEDULES, default="anneal", help="LR schedule of every arm")
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
-    args = parser.parse_args()
-    arms = [a for a in args.arms.split(",") if a]
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        parser.error(f"unknown arms {unknown} (known: {', '.join(ARMS)})")
-    jobs = [(arm, seed) for seed in range(args.seeds) for arm in arms]
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        results = list(pool.map(one, *zip(*jobs, strict=True), [args.epochs] * len(jobs), [args.schedule] * len(jobs)))
-    summary = {}
+def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict[str, Any]]:
+    """Train ``arm`` for ``seed`` (the heuristic arm followed by its oracle when asked)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from growth_arms import bare_run, oracle_host, oracle_task, tolaria_run
+
+    from esper.tamiyo.heuristic import HeuristicTamiyo
+    from esper.tamiyo.policy import StaticPolicy
+    from esper.tolaria.runs import KASMINA
+    from esper.tolaria.tasks import load_task
+
+    config = _trainer_config(settings, seed)
+    task = load_task("mnist1d", host_channels=HOST_CHANNELS.get(arm))
+    if arm == "bare":
+        return [_record(arm, seed, bare_run(task, config))]
+    with tempfile.TemporaryDirectory() as out:
+        if arm != "heuristic":
+            _, run = tolaria_run(task, config, Path(out), kasmina=KASMINA, policy=lambda _m: StaticPolicy())
+            return [_record(arm, seed, run)]
+        kasmina, heuristic = _growth_configs(settings)
+        trainer, run = tolaria_run(
+            task,
+            config,
+            Path(out),
+            kasmina=kasmina,
+            policy=lambda _model: HeuristicTamiyo(heuristic),
+            param_budget=BUDGET,
+            on_trainer=_seed_init_hook(settings.seed_init),
+        )
+        results = [_record(arm, seed, run)]
+    if with_oracle:
+        build = oracle_host(trainer.model, zero_seed_outputs=settings.oracle_init == "zero")
+        with tempfile.TemporaryDirectory() as out:
+            _, oracle = tolaria_run(
+                oracle_task(task, build), config, Path(out), kasmina=KASMINA, policy=lambda _m: StaticPolicy()
+            )
+        results.append(_record("oracle", seed, oracle))
+    return results
+
+
+def _ratios(results: list[dict[str, Any]], num: str, den: str, key: str) -> list[float]:
+    by_seed = {(r["arm"], r["seed"]): r[key] for r in results}
+    seeds = sorted({r["seed"] for r in results})
+    return [round(by_seed[num, s] / by_seed[den, s], 3) for s in seeds if (num, s) in by_seed and (den, s) in by_seed]
+
+
+def summarize(arms: list[str], results: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
     for arm in arms:
-        runs = [r for r in results if r["arm"] == arm]
+        runs = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
         summary[arm] = {
             "median_final_val_accuracy": statistics.median(r["final_val_accuracy"] for r in runs),
             "median_final_test_accuracy": statistics.median(r["final_test_accuracy"] for r in runs),
@@ -85,9 +201,88 @@ def main() -> None:
             "final_val_accuracies": [round(r["final_val_accuracy"], 4) for r in runs],
             "final_test_accuracies": [round(r["final_test_accuracy"], 4) for r in runs],
             "params_final": [r["params_final"] for r in runs],
-            "median_seconds": round(statistics.median(r["seconds"] for r in runs), 1),
+            "median_seconds": round(statistics.median(r["seconds"] for r in runs), 2),
+            "seconds": [r["seconds"] for r in runs],
+            "median_cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in runs), 2),
+            "median_train_flops": statistics.median(r["train_flops"] for r in runs),
         }
-    print(json.dumps(summary))
+    ratios = {}
+    for num, den in (("heuristic", "oracle"), ("static_5k", "bare")):
+        for key in ("seconds", "cpu_seconds"):
+            values = _ratios(results, num, den, key)
+            if values:
+                ratios[f"{num}/{den}_{key}"] = {"median": statistics.median(values), "per_seed": values}
+    flops = {}
+    if "heuristic" in summary and "oracle" in summary:
+        flops["heuristic/oracle_train_flops"] = round(
+            summary["heuristic"]["median_train_flops"] / summary["oracle"]["median_train_flops"], 3
+        )
+    summary["ratios"] = {**ratios, **flops}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=158)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
+    parser.add_argument("--schedule", default="anneal", help="LR schedule of every arm (cosine, constant, anneal)")
+    parser.add_argument("--checkpoint-every", type=int, default=1, help="Tolaria arms checkpoint every N epochs")
+    ablation = parser.add_argument_group("ablations (heuristic arm)")
+    ablation.add_argument("--isolation-epochs", type=int, help="epochs a seed trains isolated before G2 (gate minimum)")
+    ablation.add_argument(
+        "--no-isolated-pass",
+        dest="isolated_pass",
+        action="store_false",
+        help="isolated seeds follow the straight-through gradient only (no extra forward/backward at alpha 1)",
+    )
+    ablation.add_argument(
+        "--separate-optimizers",
+        dest="merge_fossilized",
+        action="store_false",
+        help="a fossilized seed keeps its own optimizer (and clipping norm) instead of joining the host's",
+    )
+    ablation.add_argument("--blend-epochs", type=int, help="epochs the alpha ramp takes")
+    ablation.add_argument("--alpha-schedule", choices=("linear", "cosine", "sigmoid"))
+    ablation.add_argument("--seed-init", choices=SEED_INITS, default="zero", help="a new seed's last layer")
+    ablation.add_argument("--germinate-epoch", type=int, help="first epoch the heuristic may germinate")
+    ablation.add_argument("--max-active-seeds", type=int, help="seeds live at once")
+    ablation.add_argument("--slot-order", help="comma-separated slots in the order the heuristic fills them")
+    ablation.add_argument("--oracle-init", choices=ORACLE_INITS, default="default", help="the oracle's seed layers")
+    args = parser.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        parser.error(f"unknown arms {unknown} (known: {', '.join(ARMS)})")
+    if "oracle" in arms and "heuristic" not in arms:
+        parser.error("the oracle arm is built from the heuristic arm's runs: add 'heuristic' to --arms")
+    settings = Settings(
+        epochs=args.epochs,
+        schedule=args.schedule,
+        checkpoint_every=args.checkpoint_every,
+        isolation_epochs=args.isolation_epochs,
+        isolated_pass=args.isolated_pass,
+        merge_fossilized=args.merge_fossilized,
+        blend_epochs=args.blend_epochs,
+        alpha_schedule=args.alpha_schedule,
+        seed_init=args.seed_init,
+        germinate_epoch=args.germinate_epoch,
+        max_active_seeds=args.max_active_seeds,
+        slot_order=tuple(args.slot_order.split(",")) if args.slot_order else None,
+        oracle_init=args.oracle_init,
+    )
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    # heuristic runs first: each carries its oracle, so they are the longest jobs
+    order = sorted((a for a in arms if a != "oracle"), key=lambda a: a != "heuristic")
+    jobs = [(arm, seed) for arm in order for seed in seeds]
+    with_oracle = "oracle" in arms
+    print(json.dumps({"settings": asdict(settings), "arms": arms}), file=sys.stderr, flush=True)
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        futures = [pool.submit(one, arm, seed, settings, with_oracle) for arm, seed in jobs]
+        results = [r for f in futures for r in f.result()]
+    print(json.dumps(summarize(arms, results)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,322 @@
+"""What the growth and overhead benchmarks train: Tolaria runs, the oracle of a grown run, a bare loop.
+
+Not a script: ``growth.py`` and ``tolaria_overhead.py`` import it (both run from
+``benchmarks/``, which Python puts first on the path).
+
+* :func:`tolaria_run` drives a :class:`Trainer` the way ``esper.tolaria.runs.run``
+  does (events to ``events.jsonl``, a checkpoint every ``checkpoint_every``
+  epochs and after the last), without the end-of-run plot, and counts training
+  FLOPs off the clock.
+* :func:`oracle_host` turns a grown model into the static network a user would
+  train from scratch: ``esper.kasmina.export``, every parameter re-initialized.
+* :func:`bare_run` is a plain PyTorch loop, no Esper: same data, data order,
+  model, Adam, gradient clipping, schedule and per-epoch evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from esper.kasmina import KasminaConfig, MorphogeneticModel, export
+from esper.leyline import SeedStage
+from esper.tolaria.checkpoint import save_checkpoint
+from esper.tolaria.config import TrainerConfig, seed_everything
+from esper.tolaria.governor import Governor, GovernorConfig
+from esper.tolaria.report import EVENTS_NAME, EventLog
+from esper.tolaria.schedule import lr_factor
+from esper.tolaria.steps import host_only_parameters, plan_epoch, train_step
+from esper.tolaria.tasks import Task
+from esper.tolaria.trainer import Trainer
+
+PolicyFactory = Callable[[MorphogeneticModel], Any]
+
+
+@dataclass(slots=True)
+class ArmRun:
+    """One training's outcome; ``seconds`` (wall) and ``cpu_seconds`` (this process) exclude FLOP counting."""
+
+    final_val_accuracy: float
+    final_test_accuracy: float
+    best_val_accuracy: float
+    params_final: int
+    seconds: float
+    cpu_seconds: float
+    train_flops: int
+    seed_events: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- FLOPs ---------------------------------------------------------------------
+def _architecture_key(trainer: Trainer) -> tuple[Any, ...]:
+    """What decides a training step's FLOPs: each slot's stage and seed, and the isolated pass."""
+    slots = tuple(
+        (sid, SeedStage(s.stage).name, s.blueprint, tuple(sorted(s.blueprint_config.items())))
+        for sid, s in trainer.model.slots.items()
+    )
+    return (*slots, trainer.config.isolated_seed_pass)
+
+
+def step_flops(trainer: Trainer) -> int:
+    """FLOPs of one training step of ``trainer`` now, counted on a copy (the run is untouched)."""
+    model, optimizers = copy.deepcopy((trainer.model, trainer.optimizers))
+    plan = plan_epoch(
+        model,
+        optimizers,
+        host_only_parameters(model, set(optimizers) - {"host"}),
+        isolated_seed_pass=trainer.config.isolated_seed_pass,
+    )
+    n = trainer.config.batch_size
+    x, y = trainer.task.train.x[:n], trainer.task.train.y[:n]
+    governor = Governor(GovernorConfig(enabled=False))
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, optimizers, plan, x, y, governor=governor, grad_clip=trainer.config.grad_clip)
+    return int(counter.get_total_flops())
+
+
+def module_step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one forward and backward of a plain module on ``x``, ``y`` (on a copy)."""
+    model = copy.deepcopy(model)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return int(counter.get_total_flops())
+
+
+# -- Tolaria --------------------------------------------------------------------
+def tolaria_run(
+    task: Task,
+    config: TrainerConfig,
+    out_dir: Path,
+    *,
+    kasmina: KasminaConfig | None = None,
+    policy: PolicyFactory | None = None,
+    param_budget: int | None = None,
+    on_trainer: Callable[[Trainer], None] | None = None,
+) -> tuple[Trainer, ArmRun]:
+    """Train ``task`` with Tolaria as ``esper train`` does; ``policy(model)`` builds the in-process policy.
+
+    ``on_trainer`` sees the trainer before the first epoch (ablations hook it there).
+    """
+    started, cpu_started = time.perf_counter(), time.process_time()
+    off_clock = off_cpu = 0.0
+    log = EventLog(out_dir / EVENTS_NAME)
+    trainer = Trainer(task, None, config, kasmina=kasmina, sinks=(log,), param_budget=param_budget)
+    trainer.policy = policy(trainer.model) if policy is not None else None
+    if on_trainer is not None:
+        on_trainer(trainer)
+    flops_per_step: dict[tuple[Any, ...], int] = {}
+    steps_per_key: dict[tuple[Any, ...], int] = {}
+    try:
+        while trainer.epoch < config.epochs and not trainer.stop_requested:
+            key = _architecture_key(trainer)
+            if key not in flops_per_step:
+                t0, c0 = time.perf_counter(), time.process_time()
+                flops_per_step[key] = step_flops(trainer)
+                off_clock += time.perf_counter() - t0
+                off_cpu += time.process_time() - c0
+            step_before = trainer.step
+            trainer.run_epoch()
+            steps_per_key[key] = steps_per_key.get(key, 0) + trainer.step - step_before
+            if trainer.epoch % config.checkpoint_every == 0 or trainer.epoch == config.epochs:
+                save_checkpoint(trainer, out_dir, meta={})
+    finally:
+        log.close()
+    seconds = time.perf_counter() - started - off_clock
+    cpu_seconds = time.process_time() - cpu_started - off_cpu
+    history = trainer.history
+    final = history[-1]
+    events = [
+        f"e{e.epoch} {e.slot_id} {e.blueprint} {SeedStage(e.to_stage).name}"
+        for e in trainer.model.events
+        if SeedStage(e.to_stage) in (SeedStage.GERMINATED, SeedStage.FOSSILIZED, SeedStage.CULLED)
+    ]
+    return trainer, ArmRun(
+        final_val_accuracy=final.val_accuracy,
+        final_test_accuracy=final.test_accuracy,
+        best_val_accuracy=max(r.val_accuracy for r in history),
+        params_final=trainer.model.param_count(),
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        train_flops=sum(flops_per_step[k] * n for k, n in steps_per_key.items()),
+        seed_events=events,
+    )
+
+
+# -- the oracle ------------------------------------------------------------------
+def reinitialize(module: nn.Module) -> nn.Module:
+    """Re-draw every parameter the way a user building this network would: each layer's own init."""
+    for sub in module.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset) and sub is not module:
+            reset()
+    return module
+
+
+def oracle_host(grown: MorphogeneticModel, *, zero_seed_outputs: bool = False) -> Callable[[], nn.Module]:
+    """A ``build_host`` for the grown model's final architecture, trained from scratch.
+
+    The architecture is ``export(grown)`` (fossilized seeds merged, everything
+    else dropped). Each call re-initializes a copy of it with PyTorch's layer
+    defaults, under whatever RNG state the caller set (the trainer seeds it).
+    ``zero_seed_outputs`` then zeroes the last layer of every merged seed, as
+    Kasmina initializes a fresh seed (the ablation that separates the
+    initialization from growing).
+    """
+    exported = export(grown)
+    seed_modules = [
+        f"{slot.module_name}.1"
+        for slot in grown.slots.values()
+        if slot.seed is not None and SeedStage(slot.stage) is SeedStage.FOSSILIZED
+    ]
+
+    def build() -> nn.Module:
+        model = reinitialize(copy.deepcopy(exported))
+        if zero_seed_outputs:
+            for name in seed_modules:
+                last = [m for m in model.get_submodule(name).modules() if list(m.parameters(recurse=False))][-1]
+                with torch.no_grad():
+                    for p in last.parameters(recurse=False):
+                        p.zero_()
+        return model
+
+    return build
+
+
+def oracle_task(task: Task, build_host: Callable[[], nn.Module]) -> Task:
+    """``task`` with a fixed host and no slots (a static run of that host)."""
+    return replace(task, build_host=build_host, slots={})
+
+
+# -- the bare loop -----------------------------------------------------------------
+@torch.no_grad()
+def _accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
+    model.eval()
+    loss, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    for start in range(0, len(y), batch):
+        logits = model(x[start : start + batch])
+        loss += F.cross_entropy(logits, y[start : start + batch], reduction="sum")
+        correct += (logits.argmax(dim=1) == y[start : start + batch]).sum()
+    model.train()
+    return int(correct) / len(y), float(loss) / len(y)
+
+
+def bare_run(task: Task, config: TrainerConfig) -> ArmRun:
+    """A plain PyTorch loop over ``task``'s host: no Esper in the loop, the trainer's recipe.
+
+    Same seeding, host, data order, Adam, clipping at ``grad_clip``, learning-rate
+    schedule, and the same per-epoch evaluation of the validation and test splits.
+    """
+    started, cpu_started = time.perf_counter(), time.process_time()
+    seed_everything(config.seed)
+    model = task.build_host()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    train = task.train
+    n, batch = len(train), config.batch_size
+    total_steps = config.epochs * math.ceil(n / batch)
+    step, best_val = 0, 0.0
+    t0, c0 = time.perf_counter(), time.process_time()
+    flops = module_step_flops(model, train.x[:batch], train.y[:batch])
+    counted, counted_cpu = time.perf_counter() - t0, time.process_time() - c0
+    for _ in range(config.epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        train_loss = torch.zeros(())
+        for start in range(0, n, batch):
+            index = order[start : start + batch]
+            x, y = train.x[index], train.y[index]
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(config.lr_schedule, step, total_steps)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
+            optimizer.step()
+            train_loss += loss.detach() * len(y)
+            step += 1
+        val_acc, _ = _accuracy_and_loss(model, task.val.x, task.val.y, config.eval_batch_size)
+        test_acc, _ = _accuracy_and_loss(model, task.test.x, task.test.y, config.eval_batch_size)
+        best_val = max(best_val, val_acc)
+        float(train_loss)  # the epoch's one sync, as a loop that logs its training loss has
+    seconds = time.perf_counter() - started - counted
+    cpu_seconds = time.process_time() - cpu_started - counted_cpu
+    return ArmRun(
+        final_val_accuracy=val_acc,
+        final_test_accuracy=test_acc,
+        best_val_accuracy=best_val,
+        params_final=sum(p.numel() for p in model.parameters()),
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        train_flops=flops * step,
+        extra={"flop_counting_seconds": round(counted, 3)},
+    )
+
+
+# -- seed initialization ablations ----------------------------------------------------
+def _parametrized_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if list(m.parameters(recurse=False))]
+
+
+@torch.no_grad()
+def _gradmax_directions(model: MorphogeneticModel, slot_id: str, x: torch.Tensor, y: torch.Tensor, kernel: int) -> Any:
+    """Eigenvectors (largest first) of sum_j M_j^T M_j, M_j = sum_{n,t} g(t) p(t + j)^T: the incoming
+    directions whose (linearized) outgoing-weight gradient is largest (GradMax, Evci et al. 2022)."""
+    slot = model.slots[slot_id]
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        captured["h"] = out
+
+    handle = slot.target.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x), y)
+            (g,) = torch.autograd.grad(loss, [captured["h"]])
+    finally:
+        handle.remove()
+    h = captured["h"].detach()  # (N, C, L): what the seed reads
+    pad = kernel // 2
+    patches = F.pad(h, (pad, pad)).unfold(2, kernel, 1)  # (N, C, L, k)
+    patches = patches.permute(0, 2, 1, 3).reshape(h.shape[0], h.shape[2], -1)  # (N, L, C*k)
+    scatter = torch.zeros(patches.shape[2], patches.shape[2], dtype=torch.float64)
+    length = h.shape[2]
+    for j in range(-pad, pad + 1):  # the outgoing convolution's taps
+        lo, hi = max(0, -j), min(length, length - j)
+        m = torch.einsum("nct,ntd->cd", g[:, :, lo:hi].double(), patches[:, lo + j : hi + j].double())
+        scatter += m.T @ m
+    _, vectors = torch.linalg.eigh(scatter)
+    return vectors.flip(1).T.float()  # rows: directions, largest eigenvalue first
+
+
+def init_seed(trainer: Trainer, slot_id: str, kind: str, batch: int = 500) -> None:
+    """Re-initialize the new seed in ``slot_id``: ``default`` draws its last layer with PyTorch's
+    init (no longer the identity); ``gradmax`` points the first layer's filters (of a
+    conv -> ReLU -> conv seed) along the GradMax directions, keeping their norms and the zero last layer."""
+    seed = trainer.model.slots[slot_id].seed
+    assert seed is not None
+    layers = _parametrized_layers(seed)
+    if kind == "default":
+        layers[-1].reset_parameters()
+        return
+    if kind != "gradmax" or len(layers) != 2 or not isinstance(layers[0], nn.Conv1d):
+        return  # GradMax is defined here for one hidden layer; other seeds keep Kasmina's init
+    first = layers[0]
+    out_channels, in_channels, kernel = first.weight.shape
+    x, y = trainer.task.train.x[:batch], trainer.task.train.y[:batch]
+    directions = _gradmax_directions(trainer.model, slot_id, x, y, kernel)
+    with torch.no_grad():
+        weight = first.weight.reshape(out_channels, -1)
+        norms = weight.norm(dim=1, keepdim=True)
+        rows = min(out_channels, directions.shape[0])
+        weight[:rows] = directions[:rows] * norms[:rows]
+        first.weight.copy_(weight.reshape(out_channels, in_channels, kernel))
