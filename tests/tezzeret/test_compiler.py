@@ -13,16 +13,25 @@ from esper.tezzeret.compiler import ValidationFailed, compile_kernel, validate
 SHAPES = {"linear": (16,), "sequence": (5, 16), "conv1d": (8, 19), "conv2d": (4, 6, 6)}
 
 
-@pytest.mark.parametrize("blueprint", list_blueprints())
-def test_every_builtin_blueprint_compiles_validates_and_is_measured(blueprint):
+def _cases() -> list[object]:
+    """Every built-in blueprint at every layout it serves; beyond its first layout, only in the slow run."""
+    cases: list[object] = []
+    for name in list_blueprints():
+        for i, layout in enumerate(get_blueprint(name).layer_kinds):
+            marks = [pytest.mark.slow] if i else []
+            cases.append(pytest.param(name, layout, id=f"{name}-{layout}", marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(("blueprint", "layout"), _cases())
+def test_every_builtin_blueprint_compiles_validates_and_is_measured(blueprint, layout):
     spec = get_blueprint(blueprint)
-    for layout in spec.layer_kinds:
-        kernel = compile_kernel(blueprint, SHAPES[layout], layout=layout, batch=8, repeats=3)
-        assert kernel.artifact_format == "torch.export", (blueprint, layout)
-        assert kernel.layout == layout
-        assert kernel.params == spec.param_count(SHAPES[layout], layer_kind=layout)
-        assert kernel.max_abs_error <= 1e-5 and kernel.max_grad_error <= 1e-4
-        assert kernel.forward_us > 0 and kernel.backward_us > 0 and kernel.memory_bytes > 4 * kernel.params
+    kernel = compile_kernel(blueprint, SHAPES[layout], layout=layout, batch=8, repeats=3)
+    assert kernel.artifact_format == "torch.export"
+    assert kernel.layout == layout
+    assert kernel.params == spec.param_count(SHAPES[layout], layer_kind=layout)
+    assert kernel.max_abs_error <= 1e-5 and kernel.max_grad_error <= 1e-4
+    assert kernel.forward_us > 0 and kernel.backward_us > 0 and kernel.memory_bytes > 4 * kernel.params
 
 
 def test_the_artifact_loads_and_trains_again():
