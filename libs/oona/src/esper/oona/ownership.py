@@ -112,18 +112,24 @@ class RunRouter:
         self.options = options or ConsumerOptions()
         self.leading = False
         self._stop = asyncio.Event()
+        self._done = asyncio.Event()
+        self._running = False
         self._clock = clock or _wall_clock
 
     async def run(self) -> None:
         """Try to lead every ttl/3; while leading, route; return after :meth:`stop`."""
         every = self.leases.ttl_ms / 3000.0
-        while not self._stop.is_set():
-            try:
-                if await self.leases.acquire(ROUTER_LEASE):
-                    await self._lead(every)
-            except self.bus_errors as exc:
-                log.warning("router %s/%s: bus error (%s); retrying", self.group, self.leases.holder, exc)
-            await _sleep(self._stop, every)
+        self._running = True
+        try:
+            while not self._stop.is_set():
+                try:
+                    if await self.leases.acquire(ROUTER_LEASE):
+                        await self._lead(every)
+                except self.bus_errors as exc:
+                    log.warning("router %s/%s: bus error (%s); retrying", self.group, self.leases.holder, exc)
+                await _sleep(self._stop, every)
+        finally:
+            self._done.set()
 
     @property
     def bus_errors(self) -> tuple[type[BaseException], ...]:
@@ -149,7 +155,14 @@ class RunRouter:
             await asyncio.gather(task, return_exceptions=True)
 
     async def stop(self) -> None:
+        """Stop routing (the router lease expires, or is taken by the next replica); return once stopped."""
         self._stop.set()
+        if self._running:
+            await self._done.wait()
+        try:
+            await self.leases.release(ROUTER_LEASE)
+        except self.bus_errors:
+            pass  # it expires on its own
 
     async def _route(self, envelope: Envelope[Message], delivery: Delivery) -> None:
         lane = self.lane_of[delivery.stream]

@@ -1,24 +1,29 @@
-"""``python -m esper.tamiyo.service``: read config, build the objects, run the consumer and the API."""
+"""``python -m esper.tamiyo.service``: read config, build the objects, run the consumer and the API.
+
+Replicas share runs (:class:`esper.tamiyo.service.loop.RunShards`); ``--lease-ms``
+(``ESPER_LEASE_MS``) is how long a dead replica keeps its runs before the others
+adopt them. Each replica needs its own ``--consumer`` name.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from prometheus_client import REGISTRY
 
-from esper.leyline import streams as ls
-from esper.oona import ConsumerOptions, RedisBus
+from esper.oona import RedisBus
 from esper.service import BusReadiness, ServiceSettings, add_arguments, configure_logging, serve, settings_from
 from esper.tamiyo.api import create_app
 from esper.tamiyo.collector import HealthCollector, RunStore
 from esper.tamiyo.policies import DEFAULT_SAFETY
 from esper.tamiyo.safety import SafetyConfig, SafetyMonitor
 from esper.tamiyo.service.control import RunControl
-from esper.tamiyo.service.loop import CONSUMED_STREAMS, DecisionLoop
+from esper.tamiyo.service.loop import DEFAULT_LEASE_MS, DecisionLoop, RunShards
 from esper.tamiyo.service.metrics import TamiyoMetrics
 
 log = logging.getLogger("esper.tamiyo.service")
@@ -35,10 +40,16 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--min-confidence", type=float, default=defaults.min_confidence, help="confidence floor")
     p.add_argument("--param-budget", type=int, default=None, help="budget of runs whose job sets none")
+    p.add_argument(
+        "--lease-ms",
+        type=int,
+        default=int(os.environ.get("ESPER_LEASE_MS") or DEFAULT_LEASE_MS),
+        help=f"run lease in ms: a dead replica's runs move after this (env ESPER_LEASE_MS; default {DEFAULT_LEASE_MS})",
+    )
     return p
 
 
-async def run_service(settings: ServiceSettings, safety_config: SafetyConfig) -> int:
+async def run_service(settings: ServiceSettings, safety_config: SafetyConfig, lease_ms: int = DEFAULT_LEASE_MS) -> int:
     bus = RedisBus.from_url(settings.redis_url)
     store = RunStore.from_url(settings.redis_url)
     metrics = TamiyoMetrics()
@@ -46,7 +57,7 @@ async def run_service(settings: ServiceSettings, safety_config: SafetyConfig) ->
     safety = SafetyMonitor(safety_config)
     loop = DecisionLoop(collector, safety, bus, metrics)
     control = RunControl(collector, safety, bus, metrics)
-    consumer = bus.subscribe(CONSUMED_STREAMS, ls.GROUP_TAMIYO, settings.consumer, loop.handle, ConsumerOptions())
+    shards = RunShards(loop, bus, settings.consumer, lease_ms=lease_ms)
     readiness = BusReadiness(bus.ping)
     restoring: list[str | None] = ["restoring run states from Redis"]
 
@@ -63,10 +74,10 @@ async def run_service(settings: ServiceSettings, safety_config: SafetyConfig) ->
         log.info("tamiyo: %d run(s) restored; consuming as %s", restored, settings.consumer)
         restoring[0] = None
         async with readiness.consuming():
-            await consumer.run()
+            await shards.run()
 
     async def shutdown() -> None:
-        await consumer.stop()
+        await shards.stop()
 
     app = create_app(
         control,
@@ -105,8 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as exc:
         raise SystemExit(f"{SERVICE}: {exc}") from None
+    if args.lease_ms < 100:
+        raise SystemExit(f"{SERVICE}: --lease-ms must be >= 100 (value {args.lease_ms!r})")
     configure_logging(settings)
-    return asyncio.run(run_service(settings, safety_config))
+    return asyncio.run(run_service(settings, safety_config, args.lease_ms))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,23 @@ Step 2 and the command are :func:`esper.tamiyo.decide.decide`, the same step
 yields the same id, and Tolaria answers DUPLICATE instead of applying it twice.
 A run's :class:`ModelGraph` (on the training stream, before the epochs it
 describes) is kept with the run: the policy and the monitor price from it.
+
+Replicas share runs (:class:`RunShards`, the same ownership mechanism as
+Tolaria's, :mod:`esper.oona.ownership`): one router copies the consumed
+streams, in order, onto one stream per run; each run is adopted by one replica
+(rendezvous hashing over the live replicas) holding its lease, which reads the
+run's stream with concurrency 1 and loads the run's newest saved state first.
+A dead replica's leases expire and its runs are adopted by the others, who
+take over what it held unacked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+
+import msgspec
 
 from esper.leyline import (
     CommandAction,
@@ -40,8 +51,9 @@ from esper.leyline import (
     TrainingSignals,
 )
 from esper.leyline import streams as ls
-from esper.oona import Bus, Delivery
-from esper.tamiyo.collector import HealthCollector, RunState
+from esper.oona import Bus, ConsumerOptions, Delivery, RedisBus
+from esper.oona.ownership import Lane, Leases, OwnedRuns, RunRouter
+from esper.tamiyo.collector import KEY_PREFIX, HealthCollector, RunState
 from esper.tamiyo.decide import decide
 from esper.tamiyo.safety import SafetyMonitor
 from esper.tamiyo.service.metrics import TamiyoMetrics
@@ -57,6 +69,12 @@ CONSUMED_STREAMS = (
     ls.TELEMETRY_EVENTS,
     ls.CONTROL_RESULTS,
 )
+#: The lane of a run's routed stream: every consumed stream, in the router's order.
+TELEMETRY_LANE = "telemetry"
+#: How long a replica's lease on a run outlives its last renewal (a dead replica's runs move after this).
+DEFAULT_LEASE_MS = 5_000
+#: How often a replica looks for runs without an owner (a new run waits at most this for its owner).
+SCAN_EVERY_S = 0.25
 
 
 class DecisionLoop:
@@ -88,6 +106,27 @@ class DecisionLoop:
         elif isinstance(payload, TelemetryEvent) and payload.kind == EventKind.RUN_FINISHED:
             await self.on_finished(envelope.run_id, payload)
         self._count_runs()
+
+    async def adopt(self, run_id: str) -> None:
+        """This replica decides ``run_id`` from now on: take its newest saved state (another replica may have
+        decided on it since this one last saw it) and build its policy before its next message."""
+        store = self.collector.store
+        if store is None:
+            return
+        raw = await store.client.get(KEY_PREFIX + run_id)
+        if raw is None:
+            return
+        try:
+            saved = RunState.from_dict(msgspec.json.decode(raw))
+        except (KeyError, TypeError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.error("tamiyo: unreadable saved state of run %s: %s", run_id, exc)
+            return
+        held = self.collector.get(run_id)
+        if held is not None and held.prepared is not None:
+            held.prepared.cancel()
+        self.collector.runs[run_id] = saved
+        await self.collector.policy_for(saved)
+        log.info("tamiyo: adopted run %s at decided epoch %d", run_id, saved.last_decided_epoch)
 
     def _run_for(self, run_id: str) -> RunState:
         run = self.collector.get(run_id)
@@ -179,3 +218,32 @@ class DecisionLoop:
             counts[state] += 1
         for state, n in counts.items():
             self.metrics.runs.labels(state).set(n)
+
+
+class RunShards:
+    """This replica's share of the runs: the router (when it holds the router lease), its owned runs' leases and
+    consumers, and the scan that adopts runs without an owner (see the module docstring)."""
+
+    def __init__(
+        self,
+        loop: DecisionLoop,
+        bus: RedisBus,
+        consumer: str,
+        *,
+        lease_ms: int = DEFAULT_LEASE_MS,
+        scan_every_s: float = SCAN_EVERY_S,
+    ) -> None:
+        self.leases = Leases.on(bus, ls.GROUP_TAMIYO, consumer, lease_ms)
+        lane = Lane(TELEMETRY_LANE, CONSUMED_STREAMS, loop.handle, ConsumerOptions())
+        self.router = RunRouter(bus, self.leases, [lane], index=True)
+        self.owned = OwnedRuns(bus, self.leases, [lane], on_adopt=loop.adopt)
+        self.scan_every_s = scan_every_s
+
+    async def run(self) -> None:
+        """Route, renew and adopt until :meth:`stop`."""
+        await asyncio.gather(self.router.run(), self.owned.keep(), self.owned.scan(self.scan_every_s))
+
+    async def stop(self) -> None:
+        """Stop routing and consuming; release the leases so the other replicas adopt the runs at once."""
+        await self.router.stop()
+        await self.owned.close()

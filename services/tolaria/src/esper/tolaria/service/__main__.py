@@ -3,7 +3,10 @@
 Flags: the common service flags (``esper.service.add_arguments``: ``--redis-url``,
 ``--host``, ``--port`` (default 8701), ``--consumer``, ``--runs-dir``,
 ``--log-level`` and their ``ESPER_*`` variables), plus ``--torch-threads``
-(``ESPER_TOLARIA_TORCH_THREADS``; default: torch's own choice).
+(``ESPER_TOLARIA_TORCH_THREADS``; default: torch's own choice), ``--max-runs``
+(``ESPER_TOLARIA_MAX_RUNS``: runs trained at once, default 1) and ``--lease-ms``
+(``ESPER_LEASE_MS``: how long a run's lease outlives its last renewal; a dead
+replica's runs move to another after about three times this).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Sequence
 
 from esper.oona import RedisBus
 from esper.service import add_arguments, configure_logging, serve, settings_from
-from esper.tolaria.service.app import TolariaService
+from esper.tolaria.service.app import DEFAULT_LEASE_MS, TolariaService
 
 SERVICE = "tolaria"
 
@@ -31,6 +34,19 @@ def parser() -> argparse.ArgumentParser:
         default=int(threads) if threads else None,
         help="CPU threads torch may use for training (env ESPER_TOLARIA_TORCH_THREADS)",
     )
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        default=int(os.environ.get("ESPER_TOLARIA_MAX_RUNS") or 1),
+        help="runs this replica trains at once (env ESPER_TOLARIA_MAX_RUNS; default 1)",
+    )
+    p.add_argument(
+        "--lease-ms",
+        type=int,
+        default=int(os.environ.get("ESPER_LEASE_MS") or DEFAULT_LEASE_MS),
+        help=f"run lease in ms; a dead replica's jobs are claimed after 3x this (env ESPER_LEASE_MS; "
+        f"default {DEFAULT_LEASE_MS})",
+    )
     return p
 
 
@@ -43,8 +59,18 @@ async def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    if args.max_runs < 1:
+        raise SystemExit(f"{SERVICE}: --max-runs must be >= 1 (value {args.max_runs!r})")
+    if args.lease_ms < 100:
+        raise SystemExit(f"{SERVICE}: --lease-ms must be >= 100 (value {args.lease_ms!r})")
     configure_logging(settings)
-    service = TolariaService(RedisBus.from_url(settings.redis_url), settings.runs_dir, settings.consumer)
+    service = TolariaService(
+        RedisBus.from_url(settings.redis_url),
+        settings.runs_dir,
+        settings.consumer,
+        max_runs=args.max_runs,
+        lease_ms=args.lease_ms,
+    )
     return await serve(
         service.app,
         host=settings.host,
