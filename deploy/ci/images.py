@@ -44,6 +44,7 @@ class Images:
         """``step(name)`` is the timeline's step context (one per image)."""
         wheel = torch_wheel(self.pip)
         args: list[str] = []
+        step_note = ""
         if wheel is not None:
             link = WHEELS / wheel.name
             if not link.exists():
@@ -53,6 +54,9 @@ class Images:
                     shutil.copy(wheel, link)
                 self.links.append(link)
             args = ["--build-arg", "TORCH_INDEX_URL="]  # the wheel above; no torch index needed
+            step_note = f"torch from {wheel}"
+        else:
+            step_note = "torch from the Dockerfile's TORCH_INDEX_URL"
         try:
             for svc in SERVICES:
                 with step(f"image esper/{svc}") as note:
@@ -75,7 +79,7 @@ class Images:
                     size = self.shell.output(
                         [self.docker, "image", "inspect", "--format", "{{.Size}}", f"esper/{svc}:{TAG}"]
                     )
-                    note(f"{int(size) / 1e6:.0f} MB" + (" (torch from this machine's wheel)" if wheel else ""))
+                    note(f"{int(size) / 1e6:.0f} MB" + (f" ({step_note})" if svc == "tolaria" else ""))
         finally:
             self.remove_links()
 
