@@ -9,7 +9,11 @@ in every round (this machine is shared and noisy; medians are reported):
 * cold: a fresh loader with an empty cache: fetch the record and the artifact
   from Urza over HTTP, verify its sha256, decode it, trial forward, copy;
 * warm: the same loader again: index in memory, artifact read from the cache
-  file and re-hashed, decoded program reused, fresh parameters;
+  file and re-hashed, decoded program reused, fresh parameters drawn from the
+  RNG as eager construction draws them (the default, ``rng_init``: a run makes
+  the same numbers with or without kernels);
+* warm, compiled init: the same with ``rng_init=False`` (the seed starts from
+  the artifact's weights: no eager build at all);
 * eager: ``get_blueprint(...).build(...)`` as germination does without kernels.
 
 Then the training step (forward + backward, batch 100 as the default job
@@ -97,7 +101,8 @@ def main() -> None:
         spec = get_blueprint(args.blueprint)
         warm_loader = KernelLoader(source, KernelCache(root / "warm-cache"), metrics)
         assert warm_loader.seed(args.blueprint, {}, SHAPE, LAYOUT).origin == "urza"
-        cold, warm, eager = [], [], []
+        compiled_loader = KernelLoader(source, KernelCache(root / "warm-cache"), metrics, rng_init=False)
+        cold, warm, warm_compiled, eager = [], [], [], []
         clock = time.perf_counter
         for i in range(args.rounds):
             if i % args.cold_every == 0:
@@ -111,6 +116,10 @@ def main() -> None:
             t0 = clock()
             build = warm_loader.seed(args.blueprint, {}, SHAPE, LAYOUT)
             warm.append(clock() - t0)
+            assert build.origin == "cache", build.error
+            t0 = clock()
+            build = compiled_loader.seed(args.blueprint, {}, SHAPE, LAYOUT)
+            warm_compiled.append(clock() - t0)
             assert build.origin == "cache", build.error
             t0 = clock()
             spec.build(SHAPE, {}, layer_kind=LAYOUT).to(device="cpu", dtype=torch.float32)
@@ -145,6 +154,7 @@ def main() -> None:
         "warm_ms": round(ms(warm), 4),
         "eager_ms": round(ms(eager), 4),
         "warm_p90_ms": round(statistics.quantiles(warm, n=10)[-1] * 1e3, 4),
+        "warm_compiled_init_ms": round(ms(warm_compiled), 4),
         "warm_vs_eager": round(ms(warm) / ms(eager), 3),
         "step_ratio": round(statistics.median(ratios.values()), 3),
         "step_ratio_by_blueprint": {k: round(v, 3) for k, v in ratios.items()},
@@ -154,7 +164,8 @@ def main() -> None:
         "targets": {"warm_ms": 0.5, "step_ratio": 1.05},
     }
     print(
-        f"germination ({args.blueprint} at {SHAPE}): cold {result['cold_ms']} ms, warm {result['warm_ms']} ms, "
+        f"germination ({args.blueprint} at {SHAPE}): cold {result['cold_ms']} ms, warm {result['warm_ms']} ms "
+        f"({result['warm_compiled_init_ms']} ms with compiled init), "
         f"eager {result['eager_ms']} ms; step ratio (median over {len(ratios)} blueprints) {result['step_ratio']}"
     )
     print(json.dumps(result))

@@ -252,3 +252,30 @@ def test_germinate_through_the_loader_with_urza_down_germinates_eagerly_and_repo
     [event] = events
     assert (event.kind, event.epoch, event.slot_id) == (KERNEL_FALLBACK_EVENT, 2, "s1")
     assert event.attributes["failure"] == "urza_unavailable"
+
+
+def test_a_kernel_seed_starts_from_the_same_random_weights_as_eager_construction(urza, tmp_path, metrics):
+    eager_loader = loader_for(f"http://127.0.0.1:{free_port()}", tmp_path / "down", metrics)  # falls back
+    kernel_loader = loader_for(urza.url, tmp_path / "up", metrics)
+    builds = []
+    for loader in (kernel_loader, eager_loader):
+        torch.manual_seed(42)
+        builds.append(loader.seed("conv_light", {}, SHAPE, "conv1d"))
+        builds.append(torch.rand(1))  # the RNG is left where eager construction leaves it
+    torch.manual_seed(42)
+    reference = get_blueprint("conv_light").build(SHAPE, layer_kind="conv1d")
+    after = torch.rand(1)
+    kernel, kernel_next, eager, eager_next = builds
+    assert (kernel.origin, eager.origin) == ("urza", "eager")
+    for build in (kernel, eager):
+        for (name, p), q in zip(build.module.state_dict().items(), reference.state_dict().values(), strict=True):
+            assert torch.equal(p, q), name
+    assert torch.equal(kernel_next, after) and torch.equal(eager_next, after)
+
+
+def test_without_rng_init_seeds_start_from_the_compiled_weights(urza, tmp_path, metrics):
+    loader = KernelLoader(UrzaSource(urza.url), KernelCache(tmp_path), metrics, rng_init=False)
+    a = loader.seed("conv_light", {}, SHAPE, "conv1d").module
+    b = loader.seed("conv_light", {}, SHAPE, "conv1d").module
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert all(p is not q for p, q in zip(a.parameters(), b.parameters(), strict=True))

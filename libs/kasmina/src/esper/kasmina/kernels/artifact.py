@@ -150,23 +150,62 @@ def streamline(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
-def fresh_copy(module: nn.Module) -> nn.Module:
+def fresh_copy(module: nn.Module, weights: nn.Module | None = None) -> nn.Module:
     """A copy of ``module`` sharing its (immutable) code and graph but owning new parameters and buffers.
 
     Much cheaper than ``copy.deepcopy`` for a ``GraphModule`` (no recompile):
     what changes in training (parameters, buffers, gradients, hooks) is new,
-    what does not (the generated forward, the graph) is shared.
+    what does not (the generated forward, the graph) is shared. With
+    ``weights`` (a module with the same parameter and buffer names and
+    shapes, e.g. the eager build of the same blueprint) the copy takes that
+    module's tensors instead of cloning its own; ValueError if they differ.
     """
     if isinstance(module, torch.jit.ScriptModule):
-        return _script_copy(module)
+        copy = _script_copy(module)
+        if weights is not None:
+            try:
+                copy.load_state_dict(weights.state_dict())
+            except RuntimeError as exc:
+                raise ValueError(f"weights do not fit: {exc}") from None
+        return copy
+    if weights is None:
+        return _copy(module, None, "")
+    tensors: dict[str, torch.Tensor] = dict(weights.named_parameters())
+    tensors.update(weights.named_buffers())
+    copy = _copy(module, tensors, "")
+    if tensors:
+        raise ValueError(f"weights have tensors the program does not: {sorted(tensors)}")
+    return copy
+
+
+def _copy(module: nn.Module, tensors: dict[str, torch.Tensor] | None, prefix: str) -> nn.Module:
+    def take(name: str, own: torch.Tensor) -> torch.Tensor:
+        assert tensors is not None
+        other = tensors.pop(prefix + name, None)
+        if other is None or other.shape != own.shape:
+            got = "nothing" if other is None else list(other.shape)
+            raise ValueError(f"weights do not fit: {prefix + name} is {list(own.shape)} in the program, {got} given")
+        return other
+
     new = object.__new__(module.__class__)  # GraphModule.__new__ would make a new class without forward
     state = module.__dict__.copy()
-    state["_parameters"] = {
-        name: None if p is None else nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-        for name, p in module._parameters.items()
+    params: dict[str, nn.Parameter | None] = {}
+    for name, p in module._parameters.items():
+        if p is None:
+            params[name] = None
+        elif tensors is None:
+            params[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        else:
+            given = take(name, p)
+            params[name] = given if isinstance(given, nn.Parameter) else nn.Parameter(given)
+    state["_parameters"] = params
+    state["_buffers"] = {
+        name: None if b is None else (b.clone() if tensors is None else take(name, b))
+        for name, b in module._buffers.items()
     }
-    state["_buffers"] = {name: None if b is None else b.clone() for name, b in module._buffers.items()}
-    state["_modules"] = {name: None if m is None else fresh_copy(m) for name, m in module._modules.items()}
+    state["_modules"] = {
+        name: None if m is None else _copy(m, tensors, f"{prefix}{name}.") for name, m in module._modules.items()
+    }
     for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_state_dict_hooks"):
         if hooks in state:
             state[hooks] = state[hooks].copy()

@@ -81,7 +81,15 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 class KernelLoader:
-    """Seeds from kernels in ``source`` (Urza) through ``cache``; ``decoded_max`` decoded modules kept in memory."""
+    """Seeds from kernels in ``source`` (Urza) through ``cache``; ``decoded_max`` decoded modules kept in memory.
+
+    ``rng_init`` (default): a kernel seed's initial weights are drawn from
+    torch's RNG exactly as eager construction draws them (an eager build of the
+    blueprint, whose tensors the program takes), so a run makes the same numbers with or without
+    kernels, and whether Urza answered changes nothing but speed. Without it a
+    seed starts from the weights compiled into the artifact (faster; every seed
+    of one kernel then starts alike).
+    """
 
     def __init__(
         self,
@@ -90,11 +98,13 @@ class KernelLoader:
         metrics: KernelMetrics | None = None,
         *,
         decoded_max: int = 64,
+        rng_init: bool = True,
     ) -> None:
         self.source = source
         self.cache = cache
         self.metrics = metrics or default_metrics()
         self.decoded_max = decoded_max
+        self.rng_init = rng_init
         self._decoded: OrderedDict[str, nn.Module] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -126,13 +136,16 @@ class KernelLoader:
             dtype=dtype_name(dtype),
             device=device.type,
         )
+        eager: nn.Module | None = None
         try:
-            module, origin = self.load(kernel_id, resolved.shape, resolved.kind)
+            if self.rng_init:
+                eager = spec.build(resolved.shape, resolved.config, layer_kind=resolved.kind)
+            module, origin = self.load(kernel_id, resolved.shape, resolved.kind, weights=eager)
         except KernelLoadError as exc:
             self.metrics.fallbacks.labels(exc.failure.value).inc()
-            module = spec.build(resolved.shape, resolved.config, layer_kind=resolved.kind).to(
-                device=device, dtype=dtype
-            )
+            if eager is None:  # (an eager build already made drew the RNG once: use it, draw nothing twice)
+                eager = spec.build(resolved.shape, resolved.config, layer_kind=resolved.kind)
+            module = eager.to(device=device, dtype=dtype)
             seconds = time.perf_counter() - started
             return SeedBuild(module, kernel_id, blueprint, "eager", seconds, exc.failure, str(exc))
         module = module.to(device=device, dtype=dtype)
@@ -178,9 +191,12 @@ class KernelLoader:
         seed = build.module if build is not None else None
         return model.germinate(slot_id, blueprint, config, epoch=epoch, reason=reason, seed=seed)
 
-    def load(self, kernel_id: str, shape: tuple[int, ...], layout: str | None) -> tuple[nn.Module, str]:
+    def load(
+        self, kernel_id: str, shape: tuple[int, ...], layout: str | None, weights: nn.Module | None = None
+    ) -> tuple[nn.Module, str]:
         """A fresh module from kernel ``kernel_id`` for features ``shape``; (module, ``cache`` | ``urza``).
 
+        ``weights``: a module whose parameters the copy takes (see :func:`fresh_copy`).
         Raises KernelLoadError naming the failure kind.
         """
         started = time.perf_counter()
@@ -199,7 +215,10 @@ class KernelLoader:
             origin = "urza"
             data = self._fetch_artifact(record)
         template = self._template(record, data, shape)
-        module = fresh_copy(template)
+        try:
+            module = fresh_copy(template, weights)
+        except ValueError as exc:  # other parameter names or shapes: not this blueprint's program
+            raise KernelLoadError(KernelFailure.SHAPE_MISMATCH, f"kernel {kernel_id}: {exc}") from None
         (self.metrics.cache_hits if origin == "cache" else self.metrics.cache_misses).inc()
         self.metrics.load_seconds.labels("hit" if origin == "cache" else "miss").observe(time.perf_counter() - started)
         return module, origin
