@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from esper.leyline import LayerHealthReport, SeedStage
+from esper.tolaria.objective import CLASSIFICATION, Objective
 from esper.tolaria.tasks import Split
 
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """Mean cross-entropy and accuracy (fraction) over a split."""
+    """Mean loss and score over a split (cross-entropy and accuracy unless the task's objective says otherwise)."""
 
     loss: float
     accuracy: float
@@ -35,23 +35,30 @@ class SeedMeasurement:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> Evaluation:
-    """Full pass over ``split`` in eval mode (restores the previous mode)."""
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int = 1000, objective: Objective = CLASSIFICATION
+) -> Evaluation:
+    """Full pass over ``split`` in eval mode (restores the previous mode), scored by ``objective``."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(split), batch_size):
         x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
         logits = model(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == y).sum())
+        total_loss += objective.loss_sum(logits, y).item()
+        correct += objective.score_sum(logits, y).item()
     model.train(was_training)
     n = max(len(split), 1)
     return Evaluation(total_loss / n, correct / n)
 
 
 def measure_seed(
-    model: nn.Module, slot_id: str, split: Split, current: Evaluation, batch_size: int = 1000
+    model: nn.Module,
+    slot_id: str,
+    split: Split,
+    current: Evaluation,
+    batch_size: int = 1000,
+    objective: Objective = CLASSIFICATION,
 ) -> SeedMeasurement:
     """Counterfactual worth of the seed in ``slot_id`` on ``split``.
 
@@ -61,9 +68,9 @@ def measure_seed(
     and loss without minus with. ``current`` is the plain evaluation of the model.
     """
     with model.seed_disabled(slot_id):
-        without = evaluate(model, split, batch_size)
+        without = evaluate(model, split, batch_size, objective)
     with model.alpha_override(slot_id, 1.0):
-        full = evaluate(model, split, batch_size)
+        full = evaluate(model, split, batch_size, objective)
     stage = SeedStage(model.slots[slot_id].stage)
     with_seed = full if stage is SeedStage.TRAINING else current
     return SeedMeasurement(

@@ -12,6 +12,7 @@ from typing import Any
 
 from esper.leyline import Message, SeedStage
 from esper.tolaria.trainer import Trainer
+from esper.tolaria.usertask import test_metrics
 
 REPORT_NAME = "report.json"
 EVENTS_NAME = "events.jsonl"
@@ -82,6 +83,9 @@ def build_report(trainer: Trainer, meta: dict[str, Any]) -> dict[str, Any]:
         "best_val_accuracy": max((r.val_accuracy for r in history), default=None),
         "params_initial": trainer.params_initial,
         "params_final": trainer.model.param_count(),
+        # "accuracy" above is the objective's score: accuracy, or R² for a regression task
+        "score": trainer.task.objective.score_name,
+        "test_metrics": test_metrics(trainer.model, trainer.task, trainer.config.eval_batch_size),
         "seed_events": seed_events(trainer),
         "rollbacks": trainer.governor.rollbacks,
         "wall_seconds": trainer.wall_seconds,
@@ -153,10 +157,12 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [
         f"run: task {report['task']}, policy {report['policy']}, seed {report['seed']}, "
         f"{report['epochs']} epochs, {report['wall_seconds']:.1f} s, decided {report.get('mode', 'in-process')}",
-        f"test accuracy: final {_pct(report['final_test_accuracy'])}, best {_pct(report['best_test_accuracy'])}",
-        f"validation accuracy: final {_pct(report.get('final_val_accuracy'))}, "
+        f"test {report.get('score', 'accuracy')}: final {_pct(report['final_test_accuracy'])}, "
+        f"best {_pct(report['best_test_accuracy'])}",
+        f"validation {report.get('score', 'accuracy')}: final {_pct(report.get('final_val_accuracy'))}, "
         f"best {_pct(report.get('best_val_accuracy'))}",
         f"parameters: {report['params_initial']} -> {report['params_final']}",
+        *([f"test metrics: {report['test_metrics']}"] if report.get("test_metrics") else []),
         f"governor rollbacks: {report.get('rollbacks', 0)}",
     ]
     events = report["seed_events"]

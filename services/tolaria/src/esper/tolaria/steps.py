@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch.nn import functional as F
 
 from esper.kasmina import GradientIsolationMonitor, MorphogeneticModel
 from esper.leyline import SeedStage
 from esper.tolaria.governor import Governor, Trip
 from esper.tolaria.modes import STEPPED_STAGES, TrainingMode, training_mode
+from esper.tolaria.objective import CLASSIFICATION, Objective
 
 if TYPE_CHECKING:
     from esper.tolaria.trainer import Trainer
@@ -121,6 +121,7 @@ def train_step(
     governor: Governor,
     grad_clip: float,
     monitor: GradientIsolationMonitor | None = None,
+    objective: Objective = CLASSIFICATION,
 ) -> tuple[torch.Tensor, torch.Tensor, float, Trip | None, dict[str, torch.Tensor]]:
     """One step on the batch ``x`` (N, ...), ``y`` (N,): forward, governor check, backward, clip, step.
 
@@ -132,7 +133,7 @@ def train_step(
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
     logits = model(x)
-    loss = F.cross_entropy(logits, y)
+    loss = objective.loss(logits, y)
     if monitor is not None:
         loss.backward()
     value = loss.item()  # the one host sync per step: the governor judges the loss before the step
@@ -142,7 +143,7 @@ def train_step(
     if monitor is None:
         loss.backward()
     if plan.isolated:
-        isolated_seed_gradients(model, x, y, plan.isolated)
+        isolated_seed_gradients(model, x, y, plan.isolated, objective)
     norms = {}
     for name, params in plan.stepped.items():
         with_grad = [p for p in params if p.grad is not None]
@@ -153,7 +154,11 @@ def train_step(
 
 
 def isolated_seed_gradients(
-    model: MorphogeneticModel, x: torch.Tensor, y: torch.Tensor, slot_ids: tuple[str, ...]
+    model: MorphogeneticModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    slot_ids: tuple[str, ...],
+    objective: Objective = CLASSIFICATION,
 ) -> None:
     """Replace each isolated seed's gradient by that of the loss with the seed at alpha 1.
 
@@ -167,7 +172,7 @@ def isolated_seed_gradients(
     for slot_id in slot_ids:
         params = list(model.slots[slot_id].seed.parameters())  # type: ignore[union-attr]
         with model.alpha_override(slot_id, 1.0):
-            loss = F.cross_entropy(model(x), y)
+            loss = objective.loss(model(x), y)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for param, grad in zip(params, grads, strict=True):
             param.grad = grad
@@ -176,6 +181,7 @@ def isolated_seed_gradients(
 def train_epoch(trainer: Trainer) -> EpochOutcome:
     """All training steps of one epoch of ``trainer``; stops at the first step the governor trips on."""
     model, cfg = trainer.model, trainer.config
+    objective = trainer.task.objective
     if cfg.merge_fossilized:
         merge_fossilized_optimizers(trainer)
     model.train()
@@ -184,7 +190,7 @@ def train_epoch(trainer: Trainer) -> EpochOutcome:
     plan = plan_epoch(model, trainer.optimizers, trainer.host_parameters(), isolated_seed_pass=cfg.isolated_seed_pass)
     modes: Counter[str] = Counter()
     norm_sums: dict[str, torch.Tensor] = {}
-    loss_sum, correct = 0.0, torch.zeros((), dtype=torch.long)
+    loss_sum, correct = 0.0, torch.zeros((), dtype=torch.float64)  # float64: exact counts, and R² sums
     seen = steps = violations = 0
     monitored = plan.mode is not TrainingMode.ISOLATED  # one monitored step per epoch proves isolation
     trip = None
@@ -197,14 +203,15 @@ def train_epoch(trainer: Trainer) -> EpochOutcome:
             with GradientIsolationMonitor(model) as monitor:
                 logits, _, value, trip, norms = train_step(
                     model, trainer.optimizers, plan, x, y, governor=trainer.governor, grad_clip=cfg.grad_clip,
-                    monitor=monitor,
+                    monitor=monitor, objective=objective,
                 )  # fmt: skip
             violations += monitor.violations
             monitored = True
         else:
             logits, _, value, trip, norms = train_step(
-                model, trainer.optimizers, plan, x, y, governor=trainer.governor, grad_clip=cfg.grad_clip
-            )
+                model, trainer.optimizers, plan, x, y, governor=trainer.governor, grad_clip=cfg.grad_clip,
+                objective=objective,
+            )  # fmt: skip
         if trip is not None:
             break
         trainer.step += 1
@@ -212,10 +219,10 @@ def train_epoch(trainer: Trainer) -> EpochOutcome:
         for name, norm in norms.items():
             norm_sums[name] = norm_sums[name] + norm if name in norm_sums else norm
         loss_sum += value * len(y)
-        correct += (logits.argmax(dim=1) == y).sum()
+        correct += objective.score_sum(logits, y)
         seen += len(y)
     means = {name: float(total) / max(steps, 1) for name, total in norm_sums.items()}
     means["isolation_violations"] = violations
     if seen == 0:
         return EpochOutcome(math.nan, math.nan, dict(modes), trip, means)
-    return EpochOutcome(loss_sum / seen, int(correct) / seen, dict(modes), trip, means)
+    return EpochOutcome(loss_sum / seen, float(correct) / seen, dict(modes), trip, means)

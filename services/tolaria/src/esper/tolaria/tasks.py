@@ -7,7 +7,8 @@ only ever evaluated for the report.
 
 Tasks: ``mnist1d`` (generated locally), ``digits`` (scikit-learn's bundled
 8x8 digits), ``cifar10`` (the python pickle batches in a local folder; never
-downloaded).
+downloaded), and any ``package.module:function`` that returns a :class:`Task`
+(a user's own model and data: :func:`esper.tolaria.usertask.define_task`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import functools
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from esper.kasmina.hosts import ConvHost1D
 from esper.leyline import BUILTIN_TASKS
+from esper.tolaria.objective import CLASSIFICATION, Metric, Objective
 
 #: The built-in tasks (Leyline names them, so the control API can check a job without importing Tolaria).
 TASKS = BUILTIN_TASKS
@@ -37,7 +39,7 @@ VAL_FRACTIONS = {"mnist1d": 0.05}
 
 @dataclass(frozen=True, slots=True)
 class Split:
-    """Inputs ``x`` (N, ...) float32 and labels ``y`` (N,) int64."""
+    """Inputs ``x`` (N, ...) and targets ``y``: float32 inputs and int64 labels (N,) for the built-in tasks."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -51,7 +53,10 @@ class Task:
     """A dataset split three ways plus the host that learns it.
 
     ``build_host`` makes a fresh host (call after seeding torch); ``slots`` maps
-    slot ids to dotted submodule names of that host.
+    slot ids to dotted submodule names of that host, ``layouts`` declares some
+    slots' feature layouts. ``objective`` is the loss and score (classification
+    unless the task says otherwise); ``metrics`` are the task's own numbers,
+    computed on the test split for the report.
     """
 
     name: str
@@ -61,6 +66,9 @@ class Task:
     num_classes: int
     build_host: Callable[[], nn.Module]
     slots: dict[str, str]
+    layouts: dict[str, str] = field(default_factory=dict)
+    objective: Objective = CLASSIFICATION
+    metrics: dict[str, Metric] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -180,8 +188,13 @@ def load_task(
 
     ``val_fraction`` defaults to the task's own (:data:`VAL_FRACTIONS`, else 10%).
     ``max_train_samples`` keeps the first N training rows (tests); ``host_channels``
-    overrides the width of the task's default host.
+    overrides the width of the task's default host. A ``package.module:function``
+    name is loaded from that module (:func:`esper.tolaria.usertask.load_reference`).
     """
+    if ":" in name:
+        from esper.tolaria.usertask import load_reference
+
+        return load_reference(name, data_dir=data_dir, max_train_samples=max_train_samples, host_channels=host_channels)
     if val_fraction is None:
         val_fraction = VAL_FRACTIONS.get(name, 0.1)
     if name == "mnist1d":

@@ -89,7 +89,7 @@ class Trainer:
         self.safety = safety or SafetyMonitor(DEFAULT_SAFETY)
         self.config = config or TrainerConfig()
         seed_everything(self.config.seed)
-        self.model: MorphogeneticModel = wrap(task.build_host(), task.slots, config=kasmina)
+        self.model: MorphogeneticModel = wrap(task.build_host(), task.slots, config=kasmina, layouts=task.layouts)
         self.model.probe(task.train.x[:2])
         self.params_initial = self.model.param_count()
         self.optimizers: dict[str, torch.optim.Optimizer] = {"host": self._optimizer(self.host_parameters())}
@@ -207,7 +207,7 @@ class Trainer:
         for slot_id, slot in self.model.slots.items():
             if SeedStage(slot.stage) not in MEASURED_STAGES:
                 continue
-            m = measure_seed(self.model, slot_id, self.task.val, val, self.config.eval_batch_size)
+            m = measure_seed(self.model, slot_id, self.task.val, val, self.config.eval_batch_size, self.task.objective)
             self.model.record_metrics(
                 slot_id,
                 improvement=m.improvement,
@@ -283,8 +283,8 @@ class Trainer:
             train_loss, train_acc, modes, trip, norms = self._train_epoch(epoch)
         if trip is not None:
             self._rollback(epoch, trip)
-        val = evaluate(self.model, self.task.val, self.config.eval_batch_size)
-        test = evaluate(self.model, self.task.test, self.config.eval_batch_size)
+        val = evaluate(self.model, self.task.val, self.config.eval_batch_size, self.task.objective)
+        test = evaluate(self.model, self.task.test, self.config.eval_batch_size, self.task.objective)
         self._measure(val, norms)
         tracked = self.tracker.update(
             epoch=epoch, train_loss=train_loss, val_loss=val.loss, train_accuracy=train_acc, val_accuracy=val.accuracy
