@@ -72,7 +72,7 @@ def test_unknown_edge_endpoint_is_named():
 
 def test_slot_state_and_layer_health_reach_their_nodes(conv_graph):
     report = SeedStateReport(slot_id="s2", stage=SeedStage.BLENDING, alpha=0.5, epochs_in_stage=2, contribution=0.03)
-    health = LayerHealth(epoch=3, layers=[LayerHealthReport(layer="act2", dead_ratio=0.25, grad_norm=1.0)])
+    health = LayerHealth(epoch=3, layers=[LayerHealthReport(layer="s2:act2", dead_ratio=0.25, grad_norm=1.0)])
     data = featurize(observe(conv_graph, {"s2": report}, health=health))
     s2 = data.slot_index[1]
     dormant = data.slot_index[0]

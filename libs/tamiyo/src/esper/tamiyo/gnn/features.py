@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 from torch_geometric.data import Data
 
-from esper.leyline import ACTIVE_STAGES, NodeKind, SeedStage
+from esper.leyline import ACTIVE_STAGES, ModelGraph, NodeKind, SeedStage
 from esper.leyline.observation import HISTORY_LENGTH, OBSERVATION_SIZE, GlobalFeatures, write_observation
 from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation, legal_actions, seed_reports
 
@@ -146,45 +148,44 @@ _STAGE_AT = _HEALTH_AT + 5
 _SLOT_AT = _STAGE_AT + _N_STAGES
 
 
-def featurize(obs: GraphObservation, *, max_active_seeds: int = 3) -> TamiyoGraph:
-    """``obs`` as a :class:`TamiyoGraph` with its action masks (global features not yet normalized)."""
-    graph = obs.graph
+class _Static(NamedTuple):
+    """What depends only on the graph (and the model's size and budget): built once per graph."""
+
+    graph: ModelGraph
+    x: torch.Tensor
+    edge_index: torch.Tensor
+    edge_attr: torch.Tensor
+    slot_index: torch.Tensor
+    option_x: torch.Tensor
+    option_slot: torch.Tensor
+    health_rows: dict[str, int]
+
+
+_STATIC_CACHE: OrderedDict[tuple[int, int, int | None], _Static] = OrderedDict()
+_STATIC_CACHE_SIZE = 32
+
+
+def _static(graph: ModelGraph, params_total: int, budget: int | None) -> _Static:
+    # A run decides on the same graph object every epoch until its structure changes: cache by identity
+    # (the entry holds the graph, so its id cannot be reused while cached).
+    key = (id(graph), params_total, budget)
+    hit = _STATIC_CACHE.get(key)
+    if hit is not None and hit.graph is graph:
+        _STATIC_CACHE.move_to_end(key)
+        return hit
     index = {node.node_id: i for i, node in enumerate(graph.nodes)}
-    health = {}
-    if obs.health is not None:
-        health = {report.layer: report for report in obs.health.layers}
-    rows = []
+    rows = [_node_row(node.kind, node.op, node.params, node.shape) for node in graph.nodes]
+    # Tolaria names a report "<slot>:<layer>" (the slot's host layer); plain layer names and node ids work too
+    health_rows = {node.node_id: i for i, node in enumerate(graph.nodes)}
     for node in graph.nodes:
-        row = _node_row(node.kind, node.op, node.params, node.shape)
-        report = health.get(node.node_id) or health.get(node.module or "") or health.get(node.slot_id or "")
-        if report is not None:
-            row[_HEALTH_AT : _HEALTH_AT + 5] = [
-                _clip(report.activation_mean),
-                _log(report.activation_variance) * 10.0,
-                _clip(report.dead_ratio),
-                _log(report.grad_norm) * 10.0,
-                1.0,
-            ]
-        rows.append(row)
+        if node.slot_id and node.module in index:
+            health_rows[f"{node.slot_id}:{node.module}"] = index[node.module]
     slot_index = []
-    reports = seed_reports(obs)
-    for slot, report in zip(graph.slots, reports, strict=True):
+    for slot in graph.slots:
         node = next((n for n in graph.nodes if n.kind is NodeKind.SLOT and n.slot_id == slot.slot_id), None)
         if node is None:
             raise ValueError(f"field 'slots': slot {slot.slot_id!r} has no slot node in the graph")
-        i = index[node.node_id]
-        slot_index.append(i)
-        stage = SeedStage(report.stage) if report is not None else SeedStage.DORMANT
-        rows[i][_STAGE_AT + int(stage)] = 1.0
-        if report is not None:
-            rows[i][_SLOT_AT : _SLOT_AT + 6] = [
-                _clip(report.alpha),
-                report.epochs_in_stage / 10.0,
-                _clip(report.contribution, 10.0),
-                _clip(report.improvement, 10.0),
-                _log(report.params),
-                report.embargo_epochs_left / 5.0,
-            ]
+        slot_index.append(index[node.node_id])
     sources, targets, attrs = [], [], []
     for edge in graph.edges:
         if edge.source not in index or edge.target not in index:
@@ -194,12 +195,10 @@ def featurize(obs: GraphObservation, *, max_active_seeds: int = 3) -> TamiyoGrap
         sources += [a, b]
         targets += [b, a]
         attrs += [[1.0, 0.0, touches_slot], [0.0, 1.0, touches_slot]]
-    legal = legal_actions(obs, max_active_seeds=max_active_seeds)
-    params_total = obs.signals.params_total or graph.params_total
-    room = None if obs.param_budget is None else max(obs.param_budget - params_total, 1)
-    option_rows, option_slot, option_mask = [], [], []
+    room = None if budget is None else max(budget - params_total, 1)
+    option_rows, option_slot = [], []
     for s, slot in enumerate(graph.slots):
-        for o, option in enumerate(slot.options):
+        for option in slot.options:
             row = [0.0] * OPTION_FEATURES
             row[name_bucket(option.blueprint)] = 1.0
             row[NAME_BUCKETS] = _log(option.params)
@@ -207,20 +206,69 @@ def featurize(obs: GraphObservation, *, max_active_seeds: int = 3) -> TamiyoGrap
             row[NAME_BUCKETS + 2] = _clip(option.params / room) if room is not None else 0.0
             option_rows.append(row)
             option_slot.append(s)
-            option_mask.append(legal.options[s][o])
-    n_ops = len(OPERATIONS)
-    return TamiyoGraph(
-        x=torch.tensor(rows, dtype=torch.float32),
+    static = _Static(
+        graph=graph,
+        x=torch.tensor(rows, dtype=torch.float32).reshape(-1, NODE_FEATURES),
         edge_index=torch.tensor([sources, targets], dtype=torch.long).reshape(2, -1),
         edge_attr=torch.tensor(attrs, dtype=torch.float32).reshape(-1, EDGE_FEATURES),
-        u=torch.tensor([global_features(obs)], dtype=torch.float32),
         slot_index=torch.tensor(slot_index, dtype=torch.long),
-        slot_ops=torch.tensor(legal.slot_ops, dtype=torch.bool).reshape(-1, n_ops),
-        op_mask=torch.tensor([legal.ops], dtype=torch.bool),
         option_x=torch.tensor(option_rows, dtype=torch.float32).reshape(-1, OPTION_FEATURES),
         option_slot=torch.tensor(option_slot, dtype=torch.long),
-        option_mask=torch.tensor(option_mask, dtype=torch.bool),
-        num_nodes=len(rows),
+        health_rows=health_rows,
+    )
+    _STATIC_CACHE[key] = static
+    while len(_STATIC_CACHE) > _STATIC_CACHE_SIZE:
+        _STATIC_CACHE.popitem(last=False)
+    return static
+
+
+def featurize(obs: GraphObservation, *, max_active_seeds: int = 3) -> TamiyoGraph:
+    """``obs`` as a :class:`TamiyoGraph` with its action masks (global features not yet normalized)."""
+    graph = obs.graph
+    params_total = obs.signals.params_total or graph.params_total
+    static = _static(graph, params_total, obs.param_budget)
+    x = static.x.clone()
+    if obs.health is not None:
+        for report in obs.health.layers:
+            row = static.health_rows.get(report.layer)
+            if row is not None:
+                x[row, _HEALTH_AT : _HEALTH_AT + 5] = torch.tensor(
+                    [
+                        _clip(report.activation_mean),
+                        _log(report.activation_variance) * 10.0,
+                        _clip(report.dead_ratio),
+                        _log(report.grad_norm) * 10.0,
+                        1.0,
+                    ]
+                )
+    for i, report in zip(static.slot_index.tolist(), seed_reports(obs), strict=True):
+        stage = SeedStage(report.stage) if report is not None else SeedStage.DORMANT
+        x[i, _STAGE_AT + int(stage)] = 1.0
+        if report is not None:
+            x[i, _SLOT_AT : _SLOT_AT + 6] = torch.tensor(
+                [
+                    _clip(report.alpha),
+                    report.epochs_in_stage / 10.0,
+                    _clip(report.contribution, 10.0),
+                    _clip(report.improvement, 10.0),
+                    _log(report.params),
+                    report.embargo_epochs_left / 5.0,
+                ]
+            )
+    legal = legal_actions(obs, max_active_seeds=max_active_seeds)
+    n_ops = len(OPERATIONS)
+    return TamiyoGraph(
+        x=x,
+        edge_index=static.edge_index,
+        edge_attr=static.edge_attr,
+        u=torch.tensor([global_features(obs)], dtype=torch.float32),
+        slot_index=static.slot_index,
+        slot_ops=torch.tensor(legal.slot_ops, dtype=torch.bool).reshape(-1, n_ops),
+        op_mask=torch.tensor([legal.ops], dtype=torch.bool),
+        option_x=static.option_x,
+        option_slot=static.option_slot,
+        option_mask=torch.tensor([ok for fits in legal.options for ok in fits], dtype=torch.bool),
+        num_nodes=x.shape[0],
     )
 
 
