@@ -49,10 +49,12 @@ def test_the_artifact_loads_and_trains_again():
     assert losses[-1] < 0.8 * losses[0]
 
 
-def test_the_same_kernel_seed_gives_the_same_weights():
-    a = fresh_copy(load_artifact(compile_kernel("mlp", (16,), batch=4, repeats=1, seed=7).artifact))
-    b = fresh_copy(load_artifact(compile_kernel("mlp", (16,), batch=4, repeats=1, seed=7).artifact))
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+def test_the_same_kernel_seed_gives_the_same_artifact_bytes():
+    # Racing Tezzerets (or a redelivered request) therefore upload one blob, not two.
+    a = compile_kernel("mlp", (16,), batch=4, repeats=1, seed=7).artifact
+    b = compile_kernel("mlp", (16,), batch=4, repeats=1, seed=7).artifact
+    c = compile_kernel("mlp", (16,), batch=4, repeats=1, seed=8).artifact
+    assert a == b and a != c
 
 
 def test_validation_catches_an_artifact_that_computes_something_else():

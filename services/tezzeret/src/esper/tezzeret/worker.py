@@ -8,6 +8,10 @@ For each :class:`CompileRequest`:
 3. else mark it compiling, compile/validate/measure it off the event loop,
    upload the artifact, mark it validated with the measurements, publish OK.
 
+Weights are seeded from the kernel id and export is deterministic, so two
+Tezzerets racing on one kernel upload the same bytes: one blob, and the
+second report of the same sha256 is accepted as a repeat.
+
 A blueprint that cannot be built, compiled or validated gives a FAILED result
 with the error (and the kernel is marked failed in Urza); Tezzeret goes on
 with the next request. Urza being down is different: the handler raises, the
