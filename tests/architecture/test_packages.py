@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -233,6 +234,9 @@ def test_tamiyo_service_loads_neither_the_model_side_nor_a_data_set(torch_free_r
 # -- the service's own entry point, as a process, where importing torch fails --------------------------------
 
 
+TOKEN = "operator-token"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -279,7 +283,10 @@ def start_service(tmp_path: Path) -> Iterator[Callable[[str], Service]]:
         out, err = tmp_path / f"tamiyo-{port}.out", tmp_path / f"tamiyo-{port}.err"
         argv = [sys.executable, str(PROBE), "serve", "--redis-url", redis_url, "--port", str(port)]
         with out.open("wb") as stdout, err.open("wb") as stderr:
-            proc = subprocess.Popen([*argv, "--consumer", "tamiyo-arch"], stdout=stdout, stderr=stderr, cwd=ROOT)
+            env = {**os.environ, "ESPER_API_TOKEN": TOKEN}
+            proc = subprocess.Popen(
+                [*argv, "--consumer", "tamiyo-arch"], stdout=stdout, stderr=stderr, cwd=ROOT, env=env
+            )
         service = Service(proc, f"http://127.0.0.1:{port}", out, err)
         started.append(service)
         return service
@@ -320,7 +327,8 @@ def test_tamiyo_service_process_steers_a_run_where_torch_cannot_be_imported(
     asyncio.run(publish_run(clean_redis_url, "run-notorch"))
     (command,) = service.wait_for(lambda: commands_for(clean_redis_url, "run-notorch"), "a command")  # type: ignore[misc]
     assert {"action": command.action.value, "slot": command.slot_id, "blueprint": command.blueprint} == FIRST_DECISION
-    assert [r["run_id"] for r in httpx.get(service.url + "/runs").json()] == ["run-notorch"]
+    runs = httpx.get(service.url + "/runs", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert [r["run_id"] for r in runs.json()] == ["run-notorch"], runs.text
     assert service.stop() == {"imported": [], "refused": []}
 
 

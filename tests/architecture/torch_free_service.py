@@ -2,11 +2,10 @@
 
 A meta-path finder refuses ``torch`` and ``torch.*`` (and records who tried).
 
-* ``python torch_free_service.py``: the service's modules are imported, its
-  control API is built the way ``run_service`` builds it (over a Redis URL
-  nothing listens on: nothing here connects), a run is steered through the
-  decision loop over Oona's in-memory bus, and the heuristic decides once
-  through ``esper.tamiyo.decide.decide`` on a hand-built epoch; prints ``OK``.
+* ``python torch_free_service.py``: the service's modules are imported, a run
+  is steered through its decision loop over Oona's in-memory bus, its control
+  API lists the run, and the heuristic decides once more through
+  ``esper.tamiyo.decide.decide`` on the same hand-built epoch; prints ``OK``.
 * ``python torch_free_service.py serve ARGS``: ``python -m esper.tamiyo.service
   ARGS`` itself, until it is signalled.
 
@@ -54,8 +53,7 @@ if sys.argv[1:2] == ["serve"]:  # the service's own entry point, reporting at ex
 from fastapi.testclient import TestClient  # noqa: E402
 from tamiyo_inputs import FIRST_DECISION, graph, signals  # noqa: E402
 
-import esper.tamiyo.api  # noqa: E402, F401  (the control API package, imported on its own)
-import esper.tamiyo.service.__main__ as service_main  # noqa: E402
+import esper.tamiyo.service.__main__  # noqa: E402, F401  (the entry point's imports)
 from esper.leyline import (  # noqa: E402
     AdaptationCommand,
     AdaptationDecision,
@@ -65,60 +63,48 @@ from esper.leyline import (  # noqa: E402
     decode,
 )
 from esper.leyline import streams as ls  # noqa: E402
-from esper.oona import ConsumerOptions, InMemoryBus, RedisBus  # noqa: E402
-from esper.service import BusReadiness  # noqa: E402
-from esper.tamiyo.collector import HealthCollector, RunStore  # noqa: E402
+from esper.oona import InMemoryBus  # noqa: E402
+from esper.tamiyo.api import create_app  # noqa: E402
+from esper.tamiyo.collector import HealthCollector  # noqa: E402
 from esper.tamiyo.decide import decide, run_snapshot  # noqa: E402
 from esper.tamiyo.policies import DEFAULT_SAFETY, make_policy  # noqa: E402
 from esper.tamiyo.safety import SafetyMonitor  # noqa: E402
 from esper.tamiyo.service.control import RunControl  # noqa: E402
-from esper.tamiyo.service.loop import CONSUMED_STREAMS, DecisionLoop  # noqa: E402
+from esper.tamiyo.service.loop import DecisionLoop  # noqa: E402
 from esper.tamiyo.service.metrics import TamiyoMetrics  # noqa: E402
 
-
-def service_app() -> list[str]:
-    """The app exactly as ``run_service`` wires it; routes answer without Redis."""
-    settings = service_main.settings_from(
-        service_main.parser().parse_args(["--redis-url", "redis://127.0.0.1:9/0", "--port", "0"]), "tamiyo"
-    )
-    bus = RedisBus.from_url(settings.redis_url)
-    store = RunStore.from_url(settings.redis_url)
-    metrics = TamiyoMetrics()
-    collector = HealthCollector(store)
-    safety = SafetyMonitor(DEFAULT_SAFETY)
-    loop = DecisionLoop(collector, safety, bus, metrics)
-    control = RunControl(collector, safety, bus, metrics)
-    bus.subscribe(CONSUMED_STREAMS, ls.GROUP_TAMIYO, settings.consumer, loop.handle, ConsumerOptions())
-    readiness = BusReadiness(bus.ping)
-    app = service_main.create_app(
-        control, api_token=settings.api_token, ready=readiness.not_ready, registries=(metrics.registry,)
-    )
-    with TestClient(app) as client:
-        assert client.get("/healthz").json() == {"status": "ok"}, "healthz"
-        ready = client.get("/readyz")
-        assert ready.status_code == 503 and ready.json()["reason"] == "consumers not started", ready.text
-        assert client.get("/runs").json() == [], "runs"
-        paths = sorted(client.get("/openapi.json").json()["paths"])
-    assert "/runs" in paths, paths
-    return paths
+TOKEN = "operator-token"
 
 
-async def steer_over_memory_bus() -> tuple[AdaptationDecision, AdaptationCommand]:
-    """A job, its graph and one epoch through the service's decision loop; what it published."""
+async def steer_over_memory_bus() -> tuple[RunControl, AdaptationDecision, AdaptationCommand]:
+    """A job, its graph and one epoch through the service's decision loop over Oona's in-memory bus."""
     bus = InMemoryBus()
-    loop = DecisionLoop(HealthCollector(None), SafetyMonitor(DEFAULT_SAFETY), bus, TamiyoMetrics())
+    collector, safety, metrics = HealthCollector(None), SafetyMonitor(DEFAULT_SAFETY), TamiyoMetrics()
+    loop = DecisionLoop(collector, safety, bus, metrics)
     await loop.handle(Envelope(payload=TrainingJob(epochs=5), run_id="run-a"))
     await loop.handle(Envelope(payload=graph(), run_id="run-a"))
     await loop.handle(Envelope(payload=signals(1), run_id="run-a"))
     decisions = [decode(data).payload for _, data in bus.entries(ls.CONTROL_DECISIONS)]
     commands = [decode(data).payload for _, data in bus.entries(ls.CONTROL_COMMANDS)]
     assert len(decisions) == 1 and len(commands) == 1, (decisions, commands)
-    return decisions[0], commands[0]
+    return RunControl(collector, safety, bus, metrics), decisions[0], commands[0]
+
+
+def control_api(control: RunControl) -> list[str]:
+    """The control API over the same runs: it lists the steered run; the routes it serves."""
+    app = create_app(control, api_token=TOKEN, registries=(TamiyoMetrics().registry,))
+    with TestClient(app) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}, "healthz"
+        runs = client.get("/runs", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert [r["run_id"] for r in runs.json()] == ["run-a"], runs.text
+        paths = sorted(client.get("/openapi.json").json()["paths"])
+    assert "/runs" in paths, paths
+    return paths
 
 
 def main() -> None:
-    paths = service_app()
-    looped, command = asyncio.run(steer_over_memory_bus())
+    control, looped, command = asyncio.run(steer_over_memory_bus())
+    paths = control_api(control)
     job = TrainingJob(epochs=5)
     first = signals(1)
     snapshot = run_snapshot("run-b", first, graph=graph(), telemetry_at=time.time(), param_budget=job.param_budget)
