@@ -14,11 +14,11 @@ from esper.tamiyo.gnn.network import NetworkConfig
 from esper.tamiyo.gnn.policy import GNNTamiyo
 
 TINY = TrainConfig(
-    env=EnvConfig(epochs=3, pool=2, max_train_samples=200, samples=600),
+    env=EnvConfig(epochs=2, pool=1, max_train_samples=100, samples=600),
     network=NetworkConfig(hidden=16),
     record_episodes=2,
     offline=OfflineConfig(epochs=2),
-    ppo=PPOConfig(total_timesteps=4, num_steps=2, num_minibatches=1, update_epochs=2, ent_coef_final=0.0),
+    ppo=PPOConfig(total_timesteps=2, num_steps=1, num_minibatches=1, update_epochs=2, ent_coef_final=0.0),
     num_envs=2,
     asynchronous=False,
 )
@@ -33,7 +33,7 @@ def test_a_job_runs_every_phase_and_resumes_with_more_ppo(tmp_path):
     assert state["normalizer"]["count"] > 1  # the running statistics saw the recorded observations
     assert TrainConfig.from_dict(state["config"]) == TINY
 
-    job = TrainingJob.resume(tmp_path, total_timesteps=8, progress=False)
+    job = TrainingJob.resume(tmp_path, total_timesteps=4, progress=False)
     assert job.phase == "ppo" and torch.equal(job.network.global_norm.mean, state["normalizer"]["mean"])
     job.run()
     rows = UpdateLog(tmp_path).rows()
