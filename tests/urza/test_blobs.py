@@ -18,6 +18,7 @@ def test_an_upload_that_does_not_hash_to_its_name_is_refused(client, blobs):
     response = client.put(f"/blobs/{sha(b'good')}", content=b"evil", headers=AUTH)
     assert response.status_code == 422 and "sha256 mismatch" in response.json()["reason"]
     assert not blobs.exists(sha(b"good"))
+    assert 'esper_urza_blob_checksum_failures_total{where="upload"} 1.0' in client.get("/metrics").text
 
 
 def test_uploads_are_size_limited(client, blobs):
@@ -42,6 +43,9 @@ def test_a_blob_corrupted_at_rest_is_never_served_and_can_be_uploaded_again(clie
     assert client.get(f"/blobs/{name}").status_code == 404  # withdrawn, not served on a retry either
     assert client.put(f"/blobs/{name}", content=data, headers=AUTH).status_code == 201
     assert client.get(f"/blobs/{name}").content == data
+    metrics = client.get("/metrics").text
+    assert 'esper_urza_blob_checksum_failures_total{where="read"} 1.0' in metrics
+    assert "esper_urza_blob_uploads_total 2.0" in metrics
 
 
 def test_the_local_store_verifies_every_read(tmp_path):

@@ -23,6 +23,7 @@ from esper.urza.api.blueprints import blueprint_router
 from esper.urza.api.kernels import kernel_router
 from esper.urza.blobs import BlobStore
 from esper.urza.catalogue import register_builtins
+from esper.urza.metrics import UrzaMetrics
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,10 @@ def create_app(
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     write = token_guard(token)
+    metrics = UrzaMetrics()
     app.include_router(blueprint_router(sessions, write))
-    app.include_router(kernel_router(sessions, blobs, write))
-    app.include_router(blob_router(blobs, write))
+    app.include_router(kernel_router(sessions, blobs, write, metrics))
+    app.include_router(blob_router(blobs, write, metrics))
 
     def not_ready() -> str | None:
         try:
@@ -72,5 +74,5 @@ def create_app(
             return f"database unavailable: {type(exc).__name__}"
         return None
 
-    app.include_router(health_router(not_ready, registries))
+    app.include_router(health_router(not_ready, (metrics.registry, *registries)))
     return app

@@ -11,23 +11,25 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from esper.urza.api.auth import AUTH_RESPONSES, ApiError
 from esper.urza.api.models import BlobOut, Reason, Sha256
 from esper.urza.blobs import BlobNotFound, BlobStore, BlobTooLarge, ChecksumMismatch
+from esper.urza.metrics import UrzaMetrics
 
 log = logging.getLogger(__name__)
 
 
-def serve_blob(blobs: BlobStore, sha256: str) -> Response:
+def serve_blob(blobs: BlobStore, sha256: str, metrics: UrzaMetrics) -> Response:
     """The blob's bytes, re-hashed first; a blob that fails is never sent (500, and the store quarantines it)."""
     try:
         data = blobs.get(sha256)
     except BlobNotFound:
         raise ApiError(404, f"no blob {sha256}") from None
     except ChecksumMismatch as exc:
+        metrics.checksum_failures.labels("read").inc()
         log.error("stored blob failed its checksum: %s", exc)
         raise ApiError(500, f"stored blob {sha256} failed its checksum and was withdrawn; upload it again") from None
     return Response(content=data, media_type="application/octet-stream", headers={"X-Checksum-Sha256": sha256})
 
 
-def blob_router(blobs: BlobStore, write: Callable[..., None]) -> APIRouter:
+def blob_router(blobs: BlobStore, write: Callable[..., None], metrics: UrzaMetrics) -> APIRouter:
     router = APIRouter(prefix="/blobs", tags=["blobs"])
 
     @router.put(
@@ -60,9 +62,12 @@ def blob_router(blobs: BlobStore, write: Callable[..., None]) -> APIRouter:
         try:
             blobs.put(bytes(body), sha256)
         except ChecksumMismatch as exc:
+            metrics.checksum_failures.labels("upload").inc()
             raise ApiError(422, f"body: {exc}") from None
         except BlobTooLarge as exc:
             raise ApiError(413, str(exc)) from None
+        metrics.blob_uploads.inc()
+        metrics.blob_upload_bytes.inc(len(body))
         return BlobOut(sha256=sha256, size_bytes=len(body))
 
     @router.get(
@@ -72,6 +77,6 @@ def blob_router(blobs: BlobStore, write: Callable[..., None]) -> APIRouter:
         summary="Download a blob (verified against its sha256 before it is sent)",
     )
     def get(sha256: Annotated[Sha256, Path()]) -> Response:
-        return serve_blob(blobs, sha256)
+        return serve_blob(blobs, sha256, metrics)
 
     return router

@@ -25,6 +25,7 @@ from esper.urza.api.models import Dtype, KernelIn, KernelOut, KernelPage, Kernel
 from esper.urza.blobs import BlobNotFound, BlobStore
 from esper.urza.catalogue import resolve_config
 from esper.urza.db import BlueprintRow, KernelRow
+from esper.urza.metrics import UrzaMetrics
 
 #: layout -> rank of its per-sample shape (as Kasmina's ``LAYER_KIND_RANK``; Urza cannot import torch code).
 LAYOUT_RANK = {"linear": 1, "conv1d": 2, "sequence": 2, "conv2d": 3}
@@ -79,7 +80,9 @@ def resolve_kernel(session: Session, body: KernelIn) -> tuple[BlueprintRow, dict
     return blueprint, config, layout
 
 
-def kernel_router(sessions: sessionmaker[Session], blobs: BlobStore, write: Callable[..., None]) -> APIRouter:
+def kernel_router(
+    sessions: sessionmaker[Session], blobs: BlobStore, write: Callable[..., None], metrics: UrzaMetrics
+) -> APIRouter:
     router = APIRouter(prefix="/kernels", tags=["kernels"])
 
     @router.post(
@@ -125,6 +128,7 @@ def kernel_router(sessions: sessionmaker[Session], blobs: BlobStore, write: Call
                 row = session.get(KernelRow, kernel_id)
                 assert row is not None
                 return JSONResponse(to_out(row).model_dump(mode="json"), status_code=200)
+            metrics.kernels_registered.inc()
             return JSONResponse(to_out(row).model_dump(mode="json"), status_code=201)
 
     @router.get("", response_model=KernelPage, summary="Search kernels by blueprint, shape, layout, status")
@@ -213,6 +217,7 @@ def kernel_router(sessions: sessionmaker[Session], blobs: BlobStore, write: Call
                 if value is not None:
                     setattr(row, name, value)
             session.commit()
+            metrics.kernel_reports.labels(body.status.value).inc()
             return to_out(row)
 
     @router.get(
@@ -229,6 +234,6 @@ def kernel_router(sessions: sessionmaker[Session], blobs: BlobStore, write: Call
             if row.status != KernelStatus.VALIDATED.value or row.sha256 is None:
                 raise ApiError(404, f"kernel {kernel_id} has no artifact (status {row.status})")
             sha = row.sha256
-        return serve_blob(blobs, sha)
+        return serve_blob(blobs, sha, metrics)
 
     return router
