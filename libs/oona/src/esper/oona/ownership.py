@@ -286,6 +286,11 @@ class OwnedRuns:
                 h = owned.hold
                 await self.leases.hold(h.stream, h.group, h.consumer, h.entry_id)
         for run_id in lost:
+            # A renewal that came late (a starved event loop) finds the lease expired but free: nobody else can
+            # have adopted the run, so taking it again is safe. Only a lease another replica holds is lost.
+            if run_id in self._runs and await self.leases.acquire(run_id):
+                log.warning("%s: lease of run %s expired before its renewal; taken again", self.consumer, run_id)
+                continue
             owned = self._runs.pop(run_id, None)
             if owned is None:
                 continue

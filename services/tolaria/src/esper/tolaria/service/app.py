@@ -150,9 +150,13 @@ class TolariaService:
         held = HeldEntry(delivery.stream, delivery.group, delivery.consumer, delivery.entry_id)
         if not await self.owned.adopt(run_id, held):
             self.inboxes.pop(run_id, None)
+            # Another replica trains the run. Never ack here: this may be that replica's own job entry, claimed
+            # while its renewals were late; it takes the entry back with its next renewal (within a lease), and
+            # then this consumer no longer holds it. A genuine second job for the run ends in the dead-letter
+            # stream after its deliveries.
             owner = await self.leases.owner(run_id)
-            log.warning("run %s: a second job for a run %s trains; this copy is dropped", run_id, owner)
-            return
+            await asyncio.sleep(self.leases.ttl_ms / 1000.0)
+            raise RunInterrupted(f"run {run_id}: trained by {owner}; job entry {delivery.entry_id} not taken")
         run = ServiceRun(run_id, job, self.storage, self.bus, asyncio.get_running_loop(), inbox, self.metrics)
         log.info(
             "run %s: starting on %s (%s, %d epochs, lockstep %s)",
@@ -182,7 +186,7 @@ class TolariaService:
             raise
         finally:
             self.metrics.active_runs.dec()
-        await self._announce(run_id, finished_event(outcome))
+        await self._announce(run_id, finished_event(outcome, trained_by=self.consumer_name))
         await self._end(run_id, inbox, FINISHED_BEFORE_BOUNDARY)
         self.metrics.runs.labels("finished").inc()
         log.info("run %s: finished, report at %s", run_id, outcome.report_path)
@@ -290,8 +294,8 @@ class TolariaService:
         await self.bus.publish(ls.TELEMETRY_EVENTS, Envelope(payload=event, run_id=run_id))
 
 
-def finished_event(outcome: RunOutcome) -> TelemetryEvent:
-    """``run_finished`` with the report's headline numbers and where it is."""
+def finished_event(outcome: RunOutcome, trained_by: str | None = None) -> TelemetryEvent:
+    """``run_finished`` with the report's headline numbers, where it is, and which replica finished the run."""
     report = outcome.report
     return TelemetryEvent(
         kind=EventKind.RUN_FINISHED,
@@ -304,5 +308,6 @@ def finished_event(outcome: RunOutcome) -> TelemetryEvent:
             "report": str(outcome.report_path),
             "epochs": report["epochs"],
             "resumed_from_epoch": outcome.resumed_from_epoch,
+            "trained_by": trained_by,
         },
     )
