@@ -80,3 +80,14 @@ def test_requests_that_do_not_fit_are_value_errors_naming_the_field():
         compile_kernel("mlp", (16,), dtype="float16")
     with pytest.raises(ValueError, match="unknown blueprint"):
         compile_kernel("nope", (16,))
+
+
+def test_a_module_export_refuses_is_traced_to_torchscript_and_still_loads_and_trains(data_dependent_blueprint):
+    kernel = compile_kernel(data_dependent_blueprint, (16,), batch=8, repeats=2)
+    assert kernel.artifact_format == "torchscript" and kernel.max_abs_error <= 1e-5
+    eager = get_blueprint(data_dependent_blueprint).build((16,))
+    module = fresh_copy(load_artifact(kernel.artifact), eager)
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(module(x), eager(x))
+    module(x).pow(2).sum().backward()
+    assert all(p.grad is not None for p in module.parameters())
