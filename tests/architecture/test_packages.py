@@ -183,10 +183,10 @@ def test_leyline_depends_on_no_esper_package() -> None:
 @pytest.mark.parametrize("name", TORCH_FREE)
 def test_torch_free_packages_never_reach_the_model_side(name: str) -> None:
     # every extra counts here: a Tamiyo that can be installed next to Tolaria's code would also import it
-    graph = esper_graph(DISTS)
+    edges = esper_graph(DISTS)
     reach, todo = set(), [name]
     while todo:
-        for nxt in graph.get(todo.pop(), []):
+        for nxt in edges.get(todo.pop(), []):
             if nxt not in reach:
                 reach.add(nxt)
                 todo.append(nxt)
