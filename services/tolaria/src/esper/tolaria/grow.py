@@ -30,14 +30,17 @@ class Grown:
 
     ``export_max_diff``: the largest absolute difference between the trained
     model's and the exported module's outputs over the test split (eval mode);
-    ``export_test_score``: the export's own test score (accuracy or R²), which
-    equals the report's final test score.
+    ``model_test_score`` and ``export_test_score``: the test score (accuracy or
+    R²) of the trained model as it ended the run and of its export. (The
+    report's last test number was taken before the last boundary's decision and
+    alpha step, so it can differ from both.)
     """
 
     report: dict[str, Any]
     trainer: Trainer
     model: nn.Module
     export_max_diff: float
+    model_test_score: float
     export_test_score: float
 
 
@@ -76,14 +79,16 @@ def grow(task: str, out_dir: str | Path, *, resume: bool = False, progress: bool
     exported = export(trainer.model, example_inputs=(split.x[:64],))
     exported.eval()
     with torch.no_grad():
-        diff, score = 0.0, 0.0
+        diff, score, own = 0.0, 0.0, 0.0
         for start in range(0, len(split), 1000):
             x, y = split.x[start : start + 1000], split.y[start : start + 1000]
             mine, theirs = trainer.model(x), exported(x)
             diff = max(diff, float((mine - theirs).abs().max()))
             score += float(trainer.task.objective.score_sum(theirs, y))
+            own += float(trainer.task.objective.score_sum(mine, y))
     trainer.model.train(was_training)
-    return Grown(report, trainer, exported, diff, score / max(len(split), 1))
+    n = max(len(split), 1)
+    return Grown(report, trainer, exported, diff, own / n, score / n)
 
 
 def static_vs_grown(task: str, out_dir: str | Path, **job: Any) -> dict[str, Grown]:
@@ -107,7 +112,8 @@ def summary(runs: dict[str, Grown]) -> dict[str, Any]:
             "params_initial": r["params_initial"],
             "params_final": r["params_final"],
             "fossilized": [e["blueprint"] + "@" + e["slot"] for e in r["seed_events"] if e["to"] == "FOSSILIZED"],
-            "export_max_diff": g.export_max_diff,
+            "model_test": g.model_test_score,
             "export_test": g.export_test_score,
+            "export_max_diff": g.export_max_diff,
         }
     return rows
