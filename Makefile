@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # Where the CPU build of torch comes from; override for another index.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test run lint proto proto-check bench bench-growth chaos clean
+.PHONY: install test run lint proto proto-check bench bench-growth chaos clean deploy-check compose-test
 
 install: $(STAMP)
 
@@ -21,8 +21,18 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PAC
 	$(PIP) --no-build-isolation -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
 	@touch $(STAMP)
 
-test: install proto-check
+test: install proto-check deploy-check
 	$(BIN)/python -m pytest
+
+# The deployment files checked offline (compose spec, helm lint/template + kubernetes-validate,
+# promtool, Dockerfile entrypoints); installs helm and the validators itself (pinned).
+deploy-check: install
+	$(BIN)/python deploy/ci/deploy_check.py
+
+# The compose cluster started for real with a Docker Engine (installed and started when
+# missing; stopped again if it started it): build, up, train a run, check Prometheus, tear down.
+compose-test: install
+	$(BIN)/python deploy/ci/compose_test.py
 
 run: install
 	$(BIN)/esper up --demo

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dashboards
 import standins
 from engine import Engine, EngineError, docker_client
-from harness import ROOT, Deadline, Shell, StepFailed, Timeline, get_json, get_text
+from harness import ROOT, Deadline, Shell, StepFailed, Timeline, get_json, get_text, post_json
 from images import SERVICES, Images
 
 DEPLOY = ROOT / "deploy"
@@ -211,14 +211,17 @@ class ComposeTest:
             )
             if status["finished"]:
                 raise StepFailed(f"run {run_id} finished before an adaptation could be forced")
+            # Paused (over HTTP, at once) so the run is still live, and early, when the slower CLI asks.
+            base = f"http://127.0.0.1:{self.ports['TAMIYO_PORT']}/runs/{run_id}"
+            post_json(f"{base}/pause", {"reason": "compose-test forces an illegal adaptation"}, self.token)
             slot = status["slots"][0]
-            # Fossilizing is legal only from PROBATIONARY, which no slot reaches in the first epochs,
-            # so the refusal does not depend on what the policy does meanwhile.
+            # Fossilizing is legal only from PROBATIONARY, which no slot reaches in the first epochs.
             args = ["--action", "fossilize", "--slot", slot["slot_id"]]
             refused = self.esper("adapt", run_id, *args, check=False)
-            if refused.returncode != 1 or "409" not in refused.stderr:
-                raise StepFailed(f"`esper runs adapt {' '.join(args)}` was not refused with 409: {refused.stderr}")
-            note(f"{' '.join(args[1:4:2])} ({slot['stage']}): {refused.stderr.strip()[:140]}")
+            post_json(f"{base}/resume", {"reason": "compose-test"}, self.token)
+            if refused.returncode != 1 or "409" not in refused.stderr or "illegal" not in refused.stderr:
+                raise StepFailed(f"`esper runs adapt {' '.join(args)}` was not refused as illegal: {refused.stderr}")
+            note(f"paused; {refused.stderr.strip()[:150]}; resumed")
             import redis
 
             from esper.leyline import streams

@@ -25,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -189,6 +190,21 @@ def dockerfile_problems(path: Path) -> list[str]:
             (d / "src" / module / "__main__.py").exists() or (d / "src" / f"{module}.py").exists() for d in dirs
         ):
             problems.append(f"{argv[2]} is not a module of the installed packages {packages.group(1)}")
+    listed = packages.group(1).split()
+    names = {}
+    for p in listed:
+        if not (ROOT / p / "pyproject.toml").exists():
+            problems.append(f"ESPER_PACKAGES names {p}, which is not a package")
+            continue
+        names[p] = tomllib.loads((ROOT / p / "pyproject.toml").read_text())["project"]
+        if not re.search(rf"^COPY {re.escape(p)} {re.escape(p)}\s*$", text, flags=re.M):
+            problems.append(f"{p} is installed but never copied into the build stage")
+    carried = {project["name"] for project in names.values()}
+    for p, project in names.items():
+        for requirement in project.get("dependencies", []):
+            name = re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0]
+            if name.startswith("esper-") and name not in carried:
+                problems.append(f"{p} needs {name}, which ESPER_PACKAGES does not install")
     if not re.search(r"^HEALTHCHECK\s+.*CMD", text, flags=re.M):
         problems.append("no HEALTHCHECK")
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)

@@ -138,3 +138,15 @@ def get_text(url: str, timeout_s: float = 10.0, token: str | None = None) -> str
 
 def get_json(url: str, timeout_s: float = 10.0, token: str | None = None) -> Any:
     return json.loads(get_text(url, timeout_s, token))
+
+
+def post_json(url: str, body: object, token: str, timeout_s: float = 10.0) -> Any:
+    """POST ``body`` as JSON with a bearer token; the answer's JSON."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())

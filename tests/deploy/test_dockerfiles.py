@@ -37,6 +37,17 @@ def test_a_dockerfile_whose_entrypoint_is_not_installed_is_flagged(tmp_path: Pat
     assert deploy_check.dockerfile_problems(bad) == ["no HEALTHCHECK"]
 
 
+def test_a_dockerfile_missing_a_package_its_packages_need_is_flagged(tmp_path: Path) -> None:
+    text = (ROOT / "services/nissa/Dockerfile").read_text()
+    bad = tmp_path / "Dockerfile"
+    bad.write_text(
+        text.replace('ESPER_PACKAGES="libs/leyline libs/oona libs/service', 'ESPER_PACKAGES="libs/leyline libs/service')
+    )
+    assert "libs/service needs esper-oona, which ESPER_PACKAGES does not install" in deploy_check.dockerfile_problems(
+        bad
+    )
+
+
 def test_the_dockerignore_keeps_the_venv_runs_and_caches_out() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "runs", "**/__pycache__", ".git"} <= set(ignored)
