@@ -80,6 +80,10 @@ def test_requests_that_do_not_fit_are_value_errors_naming_the_field():
         compile_kernel("mlp", (16,), dtype="float16")
     with pytest.raises(ValueError, match="unknown blueprint"):
         compile_kernel("nope", (16,))
+    with pytest.raises(ValueError, match="input_shape"):
+        compile_kernel("mlp", (1 << 20,))
+    with pytest.raises(ValueError, match="parameters"):
+        compile_kernel("mlp", (4096,), {"expansion": 1000.0})
 
 
 def test_a_module_export_refuses_is_traced_to_torchscript_and_still_loads_and_trains(data_dependent_blueprint):

@@ -10,6 +10,7 @@ every parameter, within tolerance. Then both are timed forward and backward
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ from torch import nn
 
 from esper.kasmina.blueprints import get_blueprint
 from esper.kasmina.kernels import compile_seed, fresh_copy, load_artifact
+
+#: Requests past these are refused before anything is allocated (a bad request must not take Tezzeret down).
+MAX_INPUT_ELEMENTS = 1 << 24
+MAX_PARAMS = 1 << 26
 
 #: Largest allowed difference from eager (outputs and gradients), absolute plus relative to the magnitude.
 ATOL = 1e-5
@@ -162,6 +167,14 @@ def compile_kernel(
         raise ValueError(f"device {device!r}: not available to this compiler")
     spec = get_blueprint(blueprint)
     resolved = spec.resolve(tuple(input_shape), config, layer_kind=layout)
+    elements = batch * math.prod(resolved.shape)
+    if elements > MAX_INPUT_ELEMENTS:
+        raise ValueError(
+            f"input_shape {list(resolved.shape)}: a batch of {batch} is {elements} elements (max {MAX_INPUT_ELEMENTS})"
+        )
+    params = spec.param_count(resolved.shape, resolved.config, layer_kind=resolved.kind)
+    if params > MAX_PARAMS:
+        raise ValueError(f"config {resolved.config}: {params} parameters at {list(resolved.shape)} (max {MAX_PARAMS})")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         eager = spec.build(resolved.shape, resolved.config, layer_kind=resolved.kind)
