@@ -118,7 +118,12 @@ class Tezzeret:
         if kernel["status"] == "validated":
             log.info("kernel %s already validated: no recompile", kernel_id)
             return self._ok(request, kernel)
-        await asyncio.to_thread(self.urza.report, kernel_id, {"status": "compiling"})
+        try:
+            await asyncio.to_thread(self.urza.report, kernel_id, {"status": "compiling"})
+        except UrzaRejected as exc:
+            if exc.status != 409:
+                raise
+            return self._ok(request, await asyncio.to_thread(self.urza.kernel, kernel_id))  # validated meanwhile
         started = time.perf_counter()
         try:
             compiled = await asyncio.to_thread(
