@@ -75,7 +75,9 @@ def test_six_runs_on_three_tolarias_every_command_applied_once_by_the_replica_tr
     applied_per_replica = dict.fromkeys(TOLARIAS, 0)
     total = 0
     for run_id in run_ids:
-        assert sorted(set(bus.epochs(run_id))) == list(range(1, epochs + 1))
+        # Each run trained once, start to end, on one replica: nothing failed and was retried.
+        assert bus.epochs(run_id) == list(range(1, epochs + 1)), (run_id, bus.epochs(run_id))
+        assert finished[run_id]["resumed_from_epoch"] is None
         n = check_commands_applied_once(bus, run_id)
         total += n
         applied_per_replica[consumers[trainers[run_id]]] += n
@@ -99,8 +101,8 @@ def test_a_tolaria_and_a_tamiyo_sigkilled_mid_run_their_runs_move_and_every_run_
 ) -> None:
     epochs = 10
     run_ids = submit_runs(bus, "kill", epochs)
-    # Mid-run: every run has trained an epoch and none is done.
-    eventually(lambda: all(bus.epochs(r) for r in run_ids), 120, "every run past its first epoch")
+    # Mid-run: every run has checkpointed an epoch (its second is out) and none is done.
+    eventually(lambda: all(len(bus.epochs(r)) >= 2 for r in run_ids), 120, "every run past its second epoch")
     tolaria_owners = {r: bus.owner(streams.GROUP_TOLARIA, r) for r in run_ids}
     tamiyo_owners = {r: bus.owner(streams.GROUP_TAMIYO, r) for r in run_ids}
     victim = next(n for n in TOLARIAS if consumer_of(replicas, n) in tolaria_owners.values())
@@ -119,11 +121,13 @@ def test_a_tolaria_and_a_tamiyo_sigkilled_mid_run_their_runs_move_and_every_run_
         published = bus.epochs(run_id)
         assert sorted(set(published)) == list(range(1, epochs + 1)), (run_id, published)
         assert published.count(1) == 1, f"run {run_id} started over instead of resuming: {published}"
+        # Only the epoch in flight at the kill may run twice.
+        assert len(published) - len(set(published)) <= 1, (run_id, published)
         check_commands_applied_once(bus, run_id)
         check_report(replicas, run_id, epochs)
         readers = bus.readers(streams.GROUP_TOLARIA, "commands", run_id)
         if run_id in moved:
-            assert attrs["resumed_from_epoch"] is not None, f"run {run_id} did not resume from its checkpoint"
+            assert attrs["resumed_from_epoch"], f"run {run_id} did not resume from its checkpoint"
             assert readers == {dead_tolaria, attrs["trained_by"]}, readers
         else:
             assert readers == {attrs["trained_by"]}, readers

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,12 @@ from esper.tolaria.service.outbox import Outbox
 from esper.tolaria.service.storage import RunStorage
 
 log = logging.getLogger(__name__)
+
+#: The compute of the runs one process trains (build, epochs, commands, report) takes turns: torch.fx tracing
+#: (the model graph, after every structural change) patches ``nn.Module.__call__`` for the whole process, so
+#: a run traced while another trains breaks the other's forward pass; first imports and matplotlib are not
+#: thread-safe either. A run lets go while it waits (lockstep, paused, publishing), so runs overlap there.
+_COMPUTE = threading.Lock()
 
 
 class JobRejected(ValueError):
@@ -88,7 +95,8 @@ class ServiceRun:
                     self._hold(folder)
                     continue
                 started = time.perf_counter()
-                trainer.run_epoch(at_boundary=self._boundary)
+                with _COMPUTE:
+                    trainer.run_epoch(at_boundary=self._boundary)
                 self._commit(folder)
                 self.metrics.epochs.inc()
                 self.metrics.epoch_seconds.observe(time.perf_counter() - started)
@@ -96,21 +104,23 @@ class ServiceRun:
             folder.close()
             self._settle(exc if isinstance(exc, RunInterrupted) else RunInterrupted(str(exc)))
             raise
-        report = folder.finish()
+        with _COMPUTE:
+            report = folder.finish()
         self.storage.commit(self.run_id, self.out_dir)
         return RunOutcome(report, self.out_dir / REPORT_NAME, resumed_from)
 
     def _open(self, resume: bool) -> RunFolder:
         try:
-            return RunFolder.open(
-                self.job,
-                self.out_dir,
-                resume=resume,
-                sinks=(self._observe, self.outbox),
-                decide_in_process=False,
-                run_id=self.run_id,
-                mode="lockstep" if self.job.lockstep else "async",
-            )
+            with _COMPUTE:
+                return RunFolder.open(
+                    self.job,
+                    self.out_dir,
+                    resume=resume,
+                    sinks=(self._observe, self.outbox),
+                    decide_in_process=False,
+                    run_id=self.run_id,
+                    mode="lockstep" if self.job.lockstep else "async",
+                )
         except (ValueError, FileNotFoundError) as exc:
             raise JobRejected(str(exc)) from exc
 
@@ -122,9 +132,13 @@ class ServiceRun:
         """Trainer hook after an epoch's signals are published: flush them, wait in lockstep, take commands."""
         if self.inbox.fenced:
             return []  # another replica owns the run now: apply nothing (the commit refuses to checkpoint)
-        self.outbox.flush()
-        if self.job.lockstep:
-            self._await_tamiyo(signals.epoch)
+        _COMPUTE.release()  # held by execute() around run_epoch: other runs compute while this one waits
+        try:
+            self.outbox.flush()
+            if self.job.lockstep:
+                self._await_tamiyo(signals.epoch)
+        finally:
+            _COMPUTE.acquire()
         self._taken = self.inbox.take_commands()
         return [p.command for p in self._taken]
 
@@ -154,7 +168,8 @@ class ServiceRun:
         if not self.inbox.wait_for_command():
             return  # interrupted: the loop raises
         self._taken = self.inbox.take_commands()
-        folder.trainer.apply_commands([p.command for p in self._taken])
+        with _COMPUTE:
+            folder.trainer.apply_commands([p.command for p in self._taken])
         self._commit(folder)
 
     def _commit(self, folder: RunFolder) -> None:
