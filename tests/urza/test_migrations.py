@@ -28,3 +28,11 @@ def test_migrating_again_is_a_no_op_and_keeps_rows(store_url):
         assert register_builtins(session) == 0
     assert {"blueprints", "kernels", "alembic_version"} <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_a_plain_postgresql_url_means_psycopg_3():
+    from esper.urza.db import normalize_url
+
+    assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalize_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
