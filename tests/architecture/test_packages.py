@@ -332,11 +332,6 @@ def test_tamiyo_service_process_steers_a_run_where_torch_cannot_be_imported(
     assert service.stop() == {"imported": [], "refused": []}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_service waits for Redis only on OSError, but redis-py 8's ConnectionError is not an OSError: "
-    "the service exits 1 when Redis is down at start (services/tamiyo/src/esper/tamiyo/service/__main__.py)",
-)
 def test_tamiyo_service_process_waits_for_redis_where_torch_cannot_be_imported(
     start_service: Callable[[str], Service],
 ) -> None:

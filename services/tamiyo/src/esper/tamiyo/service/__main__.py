@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from esper.oona import RedisBus
 from esper.service import BusReadiness, ServiceSettings, add_arguments, configure_logging, serve, settings_from
@@ -67,7 +68,7 @@ async def run_service(settings: ServiceSettings, safety_config: SafetyConfig, le
             try:
                 restored = await collector.restore()
                 break
-            except OSError as exc:  # redis' ConnectionError is an OSError: wait for Redis instead of dying
+            except (OSError, RedisConnectionError) as exc:  # Redis not up yet: wait for it instead of dying
                 restoring[0] = f"waiting for Redis at {settings.redis_url}: {exc}"
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 2.0)
