@@ -7,7 +7,8 @@
 Real services (Tamiyo, Tolaria, Nissa) on a private redis-server with AOF; see
 tests/chaos/campaign.py for the faults and tests/chaos/checks.py for the checks.
 Exits 1 when a check fails (a run unfinished, a command applied twice, telemetry
-missing or archived twice, a poison message not dead-lettered, a phantom run).
+missing or archived twice, a poison message not dead-lettered, a phantom run,
+a service that exited on its own during the faults).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> int:
         and summary["telemetry_duplicated"] == 0
         and summary["phantom_runs"] == 0
         and summary["poison_dead_lettered"] == summary["poison_injected"]
+        and summary["service_crashes"] == 0
     )
     if not ok:
         print("\nCHECKS FAILED; service logs:\n" + campaign.logs, file=sys.stderr)
@@ -56,6 +58,7 @@ def main() -> int:
         **summary,
         "faults": rows(campaign),
         "api_answers": campaign.answers,
+        "crashes_by_service": campaign.crashes,
         "ok": ok,
     }
     print(json.dumps(result))

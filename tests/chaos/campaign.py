@@ -10,6 +10,8 @@ Faults, in an order and at moments drawn from ``random.Random(seed)``:
 
 * ``kill <service>``: SIGKILL, each service in turn (the supervisor restarts it);
 * ``redis restart``: SIGKILL redis-server, a short outage, start it on its AOF;
+* ``long redis outage``: the same, down longer than the control API's deadline
+  and the bus's publish timeout (the API must answer 503, Tolaria resumes);
 * ``cut <service>``: drop that service's Redis connections for a few seconds;
 * during each outage, a run is submitted and a running run paused through the
   API (every answer recorded; a pause is resumed once Redis is back);
@@ -24,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import random
+import re
 import signal
 import time
 import uuid
@@ -60,6 +63,8 @@ class CampaignConfig:
     tolarias: int = 1
     kill_rounds: int = 1
     redis_restarts: int = 1
+    long_outages: int = 1
+    long_outage_s: float = 7.0
     cuts: int = 1
     poison: int = 2
     flood: bool = False
@@ -109,6 +114,7 @@ class Campaign:
     verdict: Verdict | None = None
     wall_s: float = 0.0
     logs: str = ""
+    crashes: dict[str, int] = field(default_factory=dict)
 
 
 class _Driver:
@@ -124,6 +130,7 @@ class _Driver:
         self.client: redis.Redis | None = None
         self.started = time.monotonic()
         self.finished: set[str] = set()
+        self.last_answer = ""
 
     # --- setup -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,9 +193,10 @@ class _Driver:
     def steer(self, action: str, run_id: str) -> int:
         assert self.api is not None
         try:
-            status = self.api.post(f"/runs/{run_id}/{action}", json={"reason": "chaos"}).status_code
-        except httpx.HTTPError:
-            status = 0
+            response = self.api.post(f"/runs/{run_id}/{action}", json={"reason": "chaos"})
+            status, self.last_answer = response.status_code, response.text[:300]
+        except httpx.HTTPError as exc:
+            status, self.last_answer = 0, repr(exc)
         key = f"{action} {status}"
         self.campaign.answers[key] = self.campaign.answers.get(key, 0) + 1
         return status
@@ -218,6 +226,7 @@ class _Driver:
         c = self.config
         faults = [f"kill {s}" for _ in range(c.kill_rounds) for s in SERVICES]
         faults += ["redis restart"] * c.redis_restarts
+        faults += ["long redis outage"] * c.long_outages
         faults += [f"cut {SERVICES[i % len(SERVICES)]}" for i in range(c.cuts)]
         faults += ["poison"] * c.poison
         faults += ["maxlen flood"] if c.flood else []
@@ -236,6 +245,8 @@ class _Driver:
             fault.detail = self._kill(kind.split()[1])
         elif kind == "redis restart":
             fault.detail = self._outage(kind, self.server.kill, self._restart_redis)
+        elif kind == "long redis outage":
+            fault.detail = self._outage(kind, self.server.kill, self._restart_redis, self.config.long_outage_s)
         elif kind.startswith("cut "):
             proxy = self.proxies[kind.split()[1]]
             fault.detail = self._outage(kind, proxy.cut, proxy.restore)
@@ -260,8 +271,8 @@ class _Driver:
     def _restart_redis(self) -> None:
         self.server.start(timeout_s=30)
 
-    def _outage(self, kind: str, down: Any, up: Any) -> str:
-        outage = self.rng.uniform(*self.config.outage_s)
+    def _outage(self, kind: str, down: Any, up: Any, outage_s: float | None = None) -> str:
+        outage = outage_s if outage_s is not None else self.rng.uniform(*self.config.outage_s)
         target = self.rng.choice(self.active() or [None])  # type: ignore[list-item]
         down()
         began = time.monotonic()
@@ -275,7 +286,9 @@ class _Driver:
             # Whatever the pause's answer, the run must go on: resume it (retrying while Redis settles).
             deadline = time.monotonic() + 60
             while self.steer("resume", target) not in (202, 409):
-                assert time.monotonic() < deadline, f"resume of {target} never accepted"
+                assert time.monotonic() < deadline, (
+                    f"resume of {target} never accepted: {self.last_answer}\n{self.logs()}"
+                )
                 time.sleep(0.5)
         return f"{outage:.1f}s down; submit/pause answered {answers}"
 
@@ -327,8 +340,20 @@ class _Driver:
             listed,
             self.campaign.poison_entries,
         )
+        self.campaign.crashes = self.crashes()
+        self.campaign.verdict.summary["service_crashes"] = sum(self.campaign.crashes.values())
         self.campaign.wall_s = time.monotonic() - self.started
         return self.campaign
+
+    def crashes(self) -> dict[str, int]:
+        """Exits no fault caused (anything but our SIGKILL), per service: a service must ride out an outage."""
+        assert self.stack is not None
+        out = {}
+        for name, service in self.stack.services.items():
+            text = service.log_path.read_text(errors="replace")
+            exits = re.findall(rf"--- esper: {re.escape(name)} exited with code (-?\d+)", text)
+            out[name] = sum(1 for code in exits if int(code) != -signal.SIGKILL)
+        return out
 
     def logs(self) -> str:
         if self.stack is None:

@@ -39,6 +39,8 @@ def table(campaign: Campaign) -> str:
     for row in rows(campaign):
         lines.append(f"{row['fault']:<16} {row['injected']:>8} {row['runs_affected']:>13}  {row['lost']}")
     lines.append("")
+    crashes = ", ".join(f"{n} {c}" for n, c in campaign.crashes.items() if c) or "none"
+    lines.append(f"services that exited on their own (not our SIGKILL): {crashes}")
     lines.append("API answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(campaign.answers.items())))
     lines.append("summary: " + ", ".join(f"{k}={v}" for k, v in campaign.verdict.summary.items()))
     return "\n".join(lines)

@@ -36,3 +36,6 @@ def test_a_bounded_campaign_loses_nothing_acknowledged(tmp_path):
     assert summary["telemetry_duplicated"] == 0, context
     assert summary["poison_dead_lettered"] == summary["poison_injected"] == config.poison, context
     assert summary["phantom_runs"] == 0, context
+    assert summary["service_crashes"] == 0, f"services exited on their own: {campaign.crashes}{context}"
+    # Down longer than the API's deadline, Redis made the API refuse (503 + Retry-After, checked as answered).
+    assert campaign.answers.get("submit 503", 0) >= config.long_outages, context
