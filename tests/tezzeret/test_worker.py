@@ -125,7 +125,8 @@ def test_urza_down_leaves_the_request_pending_for_redelivery(clean_redis_url, tm
             ls.COMPILE_REQUESTS,
             Envelope(payload=CompileRequest(request_id="r", blueprint_id="mlp", input_shape=[4]), run_id="x"),
         )
-        tezzeret = Tezzeret(bus, UrzaClient(f"http://127.0.0.1:{free_port()}", TOKEN, timeout_s=1), repeats=1)
+        client = UrzaClient(f"http://127.0.0.1:{free_port()}", TOKEN, timeout_s=1)
+        tezzeret = Tezzeret(bus, client, repeats=1, urza_wait_s=0.5)
         options = ConsumerOptions(batch_size=1, block_ms=100, retry_delay_ms=10_000, claim_idle_ms=60_000)
         subscription = bus.subscribe(ls.COMPILE_REQUESTS, ls.GROUP_TEZZERET, "t", tezzeret.handle, options)
         task = asyncio.ensure_future(subscription.run())
@@ -138,3 +139,32 @@ def test_urza_down_leaves_the_request_pending_for_redelivery(clean_redis_url, tm
 
     assert asyncio.run(scenario()) == 1
     assert results(clean_redis_url) == []
+
+
+def test_a_request_waits_for_urza_to_come_up(clean_redis_url, tmp_path):
+    urza = UrzaServer(tmp_path / "late")  # its port is chosen; it starts a second after Tezzeret
+
+    async def scenario() -> None:
+        bus = RedisBus.from_url(clean_redis_url)
+        request = CompileRequest(request_id="late", blueprint_id="norm", input_shape=[8])
+        await bus.publish(ls.COMPILE_REQUESTS, Envelope(payload=request, run_id="x"))
+        tezzeret = Tezzeret(bus, UrzaClient(urza.url, TOKEN, timeout_s=1), repeats=1, urza_wait_s=30)
+        options = ConsumerOptions(batch_size=1, block_ms=100, claim_idle_ms=60_000)
+        subscription = bus.subscribe(ls.COMPILE_REQUESTS, ls.GROUP_TEZZERET, "t", tezzeret.handle, options)
+        task = asyncio.ensure_future(subscription.run())
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(urza.start)
+        for _ in range(400):
+            if results(clean_redis_url):
+                break
+            await asyncio.sleep(0.05)
+        await subscription.stop()
+        await task
+        await bus.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        urza.stop()
+    [result] = results(clean_redis_url)
+    assert result.status is CompileStatus.OK, result.error

@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -32,9 +33,12 @@ from esper.leyline import streams as ls
 from esper.leyline.compile import CompileRequest, CompileResult, CompileStatus, KernelMetadata
 from esper.oona import Bus, Delivery
 from esper.tezzeret.compiler import compile_kernel
-from esper.tezzeret.urza import UrzaClient, UrzaRejected
+from esper.tezzeret.urza import UrzaClient, UrzaRejected, UrzaUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: How long a request waits for an unavailable Urza before its delivery fails (and is retried by the bus).
+URZA_WAIT_S = 120.0
 
 
 class TezzeretMetrics:
@@ -81,12 +85,37 @@ class Tezzeret:
     """Compiles what arrives on ``esper.compile.requests``; ``handle`` is the bus handler."""
 
     def __init__(
-        self, bus: Bus, urza: UrzaClient, metrics: TezzeretMetrics | None = None, *, repeats: int = 20
+        self,
+        bus: Bus,
+        urza: UrzaClient,
+        metrics: TezzeretMetrics | None = None,
+        *,
+        repeats: int = 20,
+        urza_wait_s: float = URZA_WAIT_S,
     ) -> None:
         self.bus = bus
         self.urza = urza
         self.metrics = metrics or TezzeretMetrics()
         self.repeats = repeats
+        self.urza_wait_s = urza_wait_s
+
+    async def _urza(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` off the event loop, waiting out an unavailable Urza for up to ``urza_wait_s``.
+
+        (Raising at once would spend the message's few deliveries in a second and
+        send it to the dead-letter stream while Urza restarts.)
+        """
+        deadline = time.monotonic() + self.urza_wait_s
+        delay = 0.25
+        while True:
+            try:
+                return await asyncio.to_thread(call, *args)
+            except UrzaUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s; retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     async def handle(self, envelope: Envelope[Message], delivery: Delivery) -> None:
         """Bus handler: answer one request (raises only when Urza is unavailable, so it is redelivered)."""
@@ -111,7 +140,7 @@ class Tezzeret:
             "target": request.device,
         }
         try:
-            kernel = await asyncio.to_thread(self.urza.register, body)
+            kernel = await self._urza(self.urza.register, body)
         except UrzaRejected as exc:  # the request itself is bad: say so, do not retry
             return CompileResult(request_id=request.request_id, status=CompileStatus.FAILED, error=exc.reason)
         kernel_id = kernel["kernel_id"]
@@ -119,11 +148,11 @@ class Tezzeret:
             log.info("kernel %s already validated: no recompile", kernel_id)
             return self._ok(request, kernel)
         try:
-            await asyncio.to_thread(self.urza.report, kernel_id, {"status": "compiling"})
+            await self._urza(self.urza.report, kernel_id, {"status": "compiling"})
         except UrzaRejected as exc:
             if exc.status != 409:
                 raise
-            return self._ok(request, await asyncio.to_thread(self.urza.kernel, kernel_id))  # validated meanwhile
+            return self._ok(request, await self._urza(self.urza.kernel, kernel_id))  # validated meanwhile
         started = time.perf_counter()
         try:
             compiled = await asyncio.to_thread(
@@ -140,13 +169,13 @@ class Tezzeret:
         except Exception as exc:  # a blueprint's failure is a result, never a crash
             error = f"{type(exc).__name__}: {exc}"
             log.warning("kernel %s failed: %s", kernel_id, error)
-            await asyncio.to_thread(self.urza.report, kernel_id, {"status": "failed", "error": error[:16_000]})
+            await self._urza(self.urza.report, kernel_id, {"status": "failed", "error": error[:16_000]})
             return CompileResult(
                 request_id=request.request_id, status=CompileStatus.FAILED, error=error, kernel_id=kernel_id
             )
         finally:
             self.metrics.seconds.observe(time.perf_counter() - started)
-        sha = await asyncio.to_thread(self.urza.upload, compiled.artifact)
+        sha = await self._urza(self.urza.upload, compiled.artifact)
         report = {
             "status": "validated",
             "sha256": sha,
@@ -159,12 +188,12 @@ class Tezzeret:
             "max_grad_error": compiled.max_grad_error,
         }
         try:
-            kernel = await asyncio.to_thread(self.urza.report, kernel_id, report)
+            kernel = await self._urza(self.urza.report, kernel_id, report)
         except UrzaRejected as exc:
             if exc.status != 409:
                 raise
             # Another Tezzeret validated it first: its artifact is the kernel.
-            kernel = await asyncio.to_thread(self.urza.kernel, kernel_id)
+            kernel = await self._urza(self.urza.kernel, kernel_id)
         return self._ok(request, kernel)
 
     @staticmethod
