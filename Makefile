@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 # Every installable package, in dependency order. Each can be installed alone
 # (`pip install libs/leyline libs/oona`), so a service's image carries only what it uses.
-PACKAGES := libs/leyline libs/oona libs/service libs/kasmina libs/tamiyo services/tolaria services/tamiyo services/nissa services/urza services/tezzeret libs/simic libs/cli
+PACKAGES := libs/leyline libs/oona libs/service libs/kasmina libs/tamiyo services/tolaria services/tamiyo services/nissa services/urza services/tezzeret libs/simic libs/integrations libs/cli
 STAMP := $(VENV)/.installed
 # Where the CPU build of torch comes from; override for another index.
 TORCH_SPEC ?= torch==2.13.0

@@ -1,0 +1,5 @@
+"""Esper inside other training loops.
+
+``esper.integrations.lightning.EsperCallback`` grows a PyTorch Lightning
+``LightningModule`` (install the ``lightning`` extra).
+"""

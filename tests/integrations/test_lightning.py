@@ -1,0 +1,153 @@
+"""EsperCallback grows a small LightningModule trained by a real ``lightning.Trainer`` on CPU.
+
+One fit (scikit-learn digits as 64 features, an MLP with two slots, eight epochs) is shared by the
+tests; each checks one behaviour: the policy decided at every validation end, seeds germinated
+through Kasmina's gates and trained through the optimizer the callback extended, isolation held,
+the messages went to the events file, and the export is a plain module equal to the grown model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from esper.integrations.lightning import EsperCallback  # noqa: E402
+from esper.kasmina import get_blueprint  # noqa: E402
+
+EPOCHS = 8
+
+
+class DigitsMLP(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+@dataclass
+class Fit:
+    callback: EsperCallback
+    module: DigitsMLP
+    val: TensorDataset
+    events: list[dict]
+    seed_params_at_germination: dict[str, list[torch.Tensor]]
+
+
+@pytest.fixture(scope="module")
+def fit(tmp_path_factory: pytest.TempPathFactory) -> Fit:
+    from sklearn.datasets import load_digits
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    digits = load_digits()
+    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(digits.target)
+    order = torch.as_tensor(np.random.default_rng(0).permutation(len(y)))
+    train = TensorDataset(x[order[:600]], y[order[:600]])
+    val = TensorDataset(x[order[600:900]], y[order[600:900]])
+    out = tmp_path_factory.mktemp("lightning")
+    callback = EsperCallback(
+        slots={"s1": "net.1", "s2": "net.3"}, events_path=out / "events.jsonl", export_path=out / "grown.pt"
+    )
+    snapshots: dict[str, list[torch.Tensor]] = {}
+
+    class Snapshot(pl.Callback):
+        """Copies each seed's parameters the first validation end after it appears."""
+
+        def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            if callback.session is None:
+                return
+            for sid, slot in callback.session.model.slots.items():
+                if slot.seed is not None and sid not in snapshots:
+                    snapshots[sid] = [p.detach().clone() for p in slot.seed.parameters()]
+
+    module = DigitsMLP()
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback, Snapshot()],
+    )
+    trainer.fit(module, DataLoader(train, batch_size=50, shuffle=True), DataLoader(val, batch_size=300))
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    return Fit(callback, module, val, events, snapshots)
+
+
+def test_the_policy_decides_at_every_validation_end(fit: Fit) -> None:
+    decisions = [e for e in fit.events if e["type"] == "adaptation_decision"]
+    assert [d["epoch"] for d in decisions] == list(range(1, EPOCHS + 1))
+    assert fit.callback.report is not None and fit.callback.report["epochs"] == EPOCHS
+
+
+def test_seeds_germinate_at_vector_slots_with_dense_blueprints_priced_exactly(fit: Fit) -> None:
+    report = fit.callback.report
+    assert report is not None
+    germinated = [e for e in report["seed_events"] if e["to"] == "GERMINATED"]
+    assert germinated and {e["blueprint"] for e in germinated} <= {"mlp", "lowrank"}
+    model = fit.callback.session.model
+    seeded = [s for s in model.slots.values() if s.seed is not None]
+    live = sum(get_blueprint(s.blueprint).param_count((24,), s.blueprint_config) for s in seeded)
+    assert report["params_final"] - report["params_initial"] == live
+
+
+def test_germinated_seeds_join_the_optimizer_and_train(fit: Fit) -> None:
+    model = fit.callback.session.model
+    grown = [sid for sid, s in model.slots.items() if s.seed is not None]
+    assert grown
+    for sid in grown:
+        before = fit.seed_params_at_germination[sid]
+        after = list(model.slots[sid].seed.parameters())
+        assert any(not torch.equal(b, a.detach()) for b, a in zip(before, after, strict=True)), sid
+
+
+def test_isolation_held_and_the_gates_saw_measured_contributions(fit: Fit) -> None:
+    report = fit.callback.report
+    assert report is not None and report["isolation_violations"] == 0
+    signals = [e for e in fit.events if e["type"] == "training_signals"]
+    measured = [s for e in signals for s in e["seeds"] if s["stage"] != "DORMANT" and s["improvement"] is not None]
+    assert measured, "no live seed was ever measured"
+
+
+def test_every_message_kind_reaches_the_events_file(fit: Fit) -> None:
+    kinds = {e["type"] for e in fit.events}
+    assert {"model_graph", "training_signals", "adaptation_decision", "seed_transition"} <= kinds
+
+
+def test_the_export_is_plain_and_equals_the_grown_model(fit: Fit) -> None:
+    exported = fit.callback.exported
+    assert exported is not None
+    assert not any(type(m).__module__.startswith("esper") for m in exported.modules())
+    x = fit.val.tensors[0]
+    model = fit.callback.session.model
+    model.eval()
+    exported.eval()
+    with torch.no_grad():
+        assert torch.allclose(exported(x), model(x), atol=1e-5)
+    loaded = torch.load(fit.callback.export_path, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), exported(x))
