@@ -78,6 +78,8 @@ def test_requests_that_do_not_fit_are_value_errors_naming_the_field():
         compile_kernel("conv_light", (8, 19), {"kernel_size": 4})
     with pytest.raises(ValueError, match="dtype"):
         compile_kernel("mlp", (16,), dtype="float16")
+    with pytest.raises(ValueError, match="device 'cuda'"):
+        compile_kernel("mlp", (16,), device="cuda")
     with pytest.raises(ValueError, match="unknown blueprint"):
         compile_kernel("nope", (16,))
     with pytest.raises(ValueError, match="input_shape"):

@@ -163,8 +163,8 @@ def compile_kernel(
     """
     if dtype != "float32":
         raise ValueError(f"dtype {dtype!r}: this compiler builds float32 kernels")
-    if device != "cpu" and not (device == "cuda" and torch.cuda.is_available()):
-        raise ValueError(f"device {device!r}: not available to this compiler")
+    if device != "cpu":  # CUDA kernels need building, validating and timing on the GPU: not done yet
+        raise ValueError(f"device {device!r}: this compiler builds CPU kernels only")
     spec = get_blueprint(blueprint)
     resolved = spec.resolve(tuple(input_shape), config, layer_kind=layout)
     elements = batch * math.prod(resolved.shape)
