@@ -24,6 +24,8 @@ from esper.tolaria.tasks import Task
 from esper.tolaria.usertask import define_task
 
 REFERENCE = "your_own_cnn:make_task"
+#: The training settings this host was run with (``benchmarks/hosts.py`` uses them too).
+DEFAULTS: dict[str, Any] = dict(epochs=30, batch_size=64, lr=1e-2)
 
 
 class DigitsCNN(nn.Module):
@@ -63,7 +65,7 @@ def make_task() -> Task:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = _args(argv, epochs=30, batch_size=64, lr=3e-3)
+    args = _args(argv, **DEFAULTS)
     sys.path.insert(0, str(Path(__file__).parent))  # the job names this module by reference
     runs = static_vs_grown(REFERENCE, args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                            lr=args.lr, max_train_samples=args.max_train_samples)  # fmt: skip
