@@ -96,11 +96,11 @@ def _growth_configs(settings: Settings) -> tuple[Any, Any]:
     kasmina = KASMINA
     heuristic = heuristic_config(TrainingJob(param_budget=BUDGET))
     if settings.isolation_epochs is not None:
-        thresholds = replace(kasmina.thresholds, min_training_epochs=settings.isolation_epochs)
+        import msgspec
+
+        thresholds = msgspec.structs.replace(kasmina.thresholds, min_training_epochs=settings.isolation_epochs)
         kasmina = replace(kasmina, thresholds=thresholds)
-        heuristic = replace(
-            heuristic, thresholds=replace(heuristic.thresholds, min_training_epochs=thresholds.min_training_epochs)
-        )
+        heuristic = replace(heuristic, thresholds=thresholds)
     if settings.blend_epochs is not None:
         kasmina = replace(kasmina, blend_epochs=settings.blend_epochs)
     if settings.alpha_schedule is not None:
@@ -148,7 +148,7 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
     import torch
 
     torch.set_num_threads(1)
-    from growth_arms import bare_run, oracle_host, oracle_task, tolaria_run
+    from growth_arms import bare_run, oracle_host, oracle_task, tolaria_run, warm_up
 
     from esper.tamiyo.heuristic import HeuristicTamiyo
     from esper.tamiyo.policy import StaticPolicy
@@ -157,6 +157,7 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
 
     config = _trainer_config(settings, seed)
     task = load_task("mnist1d", host_channels=HOST_CHANNELS.get(arm))
+    warm_up()
     if arm == "bare":
         return [_record(arm, seed, bare_run(task, config))]
     with tempfile.TemporaryDirectory() as out:

@@ -57,6 +57,20 @@ class ArmRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def warm_up() -> None:
+    """Pay a process's one-time costs before any arm is timed.
+
+    The first ``torch.optim.Adam`` a process builds imports ``torch._dynamo``
+    (seconds of CPU), and the first FLOP count loads its op tables: without this
+    the first arm a worker trains would carry them and the next one would not.
+    """
+    layer = nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(layer.parameters())
+    module_step_flops(layer, torch.zeros(3, 4), torch.zeros(3, dtype=torch.long))
+    F.cross_entropy(layer(torch.zeros(3, 4)), torch.zeros(3, dtype=torch.long)).backward()
+    optimizer.step()
+
+
 # -- FLOPs ---------------------------------------------------------------------
 def _architecture_key(trainer: Trainer) -> tuple[Any, ...]:
     """What decides a training step's FLOPs: each slot's stage and seed, and the isolated pass."""
