@@ -17,9 +17,11 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from esper.leyline import TrainingJob
 from esper.leyline import streams as ls
 from esper.tamiyo.api import create_app
 from esper.tamiyo.collector import INDEX_KEY, KEY_PREFIX
+from esper.tamiyo.service.control import Unavailable
 
 from .scenario import published, stack
 
@@ -118,3 +120,23 @@ def test_run_control_while_redis_is_down_is_refused_and_changes_nothing(api, ser
     server.start()
     assert api.post("/runs/steered/pause", headers=AUTH).status_code == 202
     assert api.get("/runs/steered", headers=AUTH).json()["paused"] is True
+
+
+def test_a_retry_racing_a_failing_submission_is_refused_too(server):
+    async def race():
+        s = await stack(server.url, restore=False)
+        s.control.deadline_s = s.bus.publish_timeout_s = DEADLINE_S
+        server.stop()
+        job = TrainingJob(task="digits", epochs=3)
+        try:
+            answers = await asyncio.gather(
+                s.control.submit(job, "race"), s.control.submit(job, "race"), return_exceptions=True
+            )
+            return answers, [r.run_id for r in s.collector.all()]
+        finally:
+            await s.aclose()
+
+    answers, listed = asyncio.run(race())
+
+    assert all(isinstance(a, Unavailable) for a in answers), answers
+    assert listed == []

@@ -119,6 +119,8 @@ class RunControl:
         self.bus = bus
         self.metrics = metrics or TamiyoMetrics()
         self.deadline_s = deadline_s
+        # Submissions whose job is being published: a concurrent retry of one waits for its outcome.
+        self._submitting: dict[str, asyncio.Future[None]] = {}
 
     def run(self, run_id: str) -> RunState:
         run = self.collector.get(run_id)
@@ -140,20 +142,30 @@ class RunControl:
         the run.
         """
         run_id = run_id or new_run_id()
+        in_flight = self._submitting.get(run_id)
+        if in_flight is not None:
+            await asyncio.shield(in_flight)  # its Unavailable is ours too: the job is not on the stream
         existing = self.collector.get(run_id)
         if existing is not None:
             if existing.job == job:
                 return run_id
             raise ConflictError(f"run {run_id!r} already exists")
         run, _ = self.collector.register(run_id, job)
+        outcome = self._submitting[run_id] = asyncio.get_running_loop().create_future()
         try:
             await self._within_deadline(
                 self.bus.publish(ls.CONTROL_JOBS, Envelope(payload=job, run_id=run_id)),
                 f"job of run {run_id!r} not enqueued; nothing was kept, submit it again",
             )
-        except Unavailable:
+        except BaseException as exc:  # cancelled too: a run whose publish did not finish is not kept
             self.collector.forget(run_id)
+            refusal = exc if isinstance(exc, Unavailable) else Unavailable(f"submission of {run_id!r} interrupted", 1)
+            outcome.set_exception(refusal)
+            outcome.exception()  # retrieved here; only a concurrent retry awaits it
             raise
+        finally:
+            self._submitting.pop(run_id, None)
+        outcome.set_result(None)
         await self._save_later_if_unavailable(run)
         return run_id
 
