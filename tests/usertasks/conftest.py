@@ -3,6 +3,7 @@ and the examples folder and this folder importable, as a user's own modules are.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parents[1] / "examples"
+if str(HERE) not in sys.path:  # the test modules import usertask_fixtures at collection time
+    sys.path.insert(0, str(HERE))
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,7 @@ class Objective:
         return F.cross_entropy(output, target, reduction="sum")
 
     def score_sum(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The summed per-sample score of a batch (correct predictions), a 0-d tensor."""
+        """The summed per-sample score of a batch (correct predictions), a 0-d tensor without a graph."""
         return (output.argmax(dim=1) == target).sum()
 
 
@@ -69,6 +69,7 @@ class Regression(Objective):
         return F.mse_loss(output, self._aligned(output, target), reduction="sum") / _outputs(output)
 
     def score_sum(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        output = output.detach()  # a score is read, never back-propagated: keep no graph alive across steps
         errors = (output - self._aligned(output, target)).pow(2).reshape(output.shape[0], -1).sum(dim=1)
         return (1.0 - errors / self.variance).sum()
 
