@@ -115,15 +115,16 @@ def time_step(module: nn.Module, x: torch.Tensor) -> tuple[float, float]:
 def measure(eager: nn.Module, compiled: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float, float, float]:
     """Median forward/backward seconds of the compiled module, then of eager, alternating runs (warm-up first)."""
     for _ in range(3):
-        time_step(eager, x), time_step(compiled, x)
-    c_fwd, c_bwd, e_fwd, e_bwd = [], [], [], []
-    for _ in range(repeats):
-        f, b = time_step(compiled, x)
-        c_fwd.append(f), c_bwd.append(b)
-        f, b = time_step(eager, x)
-        e_fwd.append(f), e_bwd.append(b)
+        time_step(eager, x)
+        time_step(compiled, x)
+    rounds = [(time_step(compiled, x), time_step(eager, x)) for _ in range(repeats)]
     med = statistics.median
-    return med(c_fwd), med(c_bwd), med(e_fwd), med(e_bwd)
+    return (
+        med(c[0] for c, _ in rounds),
+        med(c[1] for c, _ in rounds),
+        med(e[0] for _, e in rounds),
+        med(e[1] for _, e in rounds),
+    )
 
 
 def step_memory_bytes(module: nn.Module, x: torch.Tensor) -> int:
@@ -139,7 +140,7 @@ def step_memory_bytes(module: nn.Module, x: torch.Tensor) -> int:
         out = module(x.detach().requires_grad_(True))
     state = sum(p.numel() * p.element_size() for p in module.parameters()) * 2  # weights and their gradients
     state += sum(b.numel() * b.element_size() for b in module.buffers())
-    return state + saved + out.numel() * out.element_size()
+    return int(state + saved + out.numel() * out.element_size())
 
 
 def compile_kernel(
