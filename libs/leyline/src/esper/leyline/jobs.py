@@ -39,6 +39,7 @@ LearningRate = Annotated[float, msgspec.Meta(gt=0.0, le=10.0)]
 Budget = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
 Sigma = Annotated[float, msgspec.Meta(gt=0.0, le=1_000.0)]
 TimeoutMs = Annotated[int, msgspec.Meta(ge=0, le=3_600_000)]
+WorldSize = Annotated[int, msgspec.Meta(ge=1, le=1024)]
 
 
 def is_task_name(task: str) -> bool:
@@ -56,7 +57,9 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     one process; without it Tolaria never waits and rejects a command decided
     on a slot state that has moved on. ``max_train_samples`` trims the training
     split (tests, quick demos); ``spike_sigma`` is the governor's loss-spike
-    threshold in standard deviations.
+    threshold in standard deviations. ``world_size`` processes train the run
+    together with ``torch.distributed`` (data parallel: each takes a shard of
+    every ``batch_size`` batch, so the run's arithmetic does not depend on it).
     """
 
     message_type = "training_job"
@@ -75,3 +78,4 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     spike_sigma: Sigma = 6.0
     lockstep: bool = True
     lockstep_timeout_ms: TimeoutMs = 2_000
+    world_size: WorldSize = 1

@@ -22,6 +22,7 @@ from esper.kasmina import KasminaConfig
 from esper.leyline import GateThresholds, SeedStage, TrainingJob
 from esper.tamiyo.policies import POLICIES, make_policy
 from esper.tolaria.checkpoint import CHECKPOINT_NAME, read_checkpoint, restore_checkpoint, save_checkpoint
+from esper.tolaria.distributed import DataParallel
 from esper.tolaria.governor import GovernorConfig
 from esper.tolaria.report import EVENTS_NAME, EventLog, write_report
 from esper.tolaria.tasks import load_task
@@ -45,13 +46,19 @@ def job_from_dict(data: Mapping[str, Any]) -> TrainingJob:
 
 
 def build_trainer(
-    job: TrainingJob, sinks: tuple[Sink, ...] = (), *, decide_in_process: bool = True, run_id: str = "local"
+    job: TrainingJob,
+    sinks: tuple[Sink, ...] = (),
+    *,
+    decide_in_process: bool = True,
+    run_id: str = "local",
+    parallel: DataParallel | None = None,
 ) -> Trainer:
     """A ready trainer for ``job``.
 
     With ``decide_in_process`` (``esper train``) the policy ``job`` names
     decides every epoch through Tamiyo's decide step; without it (the service)
     the trainer has no policy and applies only the commands it is handed.
+    ``parallel``: this process's rank of a data parallel run (``esper.tolaria.distributed``).
     """
     if job.policy not in POLICIES:
         raise ValueError(f"field 'policy': unknown policy {job.policy!r} (known: {', '.join(POLICIES)})")
@@ -67,7 +74,16 @@ def build_trainer(
         governor=GovernorConfig(sigma=job.spike_sigma),
     )
     policy = make_policy(job.policy, job) if decide_in_process else None
-    return Trainer(task, policy, config, kasmina=KASMINA, sinks=sinks, run_id=run_id, param_budget=job.param_budget)
+    return Trainer(
+        task,
+        policy,
+        config,
+        kasmina=KASMINA,
+        sinks=sinks,
+        run_id=run_id,
+        param_budget=job.param_budget,
+        parallel=parallel,
+    )
 
 
 def stage_summary(trainer: Trainer) -> str:
@@ -105,6 +121,7 @@ class RunFolder:
         decide_in_process: bool = True,
         run_id: str = "local",
         mode: str = "in-process",
+        parallel: DataParallel | None = None,
     ) -> RunFolder:
         """Build the run. With ``resume`` the checkpoint in ``out_dir`` is restored; ``job.epochs`` may
         extend the run, every other field comes from the checkpoint (FileNotFoundError when there is none).
@@ -116,7 +133,9 @@ class RunFolder:
             job = msgspec.structs.replace(job_from_dict(state["meta"]), epochs=job.epochs)
         log = EventLog(out / EVENTS_NAME, keep=state["published"] if state else None)
         try:
-            trainer = build_trainer(job, sinks=(log, *sinks), decide_in_process=decide_in_process, run_id=run_id)
+            trainer = build_trainer(
+                job, sinks=(log, *sinks), decide_in_process=decide_in_process, run_id=run_id, parallel=parallel
+            )
             if state is not None:
                 restore_checkpoint(trainer, state)
         except BaseException:
@@ -149,8 +168,13 @@ def run(
     returns the report.
 
     With ``resume`` the run stored in ``out_dir`` continues; ``job.epochs`` may
-    extend it, every other field comes from the checkpoint.
+    extend it, every other field comes from the checkpoint. A job with
+    ``world_size`` > 1 runs in that many processes (:func:`esper.tolaria.distributed.run_parallel`).
     """
+    if job.world_size > 1:
+        from esper.tolaria.distributed import run_parallel
+
+        return run_parallel(job, out_dir, resume=resume, progress=progress, stop_after=stop_after)
     folder = RunFolder.open(job, out_dir, resume=resume)
     trainer = folder.trainer
     bar = _progress_bar(trainer, progress)

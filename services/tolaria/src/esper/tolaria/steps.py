@@ -21,6 +21,7 @@ import torch
 
 from esper.kasmina import GradientIsolationMonitor, MorphogeneticModel
 from esper.leyline import SeedStage
+from esper.tolaria.distributed import DataParallel
 from esper.tolaria.governor import Governor, Trip
 from esper.tolaria.modes import STEPPED_STAGES, TrainingMode, training_mode
 from esper.tolaria.objective import CLASSIFICATION, Objective
@@ -122,6 +123,7 @@ def train_step(
     grad_clip: float,
     monitor: GradientIsolationMonitor | None = None,
     objective: Objective = CLASSIFICATION,
+    parallel: DataParallel | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float, Trip | None, dict[str, torch.Tensor]]:
     """One step on the batch ``x`` (N, ...), ``y`` (N,): forward, governor check, backward, clip, step.
 
@@ -129,6 +131,8 @@ def train_step(
     stepped (and, outside a monitored step, nothing is back-propagated).
     ``monitor`` (entered by the caller) watches this step's backward for
     isolation violations: the backward then runs before the governor's check.
+    With ``parallel`` the batch is this rank's shard: the governor judges the
+    global batch's loss, and gradients are all-reduced before clipping.
     """
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
@@ -137,6 +141,8 @@ def train_step(
     if monitor is not None:
         loss.backward()
     value = loss.item()  # the one host sync per step: the governor judges the loss before the step
+    if parallel is not None:
+        value = parallel.mean_loss(value, len(y))
     trip = governor.check(value)
     if trip is not None:
         return logits, loss, value, trip, {}
@@ -144,6 +150,8 @@ def train_step(
         loss.backward()
     if plan.isolated:
         isolated_seed_gradients(model, x, y, plan.isolated, objective)
+    if parallel is not None:
+        parallel.reduce_gradients([p for params in plan.stepped.values() for p in params], len(y))
     norms = {}
     for name, params in plan.stepped.items():
         with_grad = [p for p in params if p.grad is not None]
@@ -197,20 +205,22 @@ def train_epoch(trainer: Trainer) -> EpochOutcome:
     for start in range(0, n, cfg.batch_size):
         index = order[start : start + cfg.batch_size]
         x, y = trainer.task.train.x[index], trainer.task.train.y[index]
+        if trainer.parallel is not None:
+            x, y = trainer.parallel.shard(x, y)
         modes[plan.mode.value] += 1
         trainer.set_lr()
         if not monitored:
             with GradientIsolationMonitor(model) as monitor:
                 logits, _, value, trip, norms = train_step(
                     model, trainer.optimizers, plan, x, y, governor=trainer.governor, grad_clip=cfg.grad_clip,
-                    monitor=monitor, objective=objective,
+                    monitor=monitor, objective=objective, parallel=trainer.parallel,
                 )  # fmt: skip
             violations += monitor.violations
             monitored = True
         else:
             logits, _, value, trip, norms = train_step(
                 model, trainer.optimizers, plan, x, y, governor=trainer.governor, grad_clip=cfg.grad_clip,
-                objective=objective,
+                objective=objective, parallel=trainer.parallel,
             )  # fmt: skip
         if trip is not None:
             break
@@ -221,6 +231,9 @@ def train_epoch(trainer: Trainer) -> EpochOutcome:
         loss_sum += value * len(y)
         correct += objective.score_sum(logits, y)
         seen += len(y)
+    if trainer.parallel is not None:  # the epoch's sums over every rank's shards
+        loss_sum, total_correct, seen_all = trainer.parallel.sums(loss_sum, float(correct), seen)
+        correct, seen = torch.tensor(total_correct, dtype=torch.float64), int(seen_all)
     means = {name: float(total) / max(steps, 1) for name, total in norm_sums.items()}
     means["isolation_violations"] = violations
     if seen == 0:

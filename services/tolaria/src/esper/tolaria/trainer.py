@@ -46,6 +46,7 @@ from esper.tamiyo.safety import SafetyMonitor
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.commands import apply_slot_command
 from esper.tolaria.config import EpochRecord, TrainerConfig, seed_everything
+from esper.tolaria.distributed import DataParallel
 from esper.tolaria.evaluation import Evaluation, evaluate, layer_health, measure_seed
 from esper.tolaria.governor import Governor, Trip, offending_slot
 from esper.tolaria.modes import MEASURED_STAGES
@@ -83,14 +84,19 @@ class Trainer:
         run_id: str = "local",
         safety: SafetyMonitor | None = None,
         param_budget: int | None = None,
+        parallel: DataParallel | None = None,
     ) -> None:
         self.task, self.policy = task, policy
+        #: This process's part of a data parallel run (``esper.tolaria.distributed``); None in one process.
+        self.parallel = parallel
         self.run_id, self.param_budget = run_id, param_budget
         self.safety = safety or SafetyMonitor(DEFAULT_SAFETY)
         self.config = config or TrainerConfig()
         seed_everything(self.config.seed)
         self.model: MorphogeneticModel = wrap(task.build_host(), task.slots, config=kasmina, layouts=task.layouts)
         self.model.probe(task.train.x[:2])
+        if parallel is not None:
+            parallel.broadcast_module(self.model)
         self.params_initial = self.model.param_count()
         self.optimizers: dict[str, torch.optim.Optimizer] = {"host": self._optimizer(self.host_parameters())}
         self.generator = torch.Generator().manual_seed(self.config.seed)
@@ -283,8 +289,9 @@ class Trainer:
             train_loss, train_acc, modes, trip, norms = self._train_epoch(epoch)
         if trip is not None:
             self._rollback(epoch, trip)
-        val = evaluate(self.model, self.task.val, self.config.eval_batch_size, self.task.objective)
-        test = evaluate(self.model, self.task.test, self.config.eval_batch_size, self.task.objective)
+        score = evaluate if self.parallel is None else self.parallel.evaluate  # sharded and reduced
+        val = score(self.model, self.task.val, self.config.eval_batch_size, self.task.objective)
+        test = score(self.model, self.task.test, self.config.eval_batch_size, self.task.objective)
         self._measure(val, norms)
         tracked = self.tracker.update(
             epoch=epoch, train_loss=train_loss, val_loss=val.loss, train_accuracy=train_acc, val_accuracy=val.accuracy
@@ -324,7 +331,11 @@ class Trainer:
         to_apply.extend(commands)
         if at_boundary is not None:
             to_apply.extend(at_boundary(signals))
+        if self.parallel is not None:  # every rank applies rank 0's commands, and then holds its weights
+            to_apply = self.parallel.agree(to_apply)
         self.apply_commands(to_apply, epoch)
+        if self.parallel is not None and to_apply:
+            self.parallel.broadcast_module(self.model)
         self.model.end_epoch(epoch)
         self._publish_transitions()
         self.epoch = epoch
