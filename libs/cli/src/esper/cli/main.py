@@ -58,6 +58,12 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_JOB.lr_schedule)
     train.add_argument("--param-budget", type=_positive, default=None, help="largest parameter count seeds may grow to")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--nproc",
+        type=_positive,
+        default=None,
+        help="processes training the run together (torch.distributed, data parallel; default 1, with --resume: keep)",
+    )
 
     report = sub.add_parser("report", help="print a run's summary")
     report.add_argument("dir", type=Path, help="run folder holding report.json")
@@ -77,7 +83,13 @@ def train(args: argparse.Namespace) -> int:
             )
         out = args.resume
         stored = read_checkpoint(out)["meta"]
-        job = job_from_dict({**stored, "epochs": args.epochs or stored["epochs"]})
+        job = job_from_dict(
+            {
+                **stored,
+                "epochs": args.epochs or stored["epochs"],
+                "world_size": args.nproc or stored.get("world_size", 1),
+            }
+        )
     else:
         job = validate(
             TrainingJob(
@@ -91,6 +103,7 @@ def train(args: argparse.Namespace) -> int:
                 lr=args.lr,
                 lr_schedule=args.lr_schedule,
                 param_budget=args.param_budget,
+                world_size=args.nproc or 1,
             )
         )
         out = args.out or Path("runs") / f"{job.task.replace(':', '.')}-{job.policy}-s{job.seed}"
