@@ -86,3 +86,25 @@ def test_without_urza_every_option_is_requested(clean_redis_url):
 def test_the_prefetch_module_imports_no_torch(module):
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_the_decision_loop_asks_for_kernels_when_a_graph_arrives(clean_redis_url):
+    from esper.leyline import Envelope
+    from esper.tamiyo.collector import HealthCollector, RunStore
+    from esper.tamiyo.policies import DEFAULT_SAFETY
+    from esper.tamiyo.safety import SafetyMonitor
+    from esper.tamiyo.service.loop import DecisionLoop
+
+    async def go() -> None:
+        bus, store = RedisBus.from_url(clean_redis_url), RunStore.from_url(clean_redis_url)
+        prefetch = KernelPrefetch(bus, None)
+        loop = DecisionLoop(HealthCollector(store), SafetyMonitor(DEFAULT_SAFETY), bus, kernels=prefetch)
+        try:
+            await loop.handle(Envelope(payload=graph(), run_id="run-9"))
+            await asyncio.gather(*prefetch._tasks)
+        finally:
+            await bus.aclose()
+            await store.aclose()
+
+    asyncio.run(go())
+    assert len(requested(clean_redis_url)) == 3

@@ -24,6 +24,7 @@ from esper.tamiyo.collector import HealthCollector, RunStore
 from esper.tamiyo.policies import DEFAULT_SAFETY
 from esper.tamiyo.safety import SafetyConfig, SafetyMonitor
 from esper.tamiyo.service.control import RunControl
+from esper.tamiyo.service.kernels import KernelPrefetch, UrzaKernelStatus
 from esper.tamiyo.service.loop import DEFAULT_LEASE_MS, DecisionLoop, RunShards
 from esper.tamiyo.service.metrics import TamiyoMetrics
 
@@ -56,7 +57,9 @@ async def run_service(settings: ServiceSettings, safety_config: SafetyConfig, le
     metrics = TamiyoMetrics()
     collector = HealthCollector(store)
     safety = SafetyMonitor(safety_config)
-    loop = DecisionLoop(collector, safety, bus, metrics)
+    urza_url = os.environ.get("ESPER_URZA_URL")  # set: ask for kernels when a run's graph arrives
+    kernels = KernelPrefetch(bus, UrzaKernelStatus(urza_url, settings.api_token)) if urza_url else None
+    loop = DecisionLoop(collector, safety, bus, metrics, kernels)
     control = RunControl(collector, safety, bus, metrics)
     shards = RunShards(loop, bus, settings.consumer, lease_ms=lease_ms)
     readiness = BusReadiness(bus.ping)

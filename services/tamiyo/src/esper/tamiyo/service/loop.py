@@ -56,6 +56,7 @@ from esper.oona.ownership import Lane, Leases, OwnedRuns, RunRouter
 from esper.tamiyo.collector import KEY_PREFIX, HealthCollector, RunState
 from esper.tamiyo.decide import decide
 from esper.tamiyo.safety import SafetyMonitor
+from esper.tamiyo.service.kernels import KernelPrefetch
 from esper.tamiyo.service.metrics import TamiyoMetrics
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,19 @@ class DecisionLoop:
     """Handles every envelope Tamiyo consumes (see the module docstring)."""
 
     def __init__(
-        self, collector: HealthCollector, safety: SafetyMonitor, bus: Bus, metrics: TamiyoMetrics | None = None
+        self,
+        collector: HealthCollector,
+        safety: SafetyMonitor,
+        bus: Bus,
+        metrics: TamiyoMetrics | None = None,
+        kernels: KernelPrefetch | None = None,
     ) -> None:
         self.collector = collector
         self.safety = safety
         self.bus = bus
         self.metrics = metrics or TamiyoMetrics()
+        #: asks Tezzeret for a graph's kernels ahead of need (None: no Urza configured)
+        self.kernels = kernels
 
     async def handle(self, envelope: Envelope[Message], delivery: Delivery | None = None) -> None:
         """Dispatch by message type; other types on these streams are ignored."""
@@ -99,6 +107,8 @@ class DecisionLoop:
             await self.on_result(envelope.run_id, payload)
         elif isinstance(payload, ModelGraph):
             self._run_for(envelope.run_id).observe_graph(payload)
+            if self.kernels is not None:
+                self.kernels.schedule(payload, envelope.run_id)
         elif isinstance(payload, LayerHealth):
             run = self.collector.get(envelope.run_id)
             if run is not None and (run.health is None or payload.epoch >= run.health.epoch):
