@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python benchmarks/dormant_overhead.py
 	$(BIN)/python benchmarks/bus.py
 	$(BIN)/python benchmarks/decision_latency.py
+	$(BIN)/python benchmarks/kernel_load.py
 
 # The growth benchmark: 15 trainings (5 seeds x 3 arms), about 10 minutes on two cores.
 bench-growth: install
