@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import msgspec
@@ -92,6 +93,13 @@ def policy_times_ms(stream: list[TrainingSignals | ModelGraph], job: TrainingJob
             policy.decide(message, graph=graph)
             times.append((time.perf_counter() - started) * 1000)
     return times
+
+
+def next_database(url: str) -> str:
+    """``url`` with the next Redis database number (``redis://h:p/0`` -> ``redis://h:p/1``)."""
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
 
 
 def command_outcomes(redis_url: str, api_url: str, job: TrainingJob, timeout_s: float) -> dict[str, int]:
@@ -240,6 +248,8 @@ def main() -> int:
         decision_ms, command_ms = asyncio.run(replay(redis_url, stack["tamiyo"].url, signals, job, args.runs))
         tamiyo_metrics = httpx.get(f"{stack['tamiyo'].url}/metrics").text
         stack.stop()
+        # The replayed runs' jobs are on the first database's jobs stream: train on a fresh one.
+        redis_url = next_database(redis_url)
         stack = Stack(
             [
                 ServiceSpec("tamiyo", "esper.tamiyo.service", free_port(), quiet),
