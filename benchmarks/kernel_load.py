@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import socket
 import statistics
 import tempfile
 import threading
@@ -88,7 +89,9 @@ def main() -> None:
     blueprints = [b for b in list_blueprints() if LAYOUT in get_blueprint(b).layer_kinds]
 
     root = Path(tempfile.mkdtemp(prefix="kernel-bench-"))
-    port = 8790 + (hash(root) % 100)
+    with socket.socket() as sock:  # a free port for this run's Urza
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
     server = start_urza(root, port)
     url = f"http://127.0.0.1:{port}"
     try:
