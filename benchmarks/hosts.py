@@ -12,7 +12,10 @@ checked against the trained model's.
 
 Per host, the table shows the median over seeds of the final model's test
 accuracy, static and grown, the parameters before and after growing, and the
-blueprints fossilized (per seed). The last stdout line is JSON with the same
+blueprints fossilized (per seed). ``same arch`` answers "growth, or just more
+parameters?": the grown run's exported architecture, every layer re-initialized
+with its own PyTorch init (seeds included), trained statically by Tolaria with
+the same seed, data and schedule. The last stdout line is JSON with the same
 numbers and the per-seed lists. One torch thread (the hosts are tiny).
 
     .venv/bin/python benchmarks/hosts.py [--seeds 3] [--epochs N] [--hosts mlp,cnn,gru,mnist1d]
@@ -21,6 +24,8 @@ numbers and the per-seed lists. One torch thread (the hosts are tiny).
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import importlib
 import json
 import statistics
@@ -31,8 +36,30 @@ from pathlib import Path
 
 import torch
 
+from esper.tolaria.evaluation import evaluate
+from esper.tolaria.grow import Grown
+from esper.tolaria.runs import KASMINA
+from esper.tolaria.trainer import Trainer
+
 ROOT = Path(__file__).resolve().parents[1]
 HOSTS = {"mlp": "your_own_mlp", "cnn": "your_own_cnn", "gru": "your_own_gru", "mnist1d": "your_own_mnist1d"}
+
+
+def retrain_architecture(grown: Grown) -> float:
+    """Test score of the grown run's final architecture trained statically from a fresh init (same job)."""
+    architecture = copy.deepcopy(grown.model)
+
+    def build_host() -> torch.nn.Module:
+        host = copy.deepcopy(architecture)
+        for module in host.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return host
+
+    task = dataclasses.replace(grown.trainer.task, build_host=build_host, slots={}, layouts={})
+    trainer = Trainer(task, None, grown.trainer.config, kasmina=KASMINA)
+    trainer.fit()
+    return evaluate(trainer.model, task.test, objective=task.objective).accuracy
 
 
 def run_host(name: str, seeds: int, epochs: int | None, out: Path) -> dict[str, object]:
@@ -52,6 +79,7 @@ def run_host(name: str, seeds: int, epochs: int | None, out: Path) -> dict[str, 
             lr=defaults.lr,
         )
         static, grown = runs["none"], runs["heuristic"]
+        same_arch = retrain_architecture(grown)
         for g in (static, grown):
             if g.export_max_diff > 1e-5 or abs(g.export_test_score - g.model_test_score) > 1e-9:
                 raise SystemExit(f"{name} seed {seed}: the export differs from the trained model")
@@ -60,6 +88,7 @@ def run_host(name: str, seeds: int, epochs: int | None, out: Path) -> dict[str, 
                 "seed": seed,
                 "static": static.model_test_score,
                 "grown": grown.model_test_score,
+                "same_arch": same_arch,
                 "params_before": grown.report["params_initial"],
                 "params_after": grown.report["params_final"],
                 "fossilized": [
@@ -75,6 +104,7 @@ def run_host(name: str, seeds: int, epochs: int | None, out: Path) -> dict[str, 
         "epochs": epochs or defaults.epochs,
         "static": median(r["static"] for r in rows),
         "grown": median(r["grown"] for r in rows),
+        "same_arch": median(r["same_arch"] for r in rows),
         "gain": median(r["grown"] - r["static"] for r in rows),
         "params_before": median(r["params_before"] for r in rows),
         "params_after": median(r["params_after"] for r in rows),
@@ -94,12 +124,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.hosts.split(","):
             results.append(run_host(name, args.seeds, args.epochs, Path(tmp)))
-    print(f"{'host':<8} {'epochs':>6} {'static acc':>10} {'grown acc':>10} {'gain':>7} {'params':>16}  fossilized")
+    print(
+        f"{'host':<8} {'epochs':>6} {'static acc':>10} {'grown acc':>10} {'gain':>7} {'same arch':>9} "
+        f"{'params':>16}  fossilized"
+    )
     for r in results:
         fossils = "; ".join(",".join(s["fossilized"]) or "-" for s in r["seeds"])
         print(
             f"{r['host']:<8} {r['epochs']:>6} {100 * r['static']:>9.1f}% {100 * r['grown']:>9.1f}% "
-            f"{100 * r['gain']:>+6.1f} {r['params_before']:>7,} -> {r['params_after']:>6,}  {fossils}"
+            f"{100 * r['gain']:>+6.1f} {100 * r['same_arch']:>8.1f}% "
+            f"{r['params_before']:>7,} -> {r['params_after']:>6,}  {fossils}"
         )
     print(json.dumps({"seeds": args.seeds, "hosts": results}))
 
