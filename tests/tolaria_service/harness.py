@@ -104,8 +104,14 @@ class ScriptedTamiyo:
     """Plays Tamiyo for one run: on each epoch's signals, publishes that epoch's planned commands, then a
     decision naming the last of them (WAIT when none), as the real decision loop does."""
 
-    def __init__(self, bus: Bus, run_id: str, plan: dict[int, Iterable[AdaptationCommand]] | None = None) -> None:
-        self.bus, self.run_id = bus, run_id
+    def __init__(
+        self,
+        bus: Bus,
+        run_id: str,
+        plan: dict[int, Iterable[AdaptationCommand]] | None = None,
+        withhold: frozenset[str] = frozenset(),
+    ) -> None:
+        self.bus, self.run_id, self.withhold = bus, run_id, withhold
         self.plan = {epoch: list(commands) for epoch, commands in (plan or {}).items()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -130,7 +136,8 @@ class ScriptedTamiyo:
     def decide(self, epoch: int) -> None:
         commands = self.plan.get(epoch, [])
         for command in commands:
-            self.bus.publish(streams.CONTROL_COMMANDS, self.run_id, command)
+            if command.command_id not in self.withhold:  # a withheld command is lost on its way
+                self.bus.publish(streams.CONTROL_COMMANDS, self.run_id, command)
         last = commands[-1] if commands else None
         decision = AdaptationDecision(
             decision_id=f"scripted-e{epoch}",

@@ -102,3 +102,17 @@ def test_a_command_racing_the_end_of_a_run_still_gets_a_result_and_is_acked(
     # either applied at the stop's boundary (read in the same batch) or rejected after the end: never silent
     assert late.status in (CommandStatus.APPLIED, CommandStatus.REJECTED)
     wait_until(lambda: bus.pending(streams.CONTROL_COMMANDS) == 0, 10, "both commands to be acked")
+
+
+def test_in_lockstep_a_decisions_command_that_never_arrives_is_applied_from_the_decision(
+    tolaria: InProcessTolaria, bus: Bus
+) -> None:
+    with ScriptedTamiyo(
+        bus, "run-lost", {1: [germinate("run-lost:e1:germinate:s1")]}, withhold=frozenset({"run-lost:e1:germinate:s1"})
+    ):
+        bus.submit("run-lost", epochs=2, lockstep=True, lockstep_timeout_ms=1_000)
+        bus.wait_finished("run-lost")
+    (result,) = bus.result_of("run-lost", "run-lost:e1:germinate:s1")
+    assert (result.status, result.epoch) == (CommandStatus.APPLIED, 1)
+    first, second = bus.signals("run-lost")
+    assert first.seeds[0].stage is SeedStage.DORMANT and second.params_total > first.params_total

@@ -29,6 +29,7 @@ from typing import Any
 
 from esper.leyline import AdaptationCommand, CommandResult, Message, TrainingJob, TrainingSignals
 from esper.oona import Bus
+from esper.tamiyo.decide import to_command
 from esper.tolaria.report import REPORT_NAME
 from esper.tolaria.runs import RunFolder, has_checkpoint
 from esper.tolaria.service.inbox import CommandInbox, PendingCommand, RunInterrupted
@@ -133,16 +134,28 @@ class ServiceRun:
         if self.inbox.fenced:
             return []  # another replica owns the run now: apply nothing (the commit refuses to checkpoint)
         _COMPUTE.release()  # held by execute() around run_epoch: other runs compute while this one waits
+        decided: AdaptationCommand | None = None
         try:
             self.outbox.flush()
             if self.job.lockstep:
-                self._await_tamiyo(signals.epoch)
+                decided = self._await_tamiyo(signals)
         finally:
             _COMPUTE.acquire()
         self._taken = self.inbox.take_commands()
-        return [p.command for p in self._taken]
+        commands = [p.command for p in self._taken]
+        if decided is not None and all(c.command_id != decided.command_id for c in commands):
+            commands.append(decided)
+        return commands
 
-    def _await_tamiyo(self, epoch: int) -> None:
+    def _await_tamiyo(self, signals: TrainingSignals) -> AdaptationCommand | None:
+        """Wait for Tamiyo's decision on this epoch and for the command it names.
+
+        The decision carries everything its command does (Tamiyo builds the
+        command from it with the same function), so when the command itself is
+        late the command is rebuilt from the decision and applied at this
+        boundary, as in process; the late copy is answered DUPLICATE.
+        """
+        epoch = signals.epoch
         decision = self.inbox.wait_for_decision(epoch, self.lockstep_timeout_s)
         if decision is None:
             if not self.inbox.interrupted:
@@ -152,16 +165,20 @@ class ServiceRun:
                     epoch,
                     self.job.lockstep_timeout_ms,
                 )
-            return
-        if decision.command_id and decision.accepted:
-            if not self.inbox.wait_for_command(self.lockstep_timeout_s, decision.command_id):
-                log.warning(
-                    "run %s: lockstep: command %s of epoch %d's decision not received within %d ms",
-                    self.run_id,
-                    decision.command_id,
-                    epoch,
-                    self.job.lockstep_timeout_ms,
-                )
+            return None
+        if not (decision.command_id and decision.accepted):
+            return None
+        if self.inbox.wait_for_command(self.lockstep_timeout_s, decision.command_id):
+            return None
+        log.warning(
+            "run %s: lockstep: command %s of epoch %d's decision not received within %d ms; "
+            "applying it from the decision",
+            self.run_id,
+            decision.command_id,
+            epoch,
+            self.job.lockstep_timeout_ms,
+        )
+        return to_command(decision, signals)
 
     def _hold(self, folder: RunFolder) -> None:
         """Paused: no epochs; apply commands at this boundary as they come, until RESUME or STOP."""
