@@ -85,6 +85,9 @@ def test_bad_input_is_422_naming_the_field_and_value(client):
     assert layout.status_code == 422 and "layout" in layout.json()["reason"]
     rank = client.post("/kernels", json={"blueprint_id": "conv_light", "input_shape": [8]}, headers=AUTH)
     assert rank.status_code == 422 and "input_shape" in rank.json()["reason"]
+    nul = client.post("/blueprints", json={**NEW_BLUEPRINT, "description": "a\x00b"}, headers=AUTH)
+    assert nul.status_code == 422 and "description" in nul.json()["reason"]  # PostgreSQL cannot store NUL
+    assert client.get("/blueprints", params={"family": "\x00"}).status_code == 422
     family = client.post("/blueprints", json={**NEW_BLUEPRINT, "layer_kinds": ["lstm"]}, headers=AUTH)
     assert family.status_code == 422 and "layer_kinds.0" in family.json()["reason"]
 

@@ -1,4 +1,4 @@
-"""Fuzzing Urza's OpenAPI schema finds no server error (SQLite; bounded examples per operation)."""
+"""Fuzzing Urza's OpenAPI schema finds no server error, on SQLite and PostgreSQL (bounded examples per operation)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from esper.urza.db import open_database
 
 
 @pytest.fixture
-def app(tmp_path):
-    _, sessions = open_database(f"sqlite:///{tmp_path / 'urza.db'}")
+def app(store_url, tmp_path):
+    _, sessions = open_database(store_url)
     return create_app(sessions, LocalBlobStore(tmp_path / "blobs", max_bytes=4096), TOKEN)
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from esper.urza.api.auth import AUTH_RESPONSES, ApiError
-from esper.urza.api.models import BlueprintIn, BlueprintName, BlueprintOut, BlueprintPage, Reason
+from esper.urza.api.models import NO_NUL, BlueprintIn, BlueprintName, BlueprintOut, BlueprintPage, Reason
 from esper.urza.catalogue import config_schema
 from esper.urza.db import BlueprintRow
 
@@ -66,7 +66,7 @@ def blueprint_router(sessions: sessionmaker[Session], write: Callable[..., None]
 
     @router.get("", response_model=BlueprintPage, summary="List blueprints (every version), optionally of one family")
     def list_(
-        family: Annotated[str | None, Query(max_length=64)] = None,
+        family: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=1 << 31)] = 0,
     ) -> BlueprintPage:

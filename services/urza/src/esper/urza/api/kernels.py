@@ -21,7 +21,17 @@ from esper.leyline.compile import kernel_id_for
 from esper.urza.api.auth import AUTH_RESPONSES, ApiError
 from esper.urza.api.blobs import serve_blob
 from esper.urza.api.blueprints import latest
-from esper.urza.api.models import Dtype, KernelIn, KernelOut, KernelPage, KernelStatus, KernelUpdate, Layout, Reason
+from esper.urza.api.models import (
+    NO_NUL,
+    Dtype,
+    KernelIn,
+    KernelOut,
+    KernelPage,
+    KernelStatus,
+    KernelUpdate,
+    Layout,
+    Reason,
+)
 from esper.urza.blobs import BlobNotFound, BlobStore
 from esper.urza.catalogue import resolve_config
 from esper.urza.db import BlueprintRow, KernelRow
@@ -133,12 +143,12 @@ def kernel_router(
 
     @router.get("", response_model=KernelPage, summary="Search kernels by blueprint, shape, layout, status")
     def search(
-        blueprint_id: Annotated[str | None, Query(max_length=64)] = None,
+        blueprint_id: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
         input_shape: Annotated[str | None, Query(pattern=r"^[1-9][0-9]{0,6}(x[1-9][0-9]{0,6}){0,3}$")] = None,
         layout: Layout | None = None,
         status: KernelStatus | None = None,
         dtype: Dtype | None = None,
-        target: Annotated[str | None, Query(max_length=64)] = None,
+        target: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=1 << 31)] = 0,
     ) -> KernelPage:

@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from esper.leyline.graph import LAYOUTS
 
+#: Text without NUL characters (PostgreSQL cannot store them; no name or description needs one).
+NO_NUL = r"^[^\x00]*$"
 BlueprintName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="blueprint id")]
-ConfigValue = bool | int | float | Annotated[str, Field(max_length=256)]
-Config = Annotated[dict[Annotated[str, Field(max_length=64)], ConfigValue], Field(max_length=64)]
+ConfigValue = bool | int | float | Annotated[str, Field(max_length=256, pattern=NO_NUL)]
+Config = Annotated[dict[Annotated[str, Field(max_length=64, pattern=NO_NUL)], ConfigValue], Field(max_length=64)]
 Shape = Annotated[list[Annotated[int, Field(ge=1, le=1 << 20)]], Field(min_length=1, max_length=4)]
 Layout = Annotated[str, Field(pattern="^(" + "|".join(LAYOUTS) + ")$")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -31,8 +33,8 @@ class BlueprintIn(BaseModel):
 
     blueprint_id: BlueprintName
     version: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    family: Annotated[str, Field(min_length=1, max_length=64)]
-    description: Annotated[str, Field(max_length=4096)] = ""
+    family: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
+    description: Annotated[str, Field(max_length=4096, pattern=NO_NUL)] = ""
     layer_kinds: Annotated[list[Layout], Field(min_length=1, max_length=4)]
     default_config: Config = Field(default_factory=dict)
 
@@ -83,9 +85,9 @@ class KernelUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: KernelStatus
-    error: Annotated[str, Field(max_length=16_384)] | None = None
+    error: Annotated[str, Field(max_length=16_384, pattern=NO_NUL)] | None = None
     sha256: Sha256 | None = None
-    artifact_format: Annotated[str, Field(max_length=32)] | None = None
+    artifact_format: Annotated[str, Field(max_length=32, pattern=NO_NUL)] | None = None
     latency_us: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     backward_latency_us: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     params: Annotated[int, Field(ge=0, le=1 << 62)] | None = None
