@@ -47,15 +47,7 @@ DEPLOY = ROOT / "deploy"
 VENV_BIN = Path(sys.executable).parent
 #: Containers started here; Grafana has no image on this machine (see the module docstring).
 STARTED = ("redis", "postgres", *SERVICES, "prometheus")
-PORT_VARS = (
-    "REDIS_PORT",
-    "POSTGRES_PORT",
-    "TAMIYO_PORT",
-    "TOLARIA_PORT",
-    "NISSA_PORT",
-    "PROMETHEUS_PORT",
-    "GRAFANA_PORT",
-)
+PORT_VARS = ("REDIS_PORT", "POSTGRES_PORT", *(f"{s.upper()}_PORT" for s in SERVICES), "PROMETHEUS_PORT", "GRAFANA_PORT")
 EPOCHS = int(os.environ.get("ESPER_COMPOSE_TEST_EPOCHS", "8"))
 SCRAPE_INTERVAL_S = 2
 

@@ -234,7 +234,7 @@ def main() -> int:
         try:
             detail = check()
             print(f"deploy-check ok   {name} ({time.monotonic() - t0:.1f}s): {detail}", flush=True)
-        except (CheckFailed, subprocess.TimeoutExpired) as exc:
+        except (CheckFailed, subprocess.TimeoutExpired, OSError) as exc:  # OSError: a tool that is not there
             failed += 1
             print(f"deploy-check FAIL {name} ({time.monotonic() - t0:.1f}s): {exc}", flush=True)
     print(f"deploy-check: {len(CHECKS) - failed}/{len(CHECKS)} passed in {time.monotonic() - start:.1f}s")

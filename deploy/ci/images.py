@@ -11,10 +11,10 @@ from pathlib import Path
 
 from harness import ROOT, Shell, StepFailed
 
-#: Services with an image; Urza and Tezzeret join by adding their names once they have a Dockerfile.
-SERVICES = ("tamiyo", "tolaria", "nissa")
-#: Images that must not carry torch (the controller and the telemetry sink).
-TORCH_FREE = ("tamiyo", "nissa")
+#: Services with an image (services/<name>/Dockerfile), each tagged esper/<name>:dev.
+SERVICES = ("tamiyo", "tolaria", "nissa", "urza", "tezzeret")
+#: Images that must not carry torch (the controller, the telemetry sink, the store).
+TORCH_FREE = ("tamiyo", "nissa", "urza")
 WHEELS = ROOT / "deploy" / "docker" / "wheels"
 TAG = "dev"
 

@@ -43,7 +43,7 @@ def test_default_values_ask_for_no_gpu(helm: str) -> None:
     assert "nodeSelector" not in pod
 
 
-@pytest.mark.parametrize("component", ["tamiyo", "tolaria", "nissa"])
+@pytest.mark.parametrize("component", ["tamiyo", "tolaria", "nissa", "urza", "tezzeret"])
 def test_probes_requests_labels_and_token(helm: str, component: str) -> None:
     deployment = find(render(helm), "Deployment", component)
     labels = deployment["metadata"]["labels"]
@@ -73,6 +73,16 @@ def test_external_redis_and_postgres_replace_the_in_chart_ones(helm: str) -> Non
     assert not [d for d in docs if d["kind"] == "StatefulSet"]
     config = next(d for d in docs if d["kind"] == "ConfigMap")
     assert config["data"]["redis-url"] == "redis://r.example:6379/1"
+    urza = find(docs, "Deployment", "urza")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in urza["env"]}
+    assert env["ESPER_URZA_DATABASE_URL"] == "postgresql://u@db.example/urza"
+
+
+def test_urza_reads_the_in_chart_postgres_password_from_its_secret(helm: str) -> None:
+    urza = find(render(helm), "Deployment", "urza")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in urza["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "esper-postgresql"
+    assert "$(POSTGRES_PASSWORD)@esper-postgresql:5432/urza" in env["ESPER_URZA_DATABASE_URL"]["value"]
 
 
 def test_external_redis_without_a_url_is_refused_by_the_schema(helm: str) -> None:

@@ -8,10 +8,14 @@ from typing import Any
 
 import yaml
 
-from esper.service.settings import DEFAULT_PORTS
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-ESPER_SERVICES = ("tamiyo", "tolaria", "nissa")
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+#: Every service with a Dockerfile, and the port it exposes.
+PORTS = {
+    d.parent.name: int(re.search(r"^EXPOSE (\d+)", d.read_text(), flags=re.M).group(1))  # type: ignore[union-attr]
+    for d in sorted((ROOT / "services").glob("*/Dockerfile"))
+}
+ESPER_SERVICES = tuple(PORTS)
 
 
 def load(name: str) -> dict[str, Any]:
@@ -33,6 +37,8 @@ def test_services_start_in_order_of_health() -> None:
     for name in ESPER_SERVICES:
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
         assert services[name]["build"]["dockerfile"] == f"services/{name}/Dockerfile"
+    assert services["urza"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["tezzeret"]["depends_on"]["urza"]["condition"] == "service_healthy"
     for name in ESPER_SERVICES:
         assert services["prometheus"]["depends_on"][name]["condition"] == "service_healthy"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
@@ -44,6 +50,7 @@ def test_named_volumes_for_redis_postgres_blobs_and_runs() -> None:
     assert "redis-data:/data" in compose["services"]["redis"]["volumes"]
     for name in ("tolaria", "nissa"):
         assert "runs:/var/lib/esper/runs" in compose["services"][name]["volumes"]
+    assert "blobs:/var/lib/esper/blobs" in compose["services"]["urza"]["volumes"]
 
 
 def test_every_required_variable_is_in_the_env_example() -> None:
@@ -76,8 +83,9 @@ def test_the_gpu_override_reserves_nvidia_gpus_for_tolaria_and_builds_cuda_torch
 def test_prometheus_scrapes_every_service_on_its_port() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert {"tamiyo", "tolaria", "nissa", "urza", "tezzeret"} <= set(ESPER_SERVICES)
     for name in ESPER_SERVICES:
-        assert targets[name] == [f"{name}:{DEFAULT_PORTS[name]}"]
+        assert targets[name] == [f"{name}:{PORTS[name]}"]
 
 
 def test_mounted_files_exist() -> None:

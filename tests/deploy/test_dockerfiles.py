@@ -22,7 +22,7 @@ def test_service_dockerfiles_pass(dockerfile: Path) -> None:
 
 
 def test_every_deployed_service_has_a_dockerfile() -> None:
-    for name in ("tamiyo", "tolaria", "nissa"):
+    for name in ("tamiyo", "tolaria", "nissa", "urza", "tezzeret"):
         assert (ROOT / "services" / name / "Dockerfile").exists()
 
 

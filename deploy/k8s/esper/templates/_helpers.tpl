@@ -84,8 +84,8 @@ app.kubernetes.io/component: {{ .component }}
 {{/*
 One Esper service: a Deployment with probes on /healthz (liveness) and /readyz (readiness),
 and a Service for its HTTP port. Pass (dict "root" $ "name" "tamiyo" "values" .Values.tamiyo
-"env" (list ...extra env...) "volumes" bool "gpu" bool). Adding Urza or Tezzeret is a values
-block and a template file that includes this.
+"env" (list ...extra env...) "mounts" (list (dict "claim" "runs" "path" "/var/lib/esper/runs"))
+"gpu" bool). A new service is a values block and a template file that includes this.
 */}}
 {{- define "esper.component" -}}
 {{- $root := .root -}}
@@ -154,16 +154,20 @@ spec:
             {{- $_ := set $resources "limits" (merge (dict $v.gpu.resourceName $v.gpu.count) ($resources.limits | default dict)) }}
             {{- end }}
             {{- toYaml $resources | nindent 12 }}
-          {{- if .volumes }}
+          {{- with .mounts }}
           volumeMounts:
-            - name: runs
-              mountPath: /var/lib/esper/runs
+            {{- range . }}
+            - name: {{ .claim }}
+              mountPath: {{ .path }}
+            {{- end }}
           {{- end }}
-      {{- if .volumes }}
+      {{- with .mounts }}
       volumes:
-        - name: runs
+        {{- range . }}
+        - name: {{ .claim }}
           persistentVolumeClaim:
-            claimName: {{ include "esper.fullname" $root }}-runs
+            claimName: {{ include "esper.fullname" $root }}-{{ .claim }}
+        {{- end }}
       {{- end }}
       {{- with $v.nodeSelector }}
       nodeSelector:
