@@ -28,8 +28,8 @@ from esper.kasmina.kernels import (
     UrzaSource,
     compile_seed,
 )
-from esper.leyline import SeedStage
-from esper.leyline.compile import KERNEL_FALLBACK_EVENT, KernelFailure
+from esper.leyline import EventKind, SeedStage
+from esper.leyline.compile import KernelFailure
 
 SHAPE = (8, 19)  # ConvHost1D(channels=8): the features at its slot s1
 
@@ -134,7 +134,7 @@ def assert_fallback(build, failure: KernelFailure, metrics: KernelMetrics) -> No
     assert build.origin == "eager" and build.failure is failure, build.error
     assert count(metrics.fallbacks, failure.value) == 1
     event = build.fallback_event(epoch=3, slot_id="s1")
-    assert event is not None and event.kind == KERNEL_FALLBACK_EVENT
+    assert event is not None and event.kind == EventKind.KERNEL_FALLBACK
     assert event.attributes["failure"] == failure.value and event.slot_id == "s1"
     x = torch.randn(2, *SHAPE)
     torch.testing.assert_close(build.module(x), x)  # the eager seed works
@@ -250,7 +250,7 @@ def test_germinate_through_the_loader_with_urza_down_germinates_eagerly_and_repo
     loader.germinate(m, "s1", "conv_light", {}, 2, "grow", events.append)
     assert m.slot("s1").stage is SeedStage.GERMINATED
     [event] = events
-    assert (event.kind, event.epoch, event.slot_id) == (KERNEL_FALLBACK_EVENT, 2, "s1")
+    assert (event.kind, event.epoch, event.slot_id) == (EventKind.KERNEL_FALLBACK, 2, "s1")
     assert event.attributes["failure"] == "urza_unavailable"
 
 

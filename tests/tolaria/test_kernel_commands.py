@@ -8,8 +8,7 @@ from urza_server import free_port
 
 from esper.kasmina import ConvHost1D, wrap
 from esper.kasmina.kernels import KernelCache, KernelLoader, KernelMetrics, UrzaSource
-from esper.leyline import AdaptationCommand, CommandAction, CommandStatus, SeedStage, TelemetryEvent
-from esper.leyline.compile import KERNEL_FALLBACK_EVENT
+from esper.leyline import AdaptationCommand, CommandAction, CommandStatus, EventKind, SeedStage, TelemetryEvent
 from esper.tolaria.commands import apply_slot_command
 
 
@@ -28,7 +27,7 @@ def test_a_germinate_command_falls_back_to_eager_and_reports_it_when_urza_is_dow
     assert result.status is CommandStatus.APPLIED, result.reason
     assert model.slot("s2").stage is SeedStage.GERMINATED and "s2" in optimizers
     assert [(e.kind, e.slot_id, e.attributes["failure"]) for e in events] == [
-        (KERNEL_FALLBACK_EVENT, "s2", "urza_unavailable")
+        (EventKind.KERNEL_FALLBACK, "s2", "urza_unavailable")
     ]
     bad = AdaptationCommand(command_id="c2", action=CommandAction.GERMINATE, slot_id="s2", blueprint="depthwise")
     again = apply_slot_command(model, optimizers, bad, 4, lambda p: torch.optim.SGD(p, lr=0.1), kernels=loader)

@@ -102,7 +102,10 @@ class CompileResult(Message, frozen=True, kw_only=True):
 
 
 class KernelFailure(StrEnum):
-    """Why a germination could not use its compiled kernel and built the blueprint eagerly instead."""
+    """Why a germination could not use its compiled kernel and built the blueprint eagerly instead.
+
+    The ``failure`` attribute of the ``EventKind.KERNEL_FALLBACK`` telemetry event.
+    """
 
     URZA_UNAVAILABLE = "urza_unavailable"
     NOT_FOUND = "not_found"
@@ -110,10 +113,6 @@ class KernelFailure(StrEnum):
     CHECKSUM_MISMATCH = "checksum_mismatch"
     CORRUPT_ARTIFACT = "corrupt_artifact"
     SHAPE_MISMATCH = "shape_mismatch"
-
-
-#: ``TelemetryEvent.kind`` of the event a kernel fallback publishes (attribute ``failure``: a KernelFailure).
-KERNEL_FALLBACK_EVENT = "kernel_fallback"
 
 
 def kernel_id_for(

@@ -36,8 +36,8 @@ from esper.kasmina.kernels.cache import KernelCache, KernelRecord
 from esper.kasmina.kernels.metrics import KernelMetrics, default_metrics
 from esper.kasmina.kernels.source import KernelNotFound, KernelNotValidated, KernelSource, SourceUnavailable
 from esper.kasmina.model import MorphogeneticModel
-from esper.leyline import SeedStage, SeedTransition, TelemetryEvent
-from esper.leyline.compile import KERNEL_FALLBACK_EVENT, KernelFailure, kernel_id_for
+from esper.leyline import EventKind, SeedStage, SeedTransition, TelemetryEvent
+from esper.leyline.compile import KernelFailure, kernel_id_for
 
 ConfigValue = int | float | str | bool
 
@@ -67,7 +67,7 @@ class SeedBuild:
         if self.failure is None:
             return None
         return TelemetryEvent(
-            kind=KERNEL_FALLBACK_EVENT,
+            kind=EventKind.KERNEL_FALLBACK,
             epoch=epoch,
             slot_id=slot_id,
             message=f"kernel {self.kernel_id} for {self.blueprint!r} not used, built eagerly: {self.error}",
