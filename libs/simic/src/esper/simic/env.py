@@ -70,7 +70,7 @@ STAGE_POTENTIAL: dict[SeedStage, float] = {
 class RewardConfig:
     """Reward terms (see the module docstring); ``gamma`` must be the learner's discount.
 
-    The rents are small on purpose: a growth that buys one point of accuracy must pay. With
+    The rents are small on purpose: a growth that buys one point of accuracy must come out ahead. With
     ``rent=0.005`` and ``terminal_rent=0.05`` the recorded heuristic runs that grew earned less
     than those that waited, and the offline policy learned never to grow.
     """
