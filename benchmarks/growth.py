@@ -47,7 +47,7 @@ from typing import Any
 ARMS = ("static_small", "heuristic", "static_5k", "oracle", "bare")
 HOST_CHANNELS = {"static_small": None, "heuristic": None, "static_5k": 25, "bare": 25}
 BUDGET = 5210
-SEED_INITS = ("zero", "default", "gradmax")
+SEED_INITS = ("gradmax", "zero", "default")
 ORACLE_INITS = ("default", "zero")
 
 
@@ -63,7 +63,7 @@ class Settings:
     merge_fossilized: bool = True
     blend_epochs: int | None = None
     alpha_schedule: str | None = None
-    seed_init: str = "zero"
+    seed_init: str = "gradmax"
     germinate_epoch: int | None = None
     max_active_seeds: int | None = None
     slot_order: tuple[str, ...] | None = None
@@ -83,6 +83,7 @@ def _trainer_config(settings: Settings, seed: int) -> Any:
         governor=GovernorConfig(sigma=6.0),
         isolated_seed_pass=settings.isolated_pass,
         merge_fossilized=settings.merge_fossilized,
+        seed_init="zero" if settings.seed_init == "default" else settings.seed_init,
         checkpoint_every=settings.checkpoint_every,
     )
 
@@ -115,10 +116,11 @@ def _growth_configs(settings: Settings) -> tuple[Any, Any]:
 
 
 def _seed_init_hook(kind: str) -> Any:
-    """Re-initialize each new seed at germination (``zero`` leaves Kasmina's init); see ``growth_arms.init_seed``."""
-    if kind == "zero":
+    """``default``: each new seed's last layer drawn by PyTorch at germination (not the identity); the
+    other choices are the trainer's own ``seed_init``."""
+    if kind != "default":
         return None
-    from growth_arms import init_seed
+    from growth_arms import default_init_last_layer
 
     def hook(trainer: Any) -> None:
         make_optimizer = trainer.new_seed_optimizer
@@ -127,7 +129,7 @@ def _seed_init_hook(kind: str) -> Any:
             ids = {id(p) for p in params}
             for slot_id, slot in trainer.model.slots.items():
                 if slot.seed is not None and ids & {id(p) for p in slot.seed.parameters()}:
-                    init_seed(trainer, slot_id, kind)
+                    default_init_last_layer(trainer, slot_id)
             return make_optimizer(params)
 
         trainer.new_seed_optimizer = new_seed_optimizer
@@ -247,7 +249,13 @@ def main() -> None:
     )
     ablation.add_argument("--blend-epochs", type=int, help="epochs the alpha ramp takes")
     ablation.add_argument("--alpha-schedule", choices=("linear", "cosine", "sigmoid"))
-    ablation.add_argument("--seed-init", choices=SEED_INITS, default="zero", help="a new seed's last layer")
+    ablation.add_argument(
+        "--seed-init",
+        choices=SEED_INITS,
+        default="gradmax",
+        help="gradmax (first layer from the host's gradient), zero (random first, zero last layer), "
+        "default (PyTorch's init of both: not the identity)",
+    )
     ablation.add_argument("--germinate-epoch", type=int, help="first epoch the heuristic may germinate")
     ablation.add_argument("--max-active-seeds", type=int, help="seeds live at once")
     ablation.add_argument("--slot-order", help="comma-separated slots in the order the heuristic fills them")

@@ -277,60 +277,9 @@ def bare_run(task: Task, config: TrainerConfig) -> ArmRun:
 
 
 # -- seed initialization ablations ----------------------------------------------------
-def _parametrized_layers(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if list(m.parameters(recurse=False))]
-
-
-@torch.no_grad()
-def _gradmax_directions(model: MorphogeneticModel, slot_id: str, x: torch.Tensor, y: torch.Tensor, kernel: int) -> Any:
-    """Eigenvectors (largest first) of sum_j M_j^T M_j, M_j = sum_{n,t} g(t) p(t + j)^T: the incoming
-    directions whose (linearized) outgoing-weight gradient is largest (GradMax, Evci et al. 2022)."""
-    slot = model.slots[slot_id]
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-        captured["h"] = out
-
-    handle = slot.target.register_forward_hook(keep)
-    try:
-        with torch.enable_grad():
-            loss = F.cross_entropy(model(x), y)
-            (g,) = torch.autograd.grad(loss, [captured["h"]])
-    finally:
-        handle.remove()
-    h = captured["h"].detach()  # (N, C, L): what the seed reads
-    pad = kernel // 2
-    patches = F.pad(h, (pad, pad)).unfold(2, kernel, 1)  # (N, C, L, k)
-    patches = patches.permute(0, 2, 1, 3).reshape(h.shape[0], h.shape[2], -1)  # (N, L, C*k)
-    scatter = torch.zeros(patches.shape[2], patches.shape[2], dtype=torch.float64)
-    length = h.shape[2]
-    for j in range(-pad, pad + 1):  # the outgoing convolution's taps
-        lo, hi = max(0, -j), min(length, length - j)
-        m = torch.einsum("nct,ntd->cd", g[:, :, lo:hi].double(), patches[:, lo + j : hi + j].double())
-        scatter += m.T @ m
-    _, vectors = torch.linalg.eigh(scatter)
-    return vectors.flip(1).T.float()  # rows: directions, largest eigenvalue first
-
-
-def init_seed(trainer: Trainer, slot_id: str, kind: str, batch: int = 500) -> None:
-    """Re-initialize the new seed in ``slot_id``: ``default`` draws its last layer with PyTorch's
-    init (no longer the identity); ``gradmax`` points the first layer's filters (of a
-    conv -> ReLU -> conv seed) along the GradMax directions, keeping their norms and the zero last layer."""
+def default_init_last_layer(trainer: Trainer, slot_id: str) -> None:
+    """Draw the new seed's last layer with PyTorch's default init: the seed no longer starts as the identity."""
     seed = trainer.model.slots[slot_id].seed
     assert seed is not None
-    layers = _parametrized_layers(seed)
-    if kind == "default":
-        layers[-1].reset_parameters()
-        return
-    if kind != "gradmax" or len(layers) != 2 or not isinstance(layers[0], nn.Conv1d):
-        return  # GradMax is defined here for one hidden layer; other seeds keep Kasmina's init
-    first = layers[0]
-    out_channels, in_channels, kernel = first.weight.shape
-    x, y = trainer.task.train.x[:batch], trainer.task.train.y[:batch]
-    directions = _gradmax_directions(trainer.model, slot_id, x, y, kernel)
-    with torch.no_grad():
-        weight = first.weight.reshape(out_channels, -1)
-        norms = weight.norm(dim=1, keepdim=True)
-        rows = min(out_channels, directions.shape[0])
-        weight[:rows] = directions[:rows] * norms[:rows]
-        first.weight.copy_(weight.reshape(out_channels, in_channels, kernel))
+    layers = [m for m in seed.modules() if list(m.parameters(recurse=False))]
+    layers[-1].reset_parameters()

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from esper.leyline import SeedStage
+from esper.tamiyo.heuristic import BlueprintChoice, HeuristicConfig, HeuristicTamiyo
 from esper.tolaria.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.modes import TrainingMode
 from esper.tolaria.steps import host_only_parameters, merge_fossilized_optimizers, plan_epoch
 
-from .conftest import make_trainer
+from .conftest import FAST_KASMINA, make_trainer
 
 
 def _reference_trips(losses, config):
@@ -180,3 +181,25 @@ def test_resuming_across_a_merge_reproduces_the_run(small_task, fossilization):
     assert "s1" not in resumed.optimizers
     for name, value in resumed.model.state_dict().items():
         assert torch.equal(value, weights[name]), name
+
+
+@pytest.mark.parametrize("seed_init", ["gradmax", "zero"])
+def test_a_germinated_seed_is_initialized_by_gradmax_and_stays_the_identity(small_task, seed_init):
+    policy = HeuristicTamiyo(
+        HeuristicConfig(
+            plateau_patience=0, candidates=(BlueprintChoice("conv_heavy"),), thresholds=FAST_KASMINA.thresholds
+        )
+    )
+    trainer = make_trainer(small_task, epochs=6, seed_init=seed_init, policy=policy)
+    trainer.fit(stop_after=1)
+    slot = trainer.model.slot("s1")
+    assert slot.stage is SeedStage.GERMINATED and slot.blueprint == "conv_heavy"
+    before = slot.seed.body[0].weight.clone()
+    trainer._train_epoch(2)  # a GERMINATED seed is initialized as the epoch starts
+    assert torch.equal(slot.seed.body[0].weight, before) is (seed_init == "zero")
+    assert not slot.seed.body[2].weight.any()  # the last layer is still zero: the seed is the identity
+
+
+def test_an_unknown_seed_init_is_named():
+    with pytest.raises(ValueError, match="seed_init"):
+        TrainerConfig(seed_init="net2net")

@@ -12,6 +12,9 @@ import torch
 from esper.tolaria.governor import GovernorConfig
 from esper.tolaria.schedule import check_schedule
 
+#: How a new seed is initialized (see TrainerConfig.seed_init).
+SEED_INITS = ("gradmax", "zero")
+
 
 @dataclass(frozen=True, slots=True)
 class TrainerConfig:
@@ -29,6 +32,9 @@ class TrainerConfig:
     #: TRAINING seeds learn from one extra forward/backward at alpha 1 per step (else the straight-through
     #: gradient alone, which does not see the seed's own output)
     isolated_seed_pass: bool = True
+    #: "gradmax": a GERMINATED seed's first layer is set from the host's gradient (its last layer stays zero);
+    #: "zero": the blueprint's own initialization (random first layer, zero last layer)
+    seed_init: str = "gradmax"
     #: a fossilized seed's parameters (and Adam state) join the host optimizer at the next epoch
     merge_fossilized: bool = True
     #: a run folder rewrites its checkpoint every this many epochs (and always after the last one)
@@ -42,6 +48,8 @@ class TrainerConfig:
             if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise ValueError(f"field {name!r}: must be a finite number > 0 (value {getattr(self, name)!r})")
         check_schedule(self.lr_schedule)
+        if self.seed_init not in SEED_INITS:
+            raise ValueError(f"field 'seed_init': must be one of {', '.join(SEED_INITS)} (value {self.seed_init!r})")
 
 
 @dataclass(slots=True)

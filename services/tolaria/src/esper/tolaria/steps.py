@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from esper.kasmina import GradientIsolationMonitor, MorphogeneticModel
+from esper.kasmina.blueprints.init import gradmax_
 from esper.leyline import SeedStage
 from esper.tolaria.distributed import DataParallel
 from esper.tolaria.governor import Governor, Trip
@@ -66,6 +67,47 @@ def host_only_parameters(model: MorphogeneticModel, separate: Collection[str]) -
         for p in slot.seed.parameters()
     }
     return [p for p in model.parameters() if id(p) not in seeds]
+
+
+#: Training rows (the first ones) whose gradient a GERMINATED seed's GradMax initialization reads.
+GRADMAX_ROWS = 512
+
+
+def init_germinated_seeds(trainer: Trainer) -> list[str]:
+    """GradMax for every GERMINATED seed: its first layer along the directions that make its
+    zero last layer's gradient largest (:func:`esper.kasmina.blueprints.init.gradmax_`).
+
+    A GERMINATED seed neither trains nor touches the forward value, so it is
+    (re)initialized at the start of each epoch it spends there, from the host as
+    it is then and the first :data:`GRADMAX_ROWS` training rows: a function of
+    the run's state only, so a resumed run does the same. Its last layer stays
+    zero (the seed is still the identity). Returns the slots it initialized.
+    """
+    model = trainer.model
+    germinated = {
+        sid: slot
+        for sid, slot in model.slots.items()
+        if SeedStage(slot.stage) is SeedStage.GERMINATED and slot.seed is not None
+    }
+    if not germinated:
+        return []
+    captured: dict[str, torch.Tensor] = {}
+    handles = [
+        slot.target.register_forward_hook(lambda _m, _i, out, sid=sid: captured.__setitem__(sid, out))
+        for sid, slot in germinated.items()
+    ]
+    train = trainer.task.train
+    try:
+        loss = trainer.task.objective.loss(model(train.x[:GRADMAX_ROWS]), train.y[:GRADMAX_ROWS])
+    finally:
+        for handle in handles:
+            handle.remove()
+    grads = torch.autograd.grad(loss, [captured[sid] for sid in germinated])
+    return [
+        sid
+        for (sid, slot), grad in zip(germinated.items(), grads, strict=True)
+        if gradmax_(slot.seed, captured[sid].detach(), grad)  # type: ignore[arg-type]
+    ]
 
 
 def merge_fossilized_optimizers(trainer: Trainer) -> list[str]:
@@ -190,9 +232,11 @@ def train_epoch(trainer: Trainer) -> EpochOutcome:
     """All training steps of one epoch of ``trainer``; stops at the first step the governor trips on."""
     model, cfg = trainer.model, trainer.config
     objective = trainer.task.objective
+    model.train()
+    if cfg.seed_init == "gradmax":
+        init_germinated_seeds(trainer)
     if cfg.merge_fossilized:
         merge_fossilized_optimizers(trainer)
-    model.train()
     n = len(trainer.task.train)
     order = torch.randperm(n, generator=trainer.generator)
     plan = plan_epoch(model, trainer.optimizers, trainer.host_parameters(), isolated_seed_pass=cfg.isolated_seed_pass)
