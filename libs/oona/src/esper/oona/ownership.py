@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError
 
 from esper.leyline import Envelope, Message
 from esper.leyline import streams as ls
@@ -44,6 +44,8 @@ from esper.oona.leases import ENDED_TTL_S, ROUTER_LEASE, Leases, rendezvous
 from esper.oona.redis_bus import RedisBus
 
 log = logging.getLogger("esper.oona.ownership")
+#: Redis unreachable or refusing: the loops log, back off and try again; they never end the service.
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +127,11 @@ class RunRouter:
                 try:
                     if await self.leases.acquire(ROUTER_LEASE):
                         await self._lead(every)
-                except self.bus_errors as exc:
+                except STORE_ERRORS as exc:
                     log.warning("router %s/%s: bus error (%s); retrying", self.group, self.leases.holder, exc)
                 await _sleep(self._stop, every)
         finally:
             self._done.set()
-
-    @property
-    def bus_errors(self) -> tuple[type[BaseException], ...]:
-        return (OSError, ConnectionError, ResponseError, TimeoutError)
 
     async def _lead(self, every: float) -> None:
         for source in self.lane_of:
@@ -161,7 +159,7 @@ class RunRouter:
             await self._done.wait()
         try:
             await self.leases.release(ROUTER_LEASE)
-        except self.bus_errors:
+        except STORE_ERRORS:
             pass  # it expires on its own
 
     async def _route(self, envelope: Envelope[Message], delivery: Delivery) -> None:
@@ -272,7 +270,7 @@ class OwnedRuns:
         while not self._stop.is_set():
             try:
                 await self._renew()
-            except (OSError, ConnectionError, ResponseError, TimeoutError) as exc:
+            except STORE_ERRORS as exc:
                 log.warning("%s: lease renewal failed (%s); retrying", self.consumer, exc)
             await _sleep(self._stop, every)
 
@@ -309,7 +307,7 @@ class OwnedRuns:
         while not self._stop.is_set():
             try:
                 await self.scan_once()
-            except (OSError, ConnectionError, ResponseError, TimeoutError) as exc:
+            except STORE_ERRORS as exc:
                 log.warning("%s: run scan failed (%s); retrying", self.consumer, exc)
             await _sleep(self._stop, every)
 
@@ -339,7 +337,7 @@ class OwnedRuns:
             await _stop_all(owned)
             try:
                 await self.leases.release(run_id)
-            except (OSError, ConnectionError, ResponseError, TimeoutError):
+            except STORE_ERRORS:
                 pass  # the lease expires on its own
 
 
