@@ -12,7 +12,7 @@ stream's length and every consumer group's pending count.
 Targets (printed with the verdict): RSS growth under 10% after warm-up (the
 first quarter of the soak: imports, caches, the first datasets), stream lengths
 and pending counts bounded (the last quarter's maximum no higher than the
-second quarter's, allowing for MAXLEN), zero errors (no failed run, no service
+second quarter's, allowing for MAXLEN), open file descriptors bounded, zero errors (no failed run, no service
 restart, no ERROR or Traceback in a log). JSON on the last line.
 """
 
@@ -23,6 +23,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,12 @@ def verdict(points: list[dict[str, Any]], errors: list[str], runs_failed: int) -
         return max((sum(p["stream_len"].values()) for p in quarter(points, q)), default=0)
 
     pending_bounded = peak(3, "pending") <= max(peak(1, "pending"), 64)
+    fds = {}
+    for name in services:
+        warm = [p["fds"][name] for p in quarter(points, 1) if name in p["fds"]]
+        last = [p["fds"][name] for p in quarter(points, 3) if name in p["fds"]]
+        if warm and last:
+            fds[name] = {"second_quarter_peak": max(warm), "last_quarter_peak": max(last)}
     lengths = {"second_quarter_peak": length_peak(1), "last_quarter_peak": length_peak(3)}
     # Streams keep history up to MAXLEN: they grow with every job until trimmed; bounded means under MAXLEN.
     limit = sum(ls.maxlen_for(s) for s in ls.ALL_STREAMS)
@@ -105,6 +112,9 @@ def verdict(points: list[dict[str, Any]], errors: list[str], runs_failed: int) -
         "pending_peak_second_quarter": peak(1, "pending"),
         "pending_peak_last_quarter": peak(3, "pending"),
         "pending_bounded": pending_bounded,
+        "open_fds": fds,
+        # A handful more descriptors late in the soak is noise; growing with every job is a leak.
+        "fds_bounded": all(v["last_quarter_peak"] <= v["second_quarter_peak"] + 4 for v in fds.values()),
         "stream_entries": lengths,
         "streams_bounded": lengths["last_quarter_peak"] <= limit,
         "errors": len(errors) + runs_failed,
@@ -143,6 +153,7 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     points: list[dict[str, Any]] = []
+    redis_clients: dict[str, Any] = {}
     runs_done, runs_failed, errors = 0, 0, []
     with tempfile.TemporaryDirectory(prefix="esper-soak-") as tmp:
         root = Path(tmp)
@@ -179,6 +190,9 @@ def main() -> int:
                     next_sample += args.sample_s
                 time.sleep(0.2)
             points.append(sample(stack, client, started))
+            clients = Counter(c["cmd"] for c in client.client_list())
+            tcp = {n: len(psutil.Process(s.pid or 0).net_connections("tcp")) for n, s in stack.services.items()}
+            redis_clients = {"by_last_command": dict(clients.most_common(8)), "tcp_connections_by_service": tcp}
         finally:
             api.close()
             stack.stop()
@@ -195,6 +209,7 @@ def main() -> int:
         "runs_finished": runs_done,
         "runs_failed": runs_failed,
         **verdict(points, errors, runs_failed),
+        "redis_clients_at_end": redis_clients,
         "samples": len(points),
         "png": str(args.out / "soak.png"),
     }
@@ -203,6 +218,8 @@ def main() -> int:
     print(f"{runs_done} jobs in {args.minutes:g} min, {runs_failed} failed, {result['errors']} error(s)")
     print(f"RSS growth after warm-up (%): {result['rss_growth_percent_after_warmup']} (target < 10)")
     print(f"pending peak: {result['pending_peak_second_quarter']} -> {result['pending_peak_last_quarter']}")
+    print(f"open fds (second quarter peak -> last quarter peak): {result['open_fds']}")
+    print(f"Redis clients at the end: {redis_clients}")
     print(f"stream entries peak: {result['stream_entries']}; plot {result['png']}")
     print(json.dumps(result))
     return 0
