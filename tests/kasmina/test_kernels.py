@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -279,3 +280,23 @@ def test_without_rng_init_seeds_start_from_the_compiled_weights(urza, tmp_path, 
     b = loader.seed("conv_light", {}, SHAPE, "conv1d").module
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert all(p is not q for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_after_urza_fails_it_is_not_asked_again_for_a_while_but_cached_kernels_still_load(urza, tmp_path, metrics):
+    warm = loader_for(urza.url, tmp_path, metrics)
+    warm.seed("conv_light", {}, SHAPE, "conv1d")  # now cached
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CorruptingStore)  # answers nothing: never started
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    loader = KernelLoader(UrzaSource(url, timeout_s=0.5), KernelCache(tmp_path / "cache"), metrics, retry_after_s=60)
+    try:
+        t0 = time.monotonic()
+        first = loader.seed("depthwise", {}, SHAPE, "conv1d")
+        waited = time.monotonic() - t0
+        t0 = time.monotonic()
+        second = loader.seed("se_attention", {}, SHAPE, "conv1d")
+        again = time.monotonic() - t0
+    finally:
+        server.server_close()
+    assert first.failure is second.failure is KernelFailure.URZA_UNAVAILABLE
+    assert waited >= 0.4 and again < 0.2 and "not asked again" in second.error
+    assert loader.seed("conv_light", {}, SHAPE, "conv1d").origin == "cache"

@@ -89,6 +89,10 @@ class KernelLoader:
     kernels, and whether Urza answered changes nothing but speed. Without it a
     seed starts from the weights compiled into the artifact (faster; every seed
     of one kernel then starts alike).
+
+    After Urza fails to answer, it is not asked again for ``retry_after_s``
+    (cached kernels still load): a training loop germinating while Urza is
+    down waits for one timeout, not one per germination.
     """
 
     def __init__(
@@ -99,12 +103,16 @@ class KernelLoader:
         *,
         decoded_max: int = 64,
         rng_init: bool = True,
+        retry_after_s: float = 30.0,
     ) -> None:
         self.source = source
         self.cache = cache
         self.metrics = metrics or default_metrics()
         self.decoded_max = decoded_max
         self.rng_init = rng_init
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._down_reason = ""
         self._decoded: OrderedDict[str, nn.Module] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -227,14 +235,25 @@ class KernelLoader:
     def _need_source(self) -> KernelSource:
         if self.source is None:
             raise KernelLoadError(KernelFailure.URZA_UNAVAILABLE, "no kernel store configured")
+        wait = self._down_until - time.monotonic()
+        if wait > 0:  # Urza just failed: do not stall another germination on its timeout
+            raise KernelLoadError(
+                KernelFailure.URZA_UNAVAILABLE, f"{self._down_reason} (not asked again for {wait:.0f}s)"
+            )
         return self.source
+
+    def _unavailable(self, exc: Exception) -> KernelLoadError:
+        """Open the breaker for ``retry_after_s`` and name the failure."""
+        self._down_until = time.monotonic() + self.retry_after_s
+        self._down_reason = str(exc)
+        return KernelLoadError(KernelFailure.URZA_UNAVAILABLE, str(exc))
 
     def _fetch_record(self, kernel_id: str) -> KernelRecord:
         source = self._need_source()
         try:
             return source.record(kernel_id)
         except SourceUnavailable as exc:
-            raise KernelLoadError(KernelFailure.URZA_UNAVAILABLE, str(exc)) from None
+            raise self._unavailable(exc) from None
         except KernelNotValidated as exc:
             raise KernelLoadError(KernelFailure.NOT_VALIDATED, str(exc)) from None
         except KernelNotFound as exc:
@@ -247,7 +266,7 @@ class KernelLoader:
         try:
             data = source.artifact(record.kernel_id)
         except SourceUnavailable as exc:
-            raise KernelLoadError(KernelFailure.URZA_UNAVAILABLE, str(exc)) from None
+            raise self._unavailable(exc) from None
         except KernelNotFound as exc:
             raise KernelLoadError(KernelFailure.NOT_FOUND, str(exc)) from None
         actual = hashlib.sha256(data).hexdigest()

@@ -33,7 +33,7 @@ class KernelSource(Protocol):
 class UrzaSource:
     """Urza at ``base_url`` (``http://127.0.0.1:8703``); ``timeout_s`` bounds each request."""
 
-    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 2.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
 
