@@ -14,6 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
+
+from esper.cli.redis_local import free_port
+from esper.cli.stack import ServiceSpec, Stack
+from esper.leyline import AdaptationCommand, CommandAction, Envelope, encode, streams
+
+from .replicas import Streams, eventually
+
+FIELD = streams.ENVELOPE_FIELD.encode()
 
 #: Small enough for two contended cores; a learning rate that makes the heuristic grow seeds early.
 ARGS = [
@@ -56,3 +65,38 @@ def test_two_ranks_train_one_run_identically_and_match_one_process(tmp_path: Pat
         if e.get("type") == "seed_transition"
     ]
     assert [(epoch, slot) for epoch, slot, *_ in leader] == [(epoch, slot) for epoch, slot, _ in events_one]
+
+
+@pytest.mark.slow
+def test_the_service_trains_a_two_process_job_and_every_rank_applies_its_commands(
+    redis_url: str, tmp_path: Path
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    stack = Stack(
+        [ServiceSpec("tolaria", "esper.tolaria.service", free_port(), ("--torch-threads", "1"))],
+        redis_url=redis_url,
+        runs_dir=tmp_path / "runs",
+        logs_dir=tmp_path / "logs",
+    ).start(supervise=False)
+    bus = Streams(redis_url)
+    try:
+        stack.wait_ready(timeout_s=120)
+        run_id = "ddp-service"
+        bus.submit(run_id, policy="none", epochs=4, lockstep=False, world_size=2, max_train_samples=400)
+        eventually(lambda: bus.epochs(run_id), 120, "the first epoch")
+        # PAUSE holds the run at a boundary; RESUME is applied there (on every rank), then it goes on.
+        for i, action in enumerate((CommandAction.PAUSE, CommandAction.RESUME)):
+            command = AdaptationCommand(command_id=f"op-{i}", action=action)
+            client.xadd(streams.CONTROL_COMMANDS, {FIELD: encode(Envelope(payload=command, run_id=run_id))})
+        done = eventually(lambda: bus.finished(run_id), 180, "run_finished")
+        assert done.attributes["world_size"] == 2
+        assert done.attributes["rank_divergence"] == 0.0
+        assert bus.epochs(run_id) == [1, 2, 3, 4]
+        assert sorted(bus.applied(run_id)) == ["op-0", "op-1"]
+        report = json.loads((stack.runs_dir / run_id / "report.json").read_text())
+        assert report["epochs"] == 4
+    finally:
+        bus.close()
+        stack.stop()
+        client.close()

@@ -309,5 +309,7 @@ def finished_event(outcome: RunOutcome, trained_by: str | None = None) -> Teleme
             "epochs": report["epochs"],
             "resumed_from_epoch": outcome.resumed_from_epoch,
             "trained_by": trained_by,
+            "world_size": outcome.world_size,
+            "rank_divergence": outcome.rank_divergence,
         },
     )

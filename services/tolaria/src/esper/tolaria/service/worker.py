@@ -30,6 +30,7 @@ from typing import Any
 from esper.leyline import AdaptationCommand, CommandResult, Message, TrainingJob, TrainingSignals
 from esper.oona import Bus
 from esper.tamiyo.decide import to_command
+from esper.tolaria.distributed import APPLY, EPOCH, DataParallel, RankGroup, check_ranks
 from esper.tolaria.report import REPORT_NAME
 from esper.tolaria.runs import RunFolder, has_checkpoint
 from esper.tolaria.service.inbox import CommandInbox, PendingCommand, RunInterrupted
@@ -57,6 +58,9 @@ class RunOutcome:
     report: dict[str, Any]
     report_path: Path
     resumed_from_epoch: int | None
+    #: processes that trained the run, and the largest parameter difference between them at its end
+    world_size: int = 1
+    rank_divergence: float | None = None
 
 
 class ServiceRun:
@@ -78,12 +82,21 @@ class ServiceRun:
         self.outbox = Outbox(bus, run_id, loop)
         self.lockstep_timeout_s = job.lockstep_timeout_ms / 1000.0
         self._taken: list[PendingCommand] = []
+        self.parallel: DataParallel | None = None
 
     def execute(self) -> RunOutcome:
         """Train to the end (or STOP); raises :class:`RunInterrupted` when the service stops first,
-        :class:`JobRejected` when the job cannot be built."""
+        :class:`JobRejected` when the job cannot be built. A job with ``world_size`` > 1 trains in that many
+        processes: this thread is rank 0, the others follow it (:class:`esper.tolaria.distributed.RankGroup`)."""
         resume = has_checkpoint(self.out_dir)
-        folder = self._open(resume)
+        if self.job.world_size == 1:
+            return self._execute(resume, None)
+        with RankGroup(self.job, self.out_dir, resume) as parallel:
+            return self._execute(resume, parallel)
+
+    def _execute(self, resume: bool, parallel: DataParallel | None) -> RunOutcome:
+        self.parallel = parallel
+        folder = self._open(resume, parallel)
         trainer = folder.trainer
         resumed_from = trainer.epoch if resume else None
         if resumed_from is not None:
@@ -97,6 +110,8 @@ class ServiceRun:
                     continue
                 started = time.perf_counter()
                 with _COMPUTE:
+                    if parallel is not None:
+                        parallel.agree((EPOCH,))
                     trainer.run_epoch(at_boundary=self._boundary)
                 self._commit(folder)
                 self.metrics.epochs.inc()
@@ -105,12 +120,15 @@ class ServiceRun:
             folder.close()
             self._settle(exc if isinstance(exc, RunInterrupted) else RunInterrupted(str(exc)))
             raise
+        divergence = None
         with _COMPUTE:
+            if parallel is not None:
+                divergence = check_ranks(parallel, trainer.model)
             report = folder.finish()
         self.storage.commit(self.run_id, self.out_dir)
-        return RunOutcome(report, self.out_dir / REPORT_NAME, resumed_from)
+        return RunOutcome(report, self.out_dir / REPORT_NAME, resumed_from, self.job.world_size, divergence)
 
-    def _open(self, resume: bool) -> RunFolder:
+    def _open(self, resume: bool, parallel: DataParallel | None = None) -> RunFolder:
         try:
             with _COMPUTE:
                 return RunFolder.open(
@@ -121,6 +139,7 @@ class ServiceRun:
                     decide_in_process=False,
                     run_id=self.run_id,
                     mode="lockstep" if self.job.lockstep else "async",
+                    parallel=parallel,
                 )
         except (ValueError, FileNotFoundError) as exc:
             raise JobRejected(str(exc)) from exc
@@ -185,8 +204,13 @@ class ServiceRun:
         if not self.inbox.wait_for_command():
             return  # interrupted: the loop raises
         self._taken = self.inbox.take_commands()
+        commands = [p.command for p in self._taken]
         with _COMPUTE:
-            folder.trainer.apply_commands([p.command for p in self._taken])
+            if self.parallel is not None:  # the other ranks apply the same commands at this boundary
+                self.parallel.agree((APPLY, commands))
+            folder.trainer.apply_commands(commands)
+            if self.parallel is not None:
+                self.parallel.broadcast_module(folder.trainer.model)
         self._commit(folder)
 
     def _commit(self, folder: RunFolder) -> None:
