@@ -370,3 +370,36 @@ def _follow(rank: int, world: int, port: int, job_data: dict[str, Any], out_dir:
                 break
     finally:
         dist.destroy_process_group()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m esper.tolaria.distributed --job JSON --out DIR``: this process's rank of one run, with the
+    process group from the environment (``torchrun``, or a Kubernetes indexed Job setting ``RANK`` from
+    ``JOB_COMPLETION_INDEX``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); rank 0 writes the run folder
+    (shared storage) and decides with the job's policy, as ``esper train --nproc`` does on one machine."""
+    import argparse
+
+    from esper.tolaria.runs import has_checkpoint, job_from_dict
+
+    p = argparse.ArgumentParser(prog="python -m esper.tolaria.distributed", description=main.__doc__)
+    p.add_argument("--job", required=True, help="the TrainingJob as JSON")
+    p.add_argument("--out", required=True, type=Path, help="the run folder (shared by every rank)")
+    args = p.parse_args(argv)
+    try:
+        job = job_from_dict(json.loads(args.job))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--job: {exc}") from None
+    if "RANK" not in os.environ and "JOB_COMPLETION_INDEX" in os.environ:
+        os.environ["RANK"] = os.environ["JOB_COMPLETION_INDEX"]
+    parallel = init_from_env()
+    try:
+        if parallel.world != job.world_size:
+            raise SystemExit(f"field 'world_size': the job says {job.world_size}, WORLD_SIZE is {parallel.world}")
+        _train_rank(parallel, job.to_dict(), str(args.out), has_checkpoint(args.out), False, None)
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
