@@ -2,8 +2,9 @@
 
 Flags: the common service flags (``esper.service.add_arguments``; port
 ``ESPER_TEZZERET_PORT``, default 8704), plus ``--urza-url`` (``ESPER_URZA_URL``,
-default http://127.0.0.1:8703) and ``--repeats`` (timing repeats per kernel,
-``ESPER_TEZZERET_REPEATS``, default 20). Uploads to Urza carry ``ESPER_API_TOKEN``.
+default http://127.0.0.1:8703), ``--repeats`` (timing repeats per kernel,
+``ESPER_TEZZERET_REPEATS``, default 20) and ``--nice`` (``ESPER_TEZZERET_NICE``,
+default 10: compiles yield the CPU to training). Uploads to Urza carry ``ESPER_API_TOKEN``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(port=int(env.get("ESPER_TEZZERET_PORT", DEFAULT_PORT)))
     p.add_argument("--urza-url", default=env.get("ESPER_URZA_URL", DEFAULT_URZA_URL))
     p.add_argument("--repeats", type=int, default=int(env.get("ESPER_TEZZERET_REPEATS", 20)))
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=int(env.get("ESPER_TEZZERET_NICE", 10)),
+        help="CPU niceness increment: compiling ahead of need must not slow training on a shared machine",
+    )
     return p
 
 
@@ -40,6 +47,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats < 1:
         raise SystemExit(f"{SERVICE}: --repeats must be >= 1 (value {args.repeats!r})")
     configure_logging(settings)
+    if args.nice > 0:
+        os.nice(args.nice)
     service = TezzeretService(
         RedisBus.from_url(settings.redis_url),
         UrzaClient(args.urza_url, settings.api_token),
