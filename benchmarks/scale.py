@@ -108,7 +108,8 @@ def measure_replicas(tolarias: int, runs: int, epochs: int, timeout_s: float) ->
             tag = uuid.uuid4().hex[:6]
             run_ids = {f"scale-{tolarias}-{tag}-{i}" for i in range(runs)}
             pids = [s.pid for n, s in stack.services.items() if n.startswith("tolaria") and s.pid]
-            cpu_before = cpu_seconds(pids)
+            tamiyo = [stack["tamiyo"].pid] if stack["tamiyo"].pid else []
+            cpu_before, tamiyo_before = cpu_seconds(pids), cpu_seconds(tamiyo)
             psutil.cpu_percent(interval=None)
             busy: list[float] = []
             started = time.perf_counter()
@@ -122,6 +123,7 @@ def measure_replicas(tolarias: int, runs: int, epochs: int, timeout_s: float) ->
                 busy.append(psutil.cpu_percent(interval=None) / 100.0)
             wall = time.perf_counter() - started
             spent = cpu_seconds(pids) - cpu_before
+            tamiyo_spent = cpu_seconds(tamiyo) - tamiyo_before
             client.close()
         finally:
             stack.stop()
@@ -133,6 +135,9 @@ def measure_replicas(tolarias: int, runs: int, epochs: int, timeout_s: float) ->
         "runs_per_hour": round(runs / wall * 3600, 1),
         "machine_cpu_busy": round(statistics.mean(busy), 3) if busy else None,
         "tolaria_cpu_s_per_run": round(spent / runs, 2),
+        # cores the replicas (and Tamiyo) kept busy on average: against cpu_count, what is left for more replicas
+        "tolaria_cores_used": round(spent / wall, 2),
+        "tamiyo_cores_used": round(tamiyo_spent / wall, 2),
     }
 
 
@@ -216,6 +221,8 @@ def main() -> None:
                 "runs_per_hour": [r["runs_per_hour"] for r in curve],
                 "machine_cpu_busy": [r["machine_cpu_busy"] for r in curve],
                 "tolaria_cpu_s_per_run": [r["tolaria_cpu_s_per_run"] for r in curve],
+                "tolaria_cores_used": [r["tolaria_cores_used"] for r in curve],
+                "tamiyo_cores_used": [r["tamiyo_cores_used"] for r in curve],
                 "ddp_step_ratio": ddp["ddp_step_ratio"],
                 "ddp_step_s": [ddp["step_s_1proc"], ddp["step_s_2proc"]],
             }
