@@ -106,20 +106,26 @@ def layer_health(model: nn.Module, layers: dict[str, str], x: torch.Tensor) -> l
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    reports = []
+    # every statistic of every layer in one tensor, read back with one host sync
+    stats = []
     for slot_id, name in layers.items():
         h = captured[slot_id].float()
-        units = h.transpose(0, 1).reshape(h.shape[1], -1) if h.dim() > 1 else h.reshape(1, -1)
+        variance, mean = torch.var_mean(h) if h.numel() > 1 else (torch.zeros(()), h.mean())
+        unit_max = h.amax(dim=[d for d in range(h.dim()) if d != 1]) if h.dim() > 1 else h.amax().reshape(1)
         grads = [p.grad for p in modules[name].parameters() if p.grad is not None]
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
-        reports.append(
-            LayerHealthReport(
-                layer=f"{slot_id}:{name}",
-                activation_mean=float(h.mean()),
-                activation_variance=float(h.var()) if h.numel() > 1 else 0.0,
-                dead_ratio=float((units.max(dim=1).values <= 0).float().mean()),
-                grad_norm=grad_norm,
-                error_count=int((~torch.isfinite(h)).sum()),
-            )
+        grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.zeros(())
+        dead = (unit_max <= 0).float().mean()
+        errors = (~torch.isfinite(h)).sum().float()
+        stats.append(torch.stack([mean, variance, dead, grad_norm.float(), errors]))
+    values = torch.stack(stats).tolist() if stats else []
+    return [
+        LayerHealthReport(
+            layer=f"{slot_id}:{name}",
+            activation_mean=mean,
+            activation_variance=variance,
+            dead_ratio=dead,
+            grad_norm=grad_norm,
+            error_count=int(errors),
         )
-    return reports
+        for (slot_id, name), (mean, variance, dead, grad_norm, errors) in zip(layers.items(), values, strict=True)
+    ]
