@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 from pathlib import Path
 
 
@@ -34,8 +36,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     compare.add_argument("--json", type=Path, default=None, help="also write the summary (and every run) here")
 
 
+def _exit_on_sigterm() -> None:
+    # SIGTERM's default kills without unwinding, leaving the vector env's worker processes behind;
+    # as SystemExit it runs the job's cleanup (envs closed, the last checkpoint kept)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def simic(args: argparse.Namespace) -> int:
     import torch
+
+    _exit_on_sigterm()
 
     if args.simic_command == "compare":
         return _compare(args)
