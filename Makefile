@@ -55,8 +55,10 @@ bench: install
 	$(BIN)/python benchmarks/bus.py
 	$(BIN)/python benchmarks/decision_latency.py
 	$(BIN)/python benchmarks/kernel_load.py
+	$(BIN)/python benchmarks/tolaria_overhead.py
 
-# The growth benchmark: 15 trainings (5 seeds x 3 arms), about 10 minutes on two cores.
+# The growth benchmark: 25 trainings (5 seeds x 5 arms: static hosts, heuristic, its oracle, a bare loop),
+# about 17 minutes on two quiet cores.
 bench-growth: install
 	$(BIN)/python benchmarks/growth.py --seeds 5 --workers 2
 
