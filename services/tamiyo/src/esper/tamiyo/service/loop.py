@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 
@@ -95,6 +96,8 @@ class DecisionLoop:
         self.metrics = metrics or TamiyoMetrics()
         #: asks Tezzeret for a graph's kernels ahead of need (None: no Urza configured)
         self.kernels = kernels
+        #: Called with a run's id once its end is recorded (RunShards lets the run go then).
+        self.on_run_ended: Callable[[str], None] | None = None
 
     async def handle(self, envelope: Envelope[Message], delivery: Delivery | None = None) -> None:
         """Dispatch by message type; other types on these streams are ignored."""
@@ -220,6 +223,8 @@ class DecisionLoop:
             run.finished = True
             run.outcome = {k: v for k, v in event.attributes.items() if v is not None}
             await self.collector.save(run)
+        if self.on_run_ended is not None:
+            self.on_run_ended(run_id)
 
     def _count_runs(self) -> None:
         counts = {"active": 0, "paused": 0, "stopped": 0, "finished": 0}
@@ -248,6 +253,21 @@ class RunShards:
         self.router = RunRouter(bus, self.leases, [lane], index=True)
         self.owned = OwnedRuns(bus, self.leases, [lane], on_adopt=loop.adopt)
         self.scan_every_s = scan_every_s
+        self._letting_go: set[asyncio.Task[None]] = set()
+        loop.on_run_ended = self._ended
+
+    def _ended(self, run_id: str) -> None:
+        """A finished run's consumer is let go (not from inside its own handler, and only after a grace period
+        for its trailing messages); a message that comes later has the run adopted again."""
+
+        async def let_go() -> None:
+            await asyncio.sleep(2 * self.leases.ttl_ms / 1000.0)
+            await self.owned.release(run_id)
+            await self.leases.unindex(run_id)
+
+        task = asyncio.create_task(let_go())
+        self._letting_go.add(task)
+        task.add_done_callback(self._letting_go.discard)
 
     async def run(self) -> None:
         """Route, renew and adopt until :meth:`stop`."""
@@ -255,5 +275,7 @@ class RunShards:
 
     async def stop(self) -> None:
         """Stop routing and consuming; release the leases so the other replicas adopt the runs at once."""
+        for task in list(self._letting_go):
+            task.cancel()
         await self.router.stop()
         await self.owned.close()
