@@ -30,6 +30,7 @@ What Tolaria does with the data, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -243,8 +244,6 @@ def load_reference(
 
 
 def _trimmed(task: Task, rows: int) -> Task:
-    import dataclasses
-
     return dataclasses.replace(task, train=Split(task.train.x[:rows], task.train.y[:rows]))
 
 
