@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,46 @@ def test_the_export_is_plain_and_equals_the_grown_model(fit: Fit) -> None:
     loaded = torch.load(fit.callback.export_path, weights_only=False)
     with torch.no_grad():
         assert torch.equal(loaded(x), exported(x))
+
+
+def test_a_fit_resumed_from_a_lightning_checkpoint_keeps_its_seeds_and_their_optimizer_groups(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(1)
+    digits = load_digits()
+    x, y = torch.tensor(digits.data[:600] / 16.0, dtype=torch.float32), torch.tensor(digits.target[:600])
+    train, val = DataLoader(TensorDataset(x[:500], y[:500]), batch_size=50), DataLoader(TensorDataset(x[500:], y[500:]))
+
+    def trainer(epochs: int, *callbacks: pl.Callback) -> pl.Trainer:
+        return pl.Trainer(
+            max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+        )  # fmt: skip
+
+    first = EsperCallback(slots={"s1": "net.1", "s2": "net.3"})
+    before = trainer(4, first)
+    before.fit(DigitsMLP(), train, val)
+    before.save_checkpoint(tmp_path / "esper.ckpt")
+    saved = {sid: (s.stage, s.seed_id) for sid, s in first.session.model.slots.items()}
+    weights = {k: v.clone() for k, v in first.session.model.slots.state_dict().items()}
+    assert any(seed_id for _, seed_id in saved.values()), "nothing germinated before the checkpoint"
+
+    resumed = EsperCallback(slots={"s1": "net.1", "s2": "net.3"})
+    seen: dict[str, object] = {}
+
+    class AtStart(pl.Callback):
+        def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            model = resumed.session.model
+            seen["slots"] = {sid: (s.stage, s.seed_id) for sid, s in model.slots.items()}
+            seen["weights"] = {k: v.clone() for k, v in model.slots.state_dict().items()}
+            seen["groups"] = len(trainer.optimizers[0].param_groups)
+
+    after = trainer(7, resumed, AtStart())
+    after.fit(DigitsMLP(), train, val, ckpt_path=tmp_path / "esper.ckpt")
+    assert seen["slots"] == saved
+    assert seen["weights"].keys() == weights.keys()
+    assert all(torch.equal(seen["weights"][k], weights[k]) for k in weights)
+    assert seen["groups"] == 1 + len(first._groups)
+    assert resumed.session.epoch == 7 and resumed.session.model.events[: len(first.session.model.events)] == (
+        first.session.model.events
+    )

@@ -34,7 +34,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from esper.kasmina import GradientIsolationMonitor, KasminaConfig, MorphogeneticModel, export, wrap
+from esper.kasmina import (
+    GradientIsolationMonitor,
+    KasminaConfig,
+    MorphogeneticModel,
+    export,
+    lifecycle_state,
+    restore_lifecycle,
+    wrap,
+)
 from esper.kasmina.graph import describe
 from esper.leyline import (
     AdaptationCommand,
@@ -238,6 +246,34 @@ class GrowthSession:
             "wall_seconds": time.perf_counter() - self._started,
         }
 
+    # -- checkpoints -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed loop needs: slots' lifecycle and seed weights, tracker, policy, the probe batch."""
+        return {
+            "lifecycle": lifecycle_state(self.model),
+            "slots": {k: v.detach().cpu() for k, v in self.model.slots.state_dict().items()},
+            "tracker": self.tracker.state_dict(),
+            "policy": self.policy.state_dict(),
+            "epoch": self.epoch,
+            "params_initial": self.params_initial,
+            "example": self.example.cpu() if self.example is not None else None,
+            "graph_revision": self.graph.revision if self.graph is not None else -1,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output into a fresh session over the same host (seeds on the host's device)."""
+        restore_lifecycle(self.model, state["lifecycle"])
+        self.model.slots.load_state_dict(state["slots"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.policy.load_state_dict(state["policy"])
+        self.epoch, self.params_initial = int(state["epoch"]), int(state["params_initial"])
+        self._events_seen = len(self.model.events)  # published before the checkpoint
+        if state["example"] is not None:
+            anchor = next(iter(self.model.host.parameters()), None)
+            self.example = state["example"].to(anchor.device if anchor is not None else "cpu")
+            self.graph = None
+            self._describe(force=True, revision=int(state["graph_revision"]) + 1)
+
     # -- inside a boundary -----------------------------------------------------
     def _evaluate(self, batches: list[Batch]) -> tuple[float, float]:
         was_training = self.model.training
@@ -310,10 +346,11 @@ class GrowthSession:
             self.publish(event)
         self._events_seen = len(self.model.events)
 
-    def _describe(self, *, force: bool = False) -> None:
+    def _describe(self, *, force: bool = False, revision: int | None = None) -> None:
         key = tuple((sid, s.seed_id if s.seed is not None else None) for sid, s in self.model.slots.items())
         if (force or key != self._graph_key) and self.example is not None:
-            revision = 0 if self.graph is None else self.graph.revision + 1
+            if revision is None:
+                revision = 0 if self.graph is None else self.graph.revision + 1
             self.graph = describe(self.model, self.example, epoch=self.epoch, revision=revision)
             self._graph_key = key
             self.publish(self.graph)

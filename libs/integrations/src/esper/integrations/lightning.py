@@ -21,12 +21,16 @@ What happens when (a :class:`~esper.integrations.growth.GrowthSession` does the 
   rate: ``seed_lr``, else the first group's), a culled seed's group leaves it;
 - fit end: the grown model is exported (:attr:`EsperCallback.exported`, saved to
   ``export_path`` when given) and the report and every message are kept
-  (:attr:`EsperCallback.report`, ``events_path`` as JSON lines).
+  (:attr:`EsperCallback.report`, ``events_path`` as JSON lines);
+- checkpoints: the callback's state (lifecycle, seed weights, tracker, policy,
+  which optimizer groups are seeds) travels in Lightning's checkpoint, and
+  ``fit(..., ckpt_path=...)`` restores the seeds and their optimizer groups
+  before Lightning reloads the optimizer state.
 
 Batches are ``(x, y)`` pairs (``batch_to_xy`` adapts others); the loss and
-score default to cross-entropy and accuracy. Not covered yet: seeds in
-Lightning checkpoints (a resumed fit starts with dormant slots), learning-rate
-schedulers for the seed group (it keeps the rate it was added with), and
+score default to cross-entropy and accuracy. Not covered yet: learning-rate
+schedulers for the seed group (it keeps the rate it was added with), the
+report's history before a resume (it starts at the resumed epoch), and
 multi-device strategies.
 """
 
@@ -92,6 +96,19 @@ class EsperCallback(pl.Callback):
         self._recent: list[Batch] = []
         self._losses: list[float] = []
         self._events: Any = None
+        #: slot ids of the seed parameter groups in the first optimizer, in group order (checkpointed)
+        self._groups: list[str] = []
+        self._restore: dict[str, Any] | None = None
+
+    # -- Lightning checkpoints ------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.session is None:
+            return {}
+        return {"session": self.session.state_dict(), "groups": list(self._groups)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores callbacks before on_fit_start and the optimizer after it: apply at fit start
+        self._restore = dict(state_dict) if state_dict else None
 
     # -- Lightning hooks --------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -113,6 +130,15 @@ class EsperCallback(pl.Callback):
             sinks=sinks,
         )
         self.session.model.to(pl_module.device)  # the slots' anchors: new seeds are built where the module lives
+        if self._restore is not None:
+            self.session.load_state_dict(self._restore["session"])
+            optimizer = trainer.optimizers[0] if trainer.optimizers else None
+            self._groups = []
+            for slot_id in self._restore["groups"]:  # the order the saved optimizer state has them in
+                seed = self.session.model.slot(slot_id).seed
+                if optimizer is not None and seed is not None:
+                    self._update_optimizer(optimizer, Changes(added={slot_id: list(seed.parameters())}))
+            self._restore = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         session = self._session()
@@ -175,12 +201,15 @@ class EsperCallback(pl.Callback):
         self._losses.clear()
 
     def _update_optimizer(self, optimizer: torch.optim.Optimizer, changes: Changes) -> None:
-        for params in changes.added.values():
+        for slot_id, params in changes.added.items():
             group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
             if self.seed_lr is not None:
                 group["lr"] = self.seed_lr
             optimizer.add_param_group({**group, "params": params})
-        for params in changes.removed.values():
+            self._groups.append(slot_id)
+        for slot_id, params in changes.removed.items():
+            if slot_id in self._groups:
+                self._groups.remove(slot_id)
             gone = {id(p) for p in params}
             optimizer.param_groups[:] = [g for g in optimizer.param_groups if not gone & {id(p) for p in g["params"]}]
             for p in params:
