@@ -92,6 +92,8 @@ class Shell:
                     check=False,
                 )
             except subprocess.TimeoutExpired:
+                if time.monotonic() >= self.deadline:
+                    raise Deadline() from None
                 raise StepFailed(f"`{' '.join(cmd[:4])} ...` ran past {timeout:.0f} s; log {log}") from None
         if check and done.returncode != 0:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from harness import ROOT, Shell, StepFailed
 
 #: Services with an image (services/<name>/Dockerfile), each tagged esper/<name>:dev.
 SERVICES = ("tamiyo", "tolaria", "nissa", "urza", "tezzeret")
+#: Images built on torch (they share its layers, so they build one after the other).
+TORCH_IMAGES = ("tolaria", "tezzeret")
 #: Images that must not carry torch (the controller, the telemetry sink, the store).
 TORCH_FREE = ("tamiyo", "nissa", "urza")
 WHEELS = ROOT / "deploy" / "docker" / "wheels"
@@ -57,29 +60,42 @@ class Images:
             step_note = f"torch from {wheel}"
         else:
             step_note = "torch from the Dockerfile's TORCH_INDEX_URL"
+
+        def build_one(svc: str) -> None:
+            with step(f"image esper/{svc}") as note:
+                self.shell.run(
+                    [
+                        self.docker,
+                        "build",
+                        "--network",
+                        "host",
+                        *args,
+                        "-f",
+                        f"services/{svc}/Dockerfile",
+                        "-t",
+                        f"esper/{svc}:{TAG}",
+                        ".",
+                    ],
+                    log_name=f"build-{svc}",
+                    env_extra={"DOCKER_BUILDKIT": "1"},
+                )
+                size = self.shell.output(
+                    [self.docker, "image", "inspect", "--format", "{{.Size}}", f"esper/{svc}:{TAG}"]
+                )
+                note(f"{int(size) / 1e6:.0f} MB" + (f" ({step_note})" if svc == "tolaria" else ""))
+
+        def lane(services: tuple[str, ...]) -> None:
+            for svc in services:
+                build_one(svc)
+
+        # Two lanes side by side (downloads overlap with installs): the torch images one after the
+        # other, so the second reuses the first's torch layers, and the light ones beside them.
+        torch_lane = tuple(s for s in SERVICES if s in TORCH_IMAGES)
+        light_lane = tuple(s for s in SERVICES if s not in TORCH_IMAGES)
         try:
-            for svc in SERVICES:
-                with step(f"image esper/{svc}") as note:
-                    self.shell.run(
-                        [
-                            self.docker,
-                            "build",
-                            "--network",
-                            "host",
-                            *args,
-                            "-f",
-                            f"services/{svc}/Dockerfile",
-                            "-t",
-                            f"esper/{svc}:{TAG}",
-                            ".",
-                        ],
-                        log_name=f"build-{svc}",
-                        env_extra={"DOCKER_BUILDKIT": "1"},
-                    )
-                    size = self.shell.output(
-                        [self.docker, "image", "inspect", "--format", "{{.Size}}", f"esper/{svc}:{TAG}"]
-                    )
-                    note(f"{int(size) / 1e6:.0f} MB" + (f" ({step_note})" if svc == "tolaria" else ""))
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                for future in [pool.submit(lane, torch_lane), pool.submit(lane, light_lane)]:
+                    future.result()
         finally:
             self.remove_links()
 
