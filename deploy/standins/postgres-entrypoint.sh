@@ -1,5 +1,5 @@
 #!/bin/sh
-# The upstream image's contract, reduced to what Esper uses: initialise PGDATA on first start
+# The upstream image's contract, reduced to what Esper uses: initialise PGDATA (UTF8, as upstream) on first start
 # with POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB, then run the server in the foreground.
 set -eu
 : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
@@ -8,7 +8,7 @@ db="${POSTGRES_DB:-$user}"
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pwfile="$(mktemp)"
   printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
-  initdb --username="$user" --pwfile="$pwfile" --auth-local=trust --auth-host=scram-sha-256 -D "$PGDATA" >/dev/null
+  initdb --username="$user" --pwfile="$pwfile" --encoding=UTF8 --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 -D "$PGDATA" >/dev/null
   rm -f "$pwfile"
   printf 'host all all all scram-sha-256\n' >> "$PGDATA/pg_hba.conf"
   pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
