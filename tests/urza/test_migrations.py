@@ -36,3 +36,23 @@ def test_a_plain_postgresql_url_means_psycopg_3():
     assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalize_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_urza_starts_on_a_sql_ascii_postgresql_database(postgres_url):
+    import uuid
+
+    import psycopg
+
+    from esper.urza.catalogue import builtin_catalogue, register_builtins
+
+    name = f"urza_ascii_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0")
+    try:
+        engine, sessions = open_database(postgres_url.rsplit("/", 1)[0] + f"/{name}")
+        with sessions() as session:
+            assert register_builtins(session) == len(builtin_catalogue())
+        engine.dispose()
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name}")

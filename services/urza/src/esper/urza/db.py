@@ -119,7 +119,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # UTF-8 on the wire whatever the server's encoding: under SQL_ASCII psycopg would hand
+    # SQLAlchemy bytes (the server version among them) and Urza could not start.
+    return create_engine(url, pool_pre_ping=True, connect_args={"client_encoding": "utf8"})
 
 
 def migrate(engine: Engine) -> None:
