@@ -6,7 +6,9 @@
 Part 1 starts one Tamiyo and k Tolaria replicas (k = 1, 2, 3; each one run at
 a time) as processes on a private Redis, submits the same job mix (``--runs``
 lockstep runs with different seeds) and measures the time from the first
-submission to the last ``run_finished``: runs per hour = runs / time. It also
+submission to the last ``run_finished`` (after one untimed warm-up run per
+replica): runs per hour = runs / time. It records how many runs trained at
+once (no lock serializes replicas: k replicas train k runs at once), and
 samples how busy the machine's CPUs were (psutil, all processes) and the CPU
 seconds the replicas spent per run: when the curve flattens while the CPUs are
 saturated and the CPU seconds per run stay flat, the limit is the cores, not a
@@ -67,8 +69,9 @@ def replica_stack(redis_url: str, root: Path, tolarias: int) -> Stack:
     return Stack(specs, redis_url=redis_url, runs_dir=root / "runs", logs_dir=root / "logs", api_token="scale")
 
 
-def finished(client: redis.Redis, run_ids: set[str]) -> set[str]:
-    done = set()
+def finished(client: redis.Redis, run_ids: set[str]) -> dict[str, float]:
+    """Run id -> when its ``run_finished`` was produced, for the runs of ``run_ids`` that have finished."""
+    done = {}
     for _, fields in client.xrange(ls.TELEMETRY_EVENTS):
         try:
             envelope = decode(fields[_FIELD])
@@ -76,12 +79,35 @@ def finished(client: redis.Redis, run_ids: set[str]) -> set[str]:
             continue
         payload = envelope.payload
         if (
-            envelope.run_id in run_ids
-            and isinstance(payload, TelemetryEvent)
+            isinstance(payload, TelemetryEvent)
             and payload.kind == EventKind.RUN_FINISHED
+            and envelope.run_id in run_ids
         ):
-            done.add(envelope.run_id)
+            done[envelope.run_id] = envelope.produced_at
     return done
+
+
+def first_epochs(client: redis.Redis, run_ids: set[str]) -> dict[str, float]:
+    """Run id -> when its first epoch's signals were produced (about when it started training)."""
+    first: dict[str, float] = {}
+    for _, fields in client.xrange(ls.TELEMETRY_TRAINING):
+        try:
+            envelope = decode(fields[_FIELD])
+        except (CodecError, KeyError):
+            continue
+        if envelope.run_id in run_ids and envelope.message_type == "training_signals":
+            first.setdefault(envelope.run_id, envelope.produced_at)
+    return first
+
+
+def peak_overlap(intervals: list[tuple[float, float]]) -> int:
+    """Most intervals open at once: with k replicas and no lock serializing them, k runs train at once."""
+    edges = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -105,6 +131,14 @@ def measure_replicas(tolarias: int, runs: int, epochs: int, timeout_s: float) ->
             stack.start(supervise=False)
             stack.wait_ready(timeout_s=180)
             client = redis.Redis.from_url(server.url)
+            # Warm-up, not timed: every replica's first run pays one-time costs (data set, imports, tracing).
+            warm = {f"warm-{tolarias}-{i}" for i in range(tolarias)}
+            for run_id in sorted(warm):
+                job = TrainingJob(**{**JOB, "epochs": 1})
+                client.xadd(ls.CONTROL_JOBS, {_FIELD: encode(Envelope(payload=job, run_id=run_id))})
+            deadline = time.perf_counter() + timeout_s
+            while len(finished(client, warm)) < len(warm) and time.perf_counter() < deadline:
+                time.sleep(0.5)
             tag = uuid.uuid4().hex[:6]
             run_ids = {f"scale-{tolarias}-{tag}-{i}" for i in range(runs)}
             pids = [s.pid for n, s in stack.services.items() if n.startswith("tolaria") and s.pid]
@@ -116,12 +150,14 @@ def measure_replicas(tolarias: int, runs: int, epochs: int, timeout_s: float) ->
             for i, run_id in enumerate(sorted(run_ids)):
                 job = TrainingJob(**{**JOB, "epochs": epochs, "seed": i})
                 client.xadd(ls.CONTROL_JOBS, {_FIELD: encode(Envelope(payload=job, run_id=run_id))})
-            while (done := finished(client, run_ids)) != run_ids:
+            while set(done := finished(client, run_ids)) != run_ids:
                 if time.perf_counter() - started > timeout_s:
                     raise TimeoutError(f"{tolarias} replicas: {len(done)}/{runs} runs finished in {timeout_s:.0f}s")
                 time.sleep(0.5)
                 busy.append(psutil.cpu_percent(interval=None) / 100.0)
             wall = time.perf_counter() - started
+            starts = first_epochs(client, run_ids)
+            overlap = peak_overlap([(starts[r], done[r]) for r in run_ids if r in starts])
             spent = cpu_seconds(pids) - cpu_before
             tamiyo_spent = cpu_seconds(tamiyo) - tamiyo_before
             client.close()
@@ -137,6 +173,7 @@ def measure_replicas(tolarias: int, runs: int, epochs: int, timeout_s: float) ->
         "tolaria_cpu_s_per_run": round(spent / runs, 2),
         # cores the replicas (and Tamiyo) kept busy on average: against cpu_count, what is left for more replicas
         "tolaria_cores_used": round(spent / wall, 2),
+        "peak_runs_training_at_once": overlap,
         "tamiyo_cores_used": round(tamiyo_spent / wall, 2),
     }
 
@@ -223,6 +260,7 @@ def main() -> None:
                 "tolaria_cpu_s_per_run": [r["tolaria_cpu_s_per_run"] for r in curve],
                 "tolaria_cores_used": [r["tolaria_cores_used"] for r in curve],
                 "tamiyo_cores_used": [r["tamiyo_cores_used"] for r in curve],
+                "peak_runs_training_at_once": [r["peak_runs_training_at_once"] for r in curve],
                 "ddp_step_ratio": ddp["ddp_step_ratio"],
                 "ddp_step_s": [ddp["step_s_1proc"], ddp["step_s_2proc"]],
             }
