@@ -2,6 +2,11 @@
 
     python benchmarks/scale.py                  # 6 runs per replica count, DDP over 3 alternating repeats
     python benchmarks/scale.py --runs 3 --epochs 3 --ddp-repeats 1   # a quick look
+    python benchmarks/scale.py --max-train-samples 4000 --ddp-repeats 0   # a compute-bound job mix
+
+The default mix is short lockstep runs, which spend most of their time waiting
+(decisions, the bus), so more replicas overlap more waits; runs on the full
+training split are compute-bound, and there the curve follows the cores.
 
 Part 1 starts one Tamiyo and k Tolaria replicas (k = 1, 2, 3; each one run at
 a time) as processes on a private Redis, submits the same job mix (``--runs``
@@ -121,7 +126,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def measure_replicas(tolarias: int, runs: int, epochs: int, timeout_s: float) -> dict[str, Any]:
+def measure_replicas(tolarias: int, runs: int, epochs: int, timeout_s: float, samples: int) -> dict[str, Any]:
     """One replica count: runs/hour, machine CPU busy fraction, replica CPU seconds per run."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -148,7 +153,7 @@ def measure_replicas(tolarias: int, runs: int, epochs: int, timeout_s: float) ->
             busy: list[float] = []
             started = time.perf_counter()
             for i, run_id in enumerate(sorted(run_ids)):
-                job = TrainingJob(**{**JOB, "epochs": epochs, "seed": i})
+                job = TrainingJob(**{**JOB, "epochs": epochs, "seed": i, "max_train_samples": samples})
                 client.xadd(ls.CONTROL_JOBS, {_FIELD: encode(Envelope(payload=job, run_id=run_id))})
             while set(done := finished(client, run_ids)) != run_ids:
                 if time.perf_counter() - started > timeout_s:
@@ -238,22 +243,28 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=6, help="runs per replica count")
     p.add_argument("--epochs", type=int, default=4, help="epochs per run")
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 3], help="Tolaria replica counts")
-    p.add_argument("--ddp-repeats", type=int, default=3)
+    p.add_argument(
+        "--max-train-samples", type=int, default=JOB["max_train_samples"], help="rows per run (4000: compute-bound)"
+    )
+    p.add_argument("--ddp-repeats", type=int, default=3, help="0: skip the DDP part")
     p.add_argument("--ddp-epochs", type=int, default=3, help="timed epochs per DDP measurement")
     p.add_argument("--timeout-s", type=float, default=900.0)
     args = p.parse_args()
 
     curve = []
     for k in args.replicas:
-        row = measure_replicas(k, args.runs, args.epochs, args.timeout_s)
+        row = measure_replicas(k, args.runs, args.epochs, args.timeout_s, args.max_train_samples)
         print(json.dumps(row), flush=True)
         curve.append(row)
-    ddp = measure_ddp(args.ddp_repeats, args.ddp_epochs)
-    print(json.dumps(ddp), flush=True)
+    ddp: dict[str, Any] = {"ddp_step_ratio": None, "step_s_1proc": None, "step_s_2proc": None}
+    if args.ddp_repeats > 0:
+        ddp = measure_ddp(args.ddp_repeats, args.ddp_epochs)
+        print(json.dumps(ddp), flush=True)
     print(
         json.dumps(
             {
                 "cpu_count": os.cpu_count(),
+                "max_train_samples": args.max_train_samples,
                 "replicas": [r["tolarias"] for r in curve],
                 "runs_per_hour": [r["runs_per_hour"] for r in curve],
                 "machine_cpu_busy": [r["machine_cpu_busy"] for r in curve],
