@@ -35,6 +35,8 @@ SERVICE_MODULES: dict[str, str] = {
     "tamiyo": "esper.tamiyo.service",
     "tolaria": "esper.tolaria.service",
     "nissa": "esper.nissa.service",
+    "urza": "esper.urza.service",
+    "tezzeret": "esper.tezzeret.service",
 }
 LOG_TAIL_CHARS = 3000
 
@@ -69,12 +71,13 @@ class RestartPolicy:
 def default_specs(
     ports: Mapping[str, int] | None = None, extra_args: Mapping[str, Iterable[str]] | None = None
 ) -> list[ServiceSpec]:
-    """Specs for Tamiyo, Tolaria and Nissa on ``ports`` (default :data:`esper.service.DEFAULT_PORTS`)."""
+    """Specs for the services named in ``ports`` (default: all, on :data:`esper.service.DEFAULT_PORTS`)."""
     ports = ports or DEFAULT_PORTS
     extra_args = extra_args or {}
     return [
         ServiceSpec(name, module, ports[name], tuple(extra_args.get(name, ())))
         for name, module in SERVICE_MODULES.items()
+        if name in ports
     ]
 
 

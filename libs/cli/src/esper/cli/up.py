@@ -56,7 +56,7 @@ def _services(value: str) -> tuple[str, ...]:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``esper up`` and its flags."""
     env = os.environ
-    up = sub.add_parser("up", help="start Redis (if needed) and the Tamiyo, Tolaria and Nissa services")
+    up = sub.add_parser("up", help="start Redis (if needed) and the Tamiyo, Tolaria, Nissa, Urza and Tezzeret services")
     up.add_argument("--redis-url", default=env.get("ESPER_REDIS_URL", DEFAULT_REDIS_URL))
     up.add_argument("--runs-dir", type=Path, default=Path(env.get("ESPER_RUNS_DIR", "runs")))
     up.add_argument("--logs-dir", type=Path, default=None, help="service logs (default RUNS_DIR/logs)")
@@ -121,7 +121,9 @@ def up(args: argparse.Namespace) -> int:
     if generated:
         token = secrets.token_urlsafe(24)
     extra = {"nissa": ("--profile", args.profile)} if args.profile else {}
-    specs = [ServiceSpec(n, SERVICE_MODULES[n], ports[n], tuple(extra.get(n, ()))) for n in args.only]
+    # Tezzeret uploads to this Urza; Tamiyo asks it for kernels ahead of need.
+    urza = {"ESPER_URZA_URL": f"http://127.0.0.1:{ports['urza']}"} if "urza" in args.only else {}
+    specs = [ServiceSpec(n, SERVICE_MODULES[n], ports[n], tuple(extra.get(n, ())), urza) for n in args.only]
 
     private: PrivateRedis | None = None
     stack: Stack | None = None

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-#: Default HTTP ports: the control API (Tamiyo), the trainer, the telemetry sink.
-DEFAULT_PORTS = {"tamiyo": 8700, "tolaria": 8701, "nissa": 8702}
+#: Default HTTP ports: the control API (Tamiyo), the trainer, the telemetry sink, the kernel store, the compiler.
+DEFAULT_PORTS = {"tamiyo": 8700, "tolaria": 8701, "nissa": 8702, "urza": 8703, "tezzeret": 8704}
 #: Request bodies above this many bytes are refused with 413 (a TrainingJob is well under 4 KiB).
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 

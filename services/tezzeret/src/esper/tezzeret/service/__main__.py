@@ -21,7 +21,6 @@ from esper.tezzeret.service.app import TezzeretService
 from esper.tezzeret.urza import UrzaClient
 
 SERVICE = "tezzeret"
-DEFAULT_PORT = 8704
 DEFAULT_URZA_URL = "http://127.0.0.1:8703"
 
 
@@ -29,7 +28,6 @@ def parser() -> argparse.ArgumentParser:
     env = os.environ
     p = argparse.ArgumentParser(prog="python -m esper.tezzeret.service", description="Esper Tezzeret: the compiler.")
     add_arguments(p, SERVICE)
-    p.set_defaults(port=int(env.get("ESPER_TEZZERET_PORT", DEFAULT_PORT)))
     p.add_argument("--urza-url", default=env.get("ESPER_URZA_URL", DEFAULT_URZA_URL))
     p.add_argument("--repeats", type=int, default=int(env.get("ESPER_TEZZERET_REPEATS", 20)))
     p.add_argument(

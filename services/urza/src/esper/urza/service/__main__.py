@@ -24,7 +24,6 @@ from esper.urza.blobs import LocalBlobStore
 from esper.urza.db import open_database
 
 SERVICE = "urza"
-DEFAULT_PORT = 8703
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,7 +32,6 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m esper.urza.service", description="Esper Urza: blueprint and kernel store."
     )
     add_arguments(p, SERVICE)
-    p.set_defaults(port=int(env.get("ESPER_URZA_PORT", DEFAULT_PORT)))
     p.add_argument("--database-url", default=env.get("ESPER_URZA_DATABASE_URL"), help="SQLAlchemy URL")
     blob_dir = env.get("ESPER_URZA_BLOB_DIR")
     p.add_argument("--blob-dir", type=Path, default=Path(blob_dir) if blob_dir else None)
