@@ -65,6 +65,24 @@ def apt_install(packages: list[str], log: Path) -> None:
                 raise EngineError(f"`{' '.join(cmd)}` failed; see {log}")
 
 
+def placement() -> list[str]:
+    """Where a started dockerd listens and keeps its state.
+
+    ``DOCKER_HOST`` (a unix socket; the clients read it too) and ``ESPER_DOCKERD_DATA_ROOT``
+    let a second, separate engine run beside the usual one, e.g. to build from an empty
+    image store; by default the standard socket and /var/lib/docker, so images stay cached.
+    """
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        raise EngineError(f"DOCKER_HOST={host!r}: only a unix socket can be started here")
+    flags = [f"--host={host}"]
+    root = os.environ.get("ESPER_DOCKERD_DATA_ROOT")
+    if root:
+        name = Path(root).name
+        flags += [f"--data-root={root}", f"--exec-root=/run/{name}", f"--pidfile=/run/{name}.pid"]
+    return flags
+
+
 @dataclass
 class Engine:
     """The engine a run uses; ``started`` is the dockerd this process launched (None when reused)."""
@@ -90,7 +108,7 @@ class Engine:
             raise EngineError("dockerd is not installed (Debian package docker.io)")
         log = (self.workdir / "dockerd.log").open("ab")
         self.started = subprocess.Popen(
-            [dockerd, "--bridge=none", "--iptables=false", "--ip-masq=false", "--host=unix:///var/run/docker.sock"],
+            [dockerd, "--bridge=none", "--iptables=false", "--ip-masq=false", *placement()],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
