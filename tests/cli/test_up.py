@@ -175,7 +175,11 @@ def test_a_killed_service_is_restarted_by_the_supervisor(run_up, clean_redis_url
 
 
 def test_demo_runs_one_job_writes_the_report_and_stops_everything(run_up, clean_redis_url: str, tmp_path: Path) -> None:
-    ports = [arg for name in ("tamiyo", "tolaria", "nissa") for arg in (f"--{name}-port", str(free_port()))]
+    ports = [
+        arg
+        for name in ("tamiyo", "tolaria", "nissa", "urza", "tezzeret")
+        for arg in (f"--{name}-port", str(free_port()))
+    ]
     up = run_up("--demo", "--epochs", "3", "--max-train-samples", "600", *ports, redis_url=clean_redis_url)
     assert up.finish(timeout_s=240) == 0, up.output
     report_line = up.wait_for(r"^report: (\S+)")
