@@ -40,25 +40,30 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EnvConfig().epochs)
     parser.add_argument("--budget-ratio", type=float, default=EnvConfig().param_budget_ratio)
     parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument(
+        "--sample", action="store_true", help="learned policy draws its actions (seeded) instead of greedy"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     env = EnvConfig(epochs=args.epochs, param_budget_ratio=args.budget_ratio, split="heldout")
     summary = compare(
-        ["heuristic", args.policy],
+        ["heuristic", args.policy + ("?sample" if args.sample else "")],
         resolve_tasks([f"heldout:{args.variants}"], env.samples),
         args.seeds,
         env,
         resamples=args.resamples,
         on_run=lambda r: print(json.dumps(asdict(r)), flush=True),
     )
-    learned, heuristic = summary["policies"][args.policy], summary["policies"]["heuristic"]
-    diff = summary["differences"][args.policy]
+    name = args.policy + ("?sample" if args.sample else "")
+    learned, heuristic = summary["policies"][name], summary["policies"]["heuristic"]
+    diff = summary["differences"][name]
     per_variant: dict[str, dict[str, list[float]]] = {}
     for r in summary["runs"]:
         per_variant.setdefault(r["task"], {}).setdefault(r["policy"], []).append(r["test_accuracy"])
     result = {
         "benchmark": "policy_vs_heuristic",
         "policy": args.policy,
+        "sample": args.sample,
         "variants": args.variants,
         "seeds": args.seeds,
         "epochs": args.epochs,
@@ -69,7 +74,7 @@ def main() -> None:
         "ci_low": diff["ci_low"],
         "ci_high": diff["ci_high"],
         "per_variant_median": {
-            task: {("learned" if p == args.policy else p): round(sorted(v)[len(v) // 2], 4) for p, v in rows.items()}
+            task: {("learned" if p == name else p): round(sorted(v)[len(v) // 2], 4) for p, v in rows.items()}
             for task, rows in per_variant.items()
         },
         "seconds": summary["seconds"],

@@ -2,9 +2,9 @@
 wall time, and whether each difference from the baseline holds under a bootstrap interval.
 
 A policy is ``heuristic``, ``none`` (the static host) or the path of a learned
-policy file (``policy.pt``). A task is a held-out variant id (``mnist1d-900000``,
-see :mod:`esper.simic.variants`) or ``heldout:N`` for the first N held-out
-variants. Every policy runs every (task, seed) pair with the same settings,
+policy file (``policy.pt``; ``policy.pt?sample`` draws its actions, seeded).
+A task is a held-out variant id (``mnist1d-900000``, see :mod:`esper.simic.variants`)
+or ``heldout:N`` for the first N held-out variants. Every policy runs every (task, seed) pair with the same settings,
 through Tolaria's trainer and its decide step (policy -> safety monitor ->
 command); the pairs are interleaved so machine noise hits every policy alike.
 The first policy is the baseline: for each other policy, the paired
@@ -59,12 +59,17 @@ def resolve_tasks(spec: Sequence[str], samples: int = 2_000) -> list[Variant]:
     return out
 
 
-def build_policy(name: str, epochs: int, budget: int | None) -> Policy:
-    """``heuristic``, ``none`` or a learned policy file, for a run of ``epochs`` under ``budget``."""
-    if name.endswith(".pt"):
+def build_policy(name: str, epochs: int, budget: int | None, seed: int = 0) -> Policy:
+    """``heuristic``, ``none`` or a learned policy file (``PATH.pt``, or ``PATH.pt?sample`` to draw actions
+    with a generator seeded by the run's ``seed``), for a run of ``epochs`` under ``budget``."""
+    path, _, mode = name.partition("?")
+    if path.endswith(".pt"):
         from esper.tamiyo.gnn.policy import GNNPolicyConfig, GNNTamiyo
 
-        return GNNTamiyo.load(name, GNNPolicyConfig(epochs_total=epochs, param_budget=budget))
+        if mode not in ("", "sample"):
+            raise ValueError(f"field 'policies': unknown mode {mode!r} in {name!r} (known: sample)")
+        config = GNNPolicyConfig(epochs_total=epochs, param_budget=budget, sample=mode == "sample", sample_seed=seed)
+        return GNNTamiyo.load(path, config)
     return make_policy(name, TrainingJob(epochs=epochs, param_budget=budget))
 
 
@@ -77,7 +82,7 @@ def run_policy(name: str, v: Variant, seed: int, env: EnvConfig) -> RunResult:
     trainer = Trainer(task, None, config, kasmina=KASMINA, run_id=f"compare-{v.variant_id}-s{seed}")
     budget = None if env.param_budget_ratio is None else int(env.param_budget_ratio * trainer.params_initial)
     trainer.param_budget = budget
-    trainer.policy = build_policy(name, env.epochs, budget)
+    trainer.policy = build_policy(name, env.epochs, budget, seed)
     trainer.fit()
     last = trainer.history[-1]
     return RunResult(

@@ -32,10 +32,18 @@ from esper.tamiyo.policy import decision_id, wait
 
 @dataclass(frozen=True, slots=True)
 class GNNPolicyConfig:
-    """Run settings the policy decides under: planned epochs (for ``epoch_progress``) and the parameter budget."""
+    """Run settings the policy decides under: planned epochs (for ``epoch_progress``) and the parameter budget.
+
+    ``sample``: draw the action from the policy's distribution (as in training) instead of taking the
+    most likely one, with a generator seeded by ``sample_seed`` and the epoch, so a run still reproduces.
+    A policy trained with PPO expresses "grow about now" as a per-epoch probability; greedy decoding of
+    a probability below one half never acts on it.
+    """
 
     epochs_total: int = 40
     param_budget: int | None = None
+    sample: bool = False
+    sample_seed: int = 0
 
 
 class GNNTamiyo:
@@ -84,8 +92,18 @@ class GNNTamiyo:
         return self.decision_for(obs)
 
     def decision_for(self, obs: GraphObservation) -> AdaptationDecision:
-        """The greedy decision on ``obs``, with its reason and confidence."""
-        out = self.network.decide_one(self.network.encode([obs])[0])
+        """The decision on ``obs`` (greedy, or drawn with ``config.sample``), with its reason and confidence."""
+        graph = self.network.encode([obs])[0]
+        if self.config.sample:
+            with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                torch.manual_seed(self.config.sample_seed * 100_003 + obs.signals.epoch)
+                drawn = self.network.evaluate([graph])
+            out = {
+                "action": tuple(int(v) for v in drawn["action"][0]),
+                **{k: float(drawn[k][0]) for k in ("p_op", "p_slot", "p_option", "value", "value_std")},
+            }
+        else:
+            out = self.network.decide_one(graph)
         op, slot_number, option_number = out["action"]
         action = OPERATIONS[op]
         p = out["p_op"]
