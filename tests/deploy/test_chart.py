@@ -18,6 +18,11 @@ def render(helm: str, *flags: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
+@pytest.fixture(scope="module")
+def default_docs(helm: str) -> list[dict[str, Any]]:
+    return render(helm)
+
+
 def find(docs: list[dict[str, Any]], kind: str, component: str) -> dict[str, Any]:
     for d in docs:
         if d["kind"] == kind and d["metadata"]["labels"].get("app.kubernetes.io/component") == component:
@@ -37,15 +42,15 @@ def test_gpu_values_put_tolaria_on_gpu_nodes(helm: str) -> None:
     assert "nvidia.com/gpu" not in tamiyo["containers"][0]["resources"]["limits"]
 
 
-def test_default_values_ask_for_no_gpu(helm: str) -> None:
-    pod = find(render(helm), "Deployment", "tolaria")["spec"]["template"]["spec"]
+def test_default_values_ask_for_no_gpu(default_docs: list[dict[str, Any]]) -> None:
+    pod = find(default_docs, "Deployment", "tolaria")["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
     assert "nodeSelector" not in pod
 
 
 @pytest.mark.parametrize("component", ["tamiyo", "tolaria", "nissa", "urza", "tezzeret"])
-def test_probes_requests_labels_and_token(helm: str, component: str) -> None:
-    deployment = find(render(helm), "Deployment", component)
+def test_probes_requests_labels_and_token(default_docs: list[dict[str, Any]], component: str) -> None:
+    deployment = find(default_docs, "Deployment", component)
     labels = deployment["metadata"]["labels"]
     for key in ("name", "instance", "version", "component", "managed-by"):
         assert f"app.kubernetes.io/{key}" in labels
@@ -78,8 +83,8 @@ def test_external_redis_and_postgres_replace_the_in_chart_ones(helm: str) -> Non
     assert env["ESPER_URZA_DATABASE_URL"] == "postgresql://u@db.example/urza"
 
 
-def test_urza_reads_the_in_chart_postgres_password_from_its_secret(helm: str) -> None:
-    urza = find(render(helm), "Deployment", "urza")["spec"]["template"]["spec"]["containers"][0]
+def test_urza_reads_the_in_chart_postgres_password_from_its_secret(default_docs: list[dict[str, Any]]) -> None:
+    urza = find(default_docs, "Deployment", "urza")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in urza["env"]}
     assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "esper-postgresql"
     assert "$(POSTGRES_PASSWORD)@esper-postgresql:5432/urza" in env["ESPER_URZA_DATABASE_URL"]["value"]
@@ -95,8 +100,8 @@ def test_external_redis_without_a_url_is_refused_by_the_schema(helm: str) -> Non
     assert done.returncode != 0 and "externalUrl" in done.stderr
 
 
-def test_service_monitor_only_with_the_prometheus_operator(helm: str) -> None:
-    assert not [d for d in render(helm) if d["kind"] == "ServiceMonitor"]
+def test_service_monitor_only_with_the_prometheus_operator(helm: str, default_docs: list[dict[str, Any]]) -> None:
+    assert not [d for d in default_docs if d["kind"] == "ServiceMonitor"]
     monitors = [d for d in render(helm, "--api-versions", "monitoring.coreos.com/v1") if d["kind"] == "ServiceMonitor"]
     assert monitors[0]["spec"]["endpoints"][0]["path"] == "/metrics"
 
