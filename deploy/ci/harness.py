@@ -55,6 +55,13 @@ class Shell:
         self.logs = logs
         self.logs.mkdir(parents=True, exist_ok=True)
         self.deadline = time.monotonic() + deadline_s
+        #: Commands started by :meth:`run` and not yet finished (threads may run several).
+        self.running: set[subprocess.Popen[str]] = set()
+
+    def stop_running(self) -> None:
+        """Terminate every command :meth:`run` has going (on an interrupt or the deadline)."""
+        for proc in list(self.running):
+            proc.terminate()
 
     def remaining(self) -> float:
         """Seconds left; raises Deadline when none are."""
@@ -79,22 +86,27 @@ class Shell:
         with log.open("a") as out:
             out.write(f"$ {' '.join(cmd)}\n")
             out.flush()
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=stdin,
+                text=True,
+                env={**os.environ, **(env_extra or {})},
+                cwd=ROOT,
+            )
+            self.running.add(proc)
             try:
-                done = subprocess.run(
-                    cmd,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=stdin,
-                    text=True,
-                    timeout=timeout,
-                    env={**os.environ, **(env_extra or {})},
-                    cwd=ROOT,
-                    check=False,
-                )
+                proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
                 if time.monotonic() >= self.deadline:
                     raise Deadline() from None
                 raise StepFailed(f"`{' '.join(cmd[:4])} ...` ran past {timeout:.0f} s; log {log}") from None
+            finally:
+                self.running.discard(proc)
+        done = subprocess.CompletedProcess(cmd, proc.returncode)
         if check and done.returncode != 0:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
             raise StepFailed(f"`{' '.join(cmd[:6])} ...` exited {done.returncode}; log {log}:\n{tail}")

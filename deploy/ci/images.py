@@ -42,6 +42,7 @@ class Images:
     def __init__(self, shell: Shell, docker: str, pip: Path) -> None:
         self.shell, self.docker, self.pip = shell, docker, pip
         self.links: list[Path] = []
+        self.stopping = False
 
     def build(self, step: Callable[[str], AbstractContextManager[Callable[[str], None]]]) -> None:
         """``step(name)`` is the timeline's step context (one per image)."""
@@ -86,17 +87,26 @@ class Images:
 
         def lane(services: tuple[str, ...]) -> None:
             for svc in services:
+                if self.stopping:
+                    return
                 build_one(svc)
 
         # Two lanes side by side (downloads overlap with installs): the torch images one after the
         # other, so the second reuses the first's torch layers, and the light ones beside them.
         torch_lane = tuple(s for s in SERVICES if s in TORCH_IMAGES)
         light_lane = tuple(s for s in SERVICES if s not in TORCH_IMAGES)
+        pool = ThreadPoolExecutor(max_workers=2)
         try:
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                for future in [pool.submit(lane, torch_lane), pool.submit(lane, light_lane)]:
-                    future.result()
+            for future in [pool.submit(lane, torch_lane), pool.submit(lane, light_lane)]:
+                future.result()
+        except BaseException:
+            # The other lane's build would otherwise run on (an interrupt waits for no build).
+            self.stopping = True
+            pool.shutdown(wait=False, cancel_futures=True)
+            self.shell.stop_running()
+            raise
         finally:
+            pool.shutdown(wait=True)
             self.remove_links()
 
     def remove_links(self) -> None:
