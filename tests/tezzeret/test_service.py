@@ -89,3 +89,51 @@ def test_a_compile_request_goes_through_both_services(stack, clean_redis_url, tm
     metrics = httpx.get(f"{tezzeret_url}/metrics").text
     assert 'esper_tezzeret_compile_results_total{status="ok"} 1.0' in metrics
     assert httpx.get(f"{urza_url}/healthz").json() == {"status": "ok"}
+
+
+def test_sigterm_mid_compile_exits_promptly_and_the_request_stays_pending(clean_redis_url, tmp_path):
+    import redis
+
+    urza_port, tezzeret_port = free_port(), free_port()
+    urza_url = f"http://127.0.0.1:{urza_port}"
+    urza = start("esper.urza.service", urza_port, tmp_path, clean_redis_url)
+    # A million timing repeats: the compile is still measuring when the signal comes.
+    tezzeret = start(
+        "esper.tezzeret.service",
+        tezzeret_port,
+        tmp_path,
+        clean_redis_url,
+        "--urza-url",
+        urza_url,
+        "--repeats",
+        "1000000",
+    )
+    try:
+        wait_ready(urza_url, urza)
+        wait_ready(f"http://127.0.0.1:{tezzeret_port}", tezzeret)
+
+        async def publish() -> None:
+            bus = RedisBus.from_url(clean_redis_url)
+            request = CompileRequest(request_id="slow", blueprint_id="mlp", input_shape=[16])
+            await bus.publish(ls.COMPILE_REQUESTS, Envelope(payload=request, run_id="run-slow"))
+            await bus.aclose()
+
+        asyncio.run(publish())
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{urza_url}/kernels", params={"status": "compiling"}).json()["total"] == 0:
+            assert time.monotonic() < deadline, "the compile never started"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        tezzeret.send_signal(signal.SIGTERM)
+        assert tezzeret.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 15
+        client = redis.Redis.from_url(clean_redis_url)
+        assert client.xpending(ls.COMPILE_REQUESTS, ls.GROUP_TEZZERET)["pending"] == 1
+        client.close()
+        assert results(clean_redis_url) == []
+    finally:
+        for process in (tezzeret, urza):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)

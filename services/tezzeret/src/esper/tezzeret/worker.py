@@ -21,9 +21,11 @@ message stays pending and comes back (at-least-once), so no request is lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -98,6 +100,8 @@ class Tezzeret:
         self.metrics = metrics or TezzeretMetrics()
         self.repeats = repeats
         self.urza_wait_s = urza_wait_s
+        #: the compile thread (its own pool: a shutdown need not wait for a compile in flight)
+        self.compiler = ThreadPoolExecutor(1, thread_name_prefix="tezzeret-compile")
 
     async def _urza(self, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` off the event loop, waiting out an unavailable Urza for up to ``urza_wait_s``.
@@ -155,7 +159,7 @@ class Tezzeret:
             return self._ok(request, await self._urza(self.urza.kernel, kernel_id))  # validated meanwhile
         started = time.perf_counter()
         try:
-            compiled = await asyncio.to_thread(
+            job = functools.partial(
                 compile_kernel,
                 request.blueprint_id,
                 tuple(kernel["input_shape"]),
@@ -166,6 +170,7 @@ class Tezzeret:
                 repeats=self.repeats,
                 seed=int(kernel_id[1:9], 16),
             )
+            compiled = await asyncio.get_running_loop().run_in_executor(self.compiler, job)
         except Exception as exc:  # a blueprint's failure is a result, never a crash
             error = f"{type(exc).__name__}: {exc}"
             log.warning("kernel %s failed: %s", kernel_id, error)

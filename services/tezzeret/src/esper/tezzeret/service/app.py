@@ -7,6 +7,9 @@ pending, and another claims it after ``claim_idle_ms``.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
@@ -16,6 +19,10 @@ from esper.service import BusReadiness, health_router
 from esper.tezzeret.urza import UrzaClient
 from esper.tezzeret.worker import Tezzeret, TezzeretMetrics
 
+log = logging.getLogger(__name__)
+
+#: Seconds a shutdown waits for a compile in flight.
+STOP_GRACE_S = 5.0
 #: A compile takes seconds: read one request at a time, and let another Tezzeret
 #: claim a request only after a compile could not still be running.
 DEFAULT_OPTIONS = ConsumerOptions(batch_size=1, claim_idle_ms=600_000)
@@ -48,7 +55,18 @@ class TezzeretService:
         async with self.readiness.consuming():
             await self.subscription.run()
 
-    async def stop(self) -> None:
-        await self.subscription.stop()
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop consuming; a compile still running after ``grace_s`` is abandoned.
+
+        Its request stays unacknowledged, so it is delivered again (to this
+        consumer when it restarts, or claimed by another Tezzeret): nothing is
+        lost, and a supervisor's SIGTERM is answered in seconds, not after a
+        compile that may take minutes.
+        """
+        try:
+            await asyncio.wait_for(self.subscription.stop(), timeout=grace_s)
+        except TimeoutError:
+            log.warning("a compile is still running after %.0fs: abandoned, its request stays pending", grace_s)
+        self.tezzeret.compiler.shutdown(wait=False, cancel_futures=True)
         await self.bus.aclose()
         self.urza.close()
