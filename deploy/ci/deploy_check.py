@@ -41,7 +41,18 @@ COMPOSE_FILES = ("docker-compose.yml", "docker-compose.gpu.yml", "docker-compose
 #: (name, values flags, flags for `helm template` only) of every rendering that is linted and validated.
 RENDERINGS = (
     ("default", [], []),
-    ("gpu+job", ["-f", str(CHART / "values-gpu.yaml"), "--set", "tolaria.job.enabled=true"], []),
+    (
+        "gpu+jobs",
+        [
+            "-f",
+            str(CHART / "values-gpu.yaml"),
+            "--set",
+            "tolaria.job.enabled=true",
+            "--set",
+            "tolaria.distributedJob.enabled=true",
+        ],
+        [],
+    ),
     (
         "external redis+postgres",
         [
