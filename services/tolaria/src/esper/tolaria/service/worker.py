@@ -30,12 +30,13 @@ from typing import Any
 from esper.leyline import AdaptationCommand, CommandResult, Message, TrainingJob, TrainingSignals
 from esper.oona import Bus
 from esper.tamiyo.decide import to_command
-from esper.tolaria.distributed import APPLY, EPOCH, DataParallel, RankGroup, check_ranks
+from esper.tolaria.distributed import DataParallel
 from esper.tolaria.report import REPORT_NAME
 from esper.tolaria.runs import RunFolder, has_checkpoint
 from esper.tolaria.service.inbox import CommandInbox, PendingCommand, RunInterrupted
 from esper.tolaria.service.metrics import TolariaMetrics
 from esper.tolaria.service.outbox import Outbox
+from esper.tolaria.service.ranks import APPLY, EPOCH, RankGroup, check_ranks
 from esper.tolaria.service.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class ServiceRun:
     def execute(self) -> RunOutcome:
         """Train to the end (or STOP); raises :class:`RunInterrupted` when the service stops first,
         :class:`JobRejected` when the job cannot be built. A job with ``world_size`` > 1 trains in that many
-        processes: this thread is rank 0, the others follow it (:class:`esper.tolaria.distributed.RankGroup`)."""
+        processes: this thread is rank 0, the others follow it (:class:`esper.tolaria.service.ranks.RankGroup`)."""
         resume = has_checkpoint(self.out_dir)
         if self.job.world_size == 1:
             return self._execute(resume, None)
