@@ -85,15 +85,25 @@ def test_a_restored_optimizer_shares_no_tensor_with_the_snapshot(small_task):
     assert torch.equal(trainer.optimizers["host"].state_dict()["state"][0]["exp_avg"], before)
 
 
-def _training_trainer(task, **config):
-    trainer = make_trainer(task, epochs=6, **config)
+@pytest.fixture(scope="module")
+def at_training(small_task, tmp_path_factory):
+    """A checkpoint of a run whose seed in s1 has just entered TRAINING (epoch 2)."""
+    trainer = make_trainer(small_task, epochs=6)
     trainer.fit(stop_after=2)
+    path = tmp_path_factory.mktemp("training")
+    save_checkpoint(trainer, path)
+    return path
+
+
+def _training_trainer(task, path, **config):
+    trainer = make_trainer(task, epochs=6, **config)
+    restore_checkpoint(trainer, read_checkpoint(path))
     assert trainer.model.slot("s1").stage is SeedStage.TRAINING
     return trainer
 
 
-def test_the_plan_names_isolated_seeds_only_with_the_isolated_pass(small_task):
-    trainer = _training_trainer(small_task)
+def test_the_plan_names_isolated_seeds_only_with_the_isolated_pass(small_task, at_training):
+    trainer = _training_trainer(small_task, at_training)
     with_pass = plan_epoch(trainer.model, trainer.optimizers, trainer.host_parameters())
     without = plan_epoch(trainer.model, trainer.optimizers, trainer.host_parameters(), isolated_seed_pass=False)
     assert with_pass.mode is TrainingMode.ISOLATED and with_pass.isolated == ("s1",)
@@ -103,8 +113,8 @@ def test_the_plan_names_isolated_seeds_only_with_the_isolated_pass(small_task):
 
 
 @pytest.mark.parametrize("isolated_seed_pass", [True, False])
-def test_an_isolated_seed_learns_and_the_host_gets_nothing_through_it(small_task, isolated_seed_pass):
-    trainer = _training_trainer(small_task, isolated_seed_pass=isolated_seed_pass)
+def test_an_isolated_seed_learns_and_the_host_gets_nothing_through_it(small_task, at_training, isolated_seed_pass):
+    trainer = _training_trainer(small_task, at_training, isolated_seed_pass=isolated_seed_pass)
     seed_before = [p.clone() for p in trainer.model.slot("s1").seed.parameters()]
     record = trainer.run_epoch()
     assert record.modes.get("isolated", 0) > 0
@@ -113,10 +123,10 @@ def test_an_isolated_seed_learns_and_the_host_gets_nothing_through_it(small_task
     assert any(not torch.equal(a, b) for a, b in zip(seed_before, after, strict=True))
 
 
-def test_without_the_isolated_pass_a_training_step_costs_one_forward_and_backward(small_task):
+def test_without_the_isolated_pass_a_training_step_costs_one_forward_and_backward(small_task, at_training):
     calls = {}
     for flag in (True, False):
-        trainer = _training_trainer(small_task, isolated_seed_pass=flag)
+        trainer = _training_trainer(small_task, at_training, isolated_seed_pass=flag)
         forwards = []
         handle = trainer.model.host.register_forward_hook(lambda *_, seen=forwards: seen.append(1))
         trainer._train_epoch(3)
