@@ -163,6 +163,7 @@ def tolaria_run(
         cpu_seconds=cpu_seconds,
         train_flops=sum(flops_per_step[k] * n for k, n in steps_per_key.items()),
         seed_events=events,
+        extra={"rollback_epochs": [r.epoch for r in history if r.rolled_back]},
     )
 
 
