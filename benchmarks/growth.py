@@ -58,6 +58,7 @@ class Settings:
     epochs: int = 158
     schedule: str = "anneal"
     checkpoint_every: int = 1
+    spike_sigma: float = 6.0
     isolation_epochs: int | None = None
     isolated_pass: bool = True
     merge_fossilized: bool = True
@@ -80,7 +81,7 @@ def _trainer_config(settings: Settings, seed: int) -> Any:
         lr=1e-2,
         lr_schedule=settings.schedule,
         seed=seed,
-        governor=GovernorConfig(sigma=6.0),
+        governor=GovernorConfig(sigma=settings.spike_sigma),
         isolated_seed_pass=settings.isolated_pass,
         merge_fossilized=settings.merge_fossilized,
         seed_init="zero" if settings.seed_init == "default" else settings.seed_init,
@@ -233,6 +234,7 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
     parser.add_argument("--schedule", default="anneal", help="LR schedule of every arm (cosine, constant, anneal)")
     parser.add_argument("--checkpoint-every", type=int, default=1, help="Tolaria arms checkpoint every N epochs")
+    parser.add_argument("--spike-sigma", type=float, default=6.0, help="the governor's spike threshold (Tolaria arms)")
     ablation = parser.add_argument_group("ablations (heuristic arm)")
     ablation.add_argument("--isolation-epochs", type=int, help="epochs a seed trains isolated before G2 (gate minimum)")
     ablation.add_argument(
@@ -271,6 +273,7 @@ def main() -> None:
         epochs=args.epochs,
         schedule=args.schedule,
         checkpoint_every=args.checkpoint_every,
+        spike_sigma=args.spike_sigma,
         isolation_epochs=args.isolation_epochs,
         isolated_pass=args.isolated_pass,
         merge_fossilized=args.merge_fossilized,
