@@ -1,6 +1,12 @@
-"""Tezzeret fixtures: blueprints that cannot become kernels (registered once: Kasmina's registry is global)."""
+"""Tezzeret fixtures: blueprints that cannot become kernels.
+
+Kasmina's registry is global: each test that asks for them registers them and
+removes them afterwards, so no other test (Urza's catalogue check) sees them.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -48,15 +54,22 @@ def _data_dependent(r: Resolved) -> nn.Module:
     return DataDependent(r.channels)
 
 
-@pytest.fixture(scope="session")
-def bad_blueprints() -> tuple[str, str]:
-    """(a blueprint with Dropout, a blueprint whose recipe raises), both registered in Kasmina."""
+@pytest.fixture
+def test_blueprints() -> Iterator[None]:
+    """The test blueprints registered in Kasmina for one test, and gone after it."""
     register_test_blueprints()
+    yield
+    for name in (DROPOUT, BROKEN, DATA_DEPENDENT):
+        _REGISTRY.pop(name, None)
+
+
+@pytest.fixture
+def bad_blueprints(test_blueprints: None) -> tuple[str, str]:
+    """(a blueprint with Dropout, a blueprint whose recipe raises), both registered in Kasmina."""
     return DROPOUT, BROKEN
 
 
-@pytest.fixture(scope="session")
-def data_dependent_blueprint() -> str:
+@pytest.fixture
+def data_dependent_blueprint(test_blueprints: None) -> str:
     """A blueprint torch.export cannot compile but TorchScript tracing can."""
-    register_test_blueprints()
     return DATA_DEPENDENT
