@@ -83,19 +83,19 @@ def test_the_service_trains_a_two_process_job_and_every_rank_applies_its_command
     try:
         stack.wait_ready(timeout_s=120)
         run_id = "ddp-service"
-        bus.submit(run_id, policy="none", epochs=4, lockstep=False, world_size=2, max_train_samples=400)
-        eventually(lambda: bus.epochs(run_id), 120, "the first epoch")
-        # PAUSE holds the run at a boundary; RESUME is applied there (on every rank), then it goes on.
+        bus.submit(run_id, policy="none", epochs=6, lockstep=False, world_size=2, max_train_samples=400)
+        # Sent with the job (commands for a queued run wait for it), so they reach it before its last boundary
+        # however fast it trains: PAUSE holds the run at a boundary; RESUME is applied there (on every rank).
         for i, action in enumerate((CommandAction.PAUSE, CommandAction.RESUME)):
             command = AdaptationCommand(command_id=f"op-{i}", action=action)
             client.xadd(streams.CONTROL_COMMANDS, {FIELD: encode(Envelope(payload=command, run_id=run_id))})
         done = eventually(lambda: bus.finished(run_id), 180, "run_finished")
         assert done.attributes["world_size"] == 2
         assert done.attributes["rank_divergence"] == 0.0
-        assert bus.epochs(run_id) == [1, 2, 3, 4]
+        assert bus.epochs(run_id) == list(range(1, 7))
         assert sorted(bus.applied(run_id)) == ["op-0", "op-1"]
         report = json.loads((stack.runs_dir / run_id / "report.json").read_text())
-        assert report["epochs"] == 4
+        assert report["epochs"] == 6
     finally:
         bus.close()
         stack.stop()
