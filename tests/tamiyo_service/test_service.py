@@ -1,12 +1,13 @@
 """``python -m esper.tamiyo.service`` as a real process on a real Redis: decisions, restart, SIGTERM, fuzzing."""
 
-from __future__ import zlib
+from __future__ import annotations
 
 import os
 import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
