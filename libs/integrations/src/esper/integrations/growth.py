@@ -180,22 +180,12 @@ class GrowthSession:
             train_accuracy=train_score,
             val_accuracy=val_score,
         )
-        signals = TrainingSignals(
-            epoch=self.epoch,
+        signals = tracked.signals(
             step=step,
-            train_loss=tracked.train_loss,
-            val_loss=tracked.val_loss,
-            train_accuracy=tracked.train_accuracy,
-            val_accuracy=tracked.val_accuracy,
-            loss_delta=tracked.loss_delta,
-            accuracy_delta=tracked.accuracy_delta,
-            plateau_epochs=tracked.plateau_epochs,
-            best_val_loss=tracked.best_val_loss,
-            best_val_accuracy=tracked.best_val_accuracy,
-            learning_rate=learning_rate,
             params_total=self.model.param_count(),
-            epoch_seconds=time.perf_counter() - started,
             seeds=self.model.reports(),
+            learning_rate=learning_rate,
+            epoch_seconds=time.perf_counter() - started,
         )
         self.publish(signals)
         snapshot = run_snapshot(

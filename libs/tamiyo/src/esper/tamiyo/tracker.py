@@ -27,6 +27,7 @@ from esper.leyline import (
     OBSERVATION_SIZE,
     GlobalFeatures,
     SeedStage,
+    SeedStateReport,
     SlotFeatures,
     TrainingSignals,
     write_observation,
@@ -53,6 +54,36 @@ class TrackedEpoch:
     best_val_accuracy: float
     improved: bool
     sanitized: tuple[str, ...] = ()
+
+    def signals(
+        self,
+        *,
+        step: int,
+        params_total: int,
+        seeds: list[SeedStateReport],
+        learning_rate: float | None = None,
+        epoch_seconds: float = 0.0,
+        paused: bool = False,
+    ) -> TrainingSignals:
+        """This epoch as the :class:`TrainingSignals` its producer publishes (the derived numbers as tracked)."""
+        return TrainingSignals(
+            epoch=self.epoch,
+            step=step,
+            train_loss=self.train_loss,
+            val_loss=self.val_loss,
+            train_accuracy=self.train_accuracy,
+            val_accuracy=self.val_accuracy,
+            loss_delta=self.loss_delta,
+            accuracy_delta=self.accuracy_delta,
+            plateau_epochs=self.plateau_epochs,
+            best_val_loss=self.best_val_loss,
+            best_val_accuracy=self.best_val_accuracy,
+            learning_rate=learning_rate,
+            params_total=params_total,
+            epoch_seconds=epoch_seconds,
+            seeds=seeds,
+            paused=paused,
+        )
 
 
 @dataclass(slots=True)

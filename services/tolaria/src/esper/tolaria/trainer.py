@@ -297,22 +297,12 @@ class Trainer:
             epoch=epoch, train_loss=train_loss, val_loss=val.loss, train_accuracy=train_acc, val_accuracy=val.accuracy
         )
         lr = self.config.lr * self._lr_factor(self.step)
-        signals = TrainingSignals(
-            epoch=epoch,
+        signals = tracked.signals(
             step=self.step,
-            train_loss=tracked.train_loss,
-            val_loss=tracked.val_loss,
-            train_accuracy=tracked.train_accuracy,
-            val_accuracy=tracked.val_accuracy,
-            loss_delta=tracked.loss_delta,
-            accuracy_delta=tracked.accuracy_delta,
-            plateau_epochs=tracked.plateau_epochs,
-            best_val_loss=tracked.best_val_loss,
-            best_val_accuracy=tracked.best_val_accuracy,
-            learning_rate=lr,
             params_total=self.model.param_count(),
-            epoch_seconds=time.perf_counter() - started,
             seeds=self.model.reports(),
+            learning_rate=lr,
+            epoch_seconds=time.perf_counter() - started,
             paused=self.paused,
         )
         self.publish(signals)
