@@ -66,3 +66,71 @@ def test_a_seed_gradmax_does_not_serve_is_left_as_it_was():
     assert not gradmax_(seed, h, _slot_gradient(h, readout, y))
     assert all(torch.equal(a, b) for a, b in zip(before, seed.parameters(), strict=True))
     assert not gradmax_(Residual(nn.Linear(3, 3)), torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+def _kernel_loader(tmp_path, blueprint, shape, kind, fmt):
+    """A loader whose cache holds ``blueprint``'s compiled kernel for ``shape`` (no Urza needed for a warm load)."""
+    import hashlib
+
+    from prometheus_client import CollectorRegistry
+
+    from esper.kasmina.kernels import KernelCache, KernelLoader, KernelMetrics, compile_seed, dtype_name
+    from esper.kasmina.kernels.artifact import MAGIC
+    from esper.kasmina.kernels.cache import KernelRecord
+    from esper.leyline.compile import kernel_id_for
+
+    spec = get_blueprint(blueprint)
+    torch.manual_seed(123)
+    module, example = spec.build(shape, layer_kind=kind), torch.randn(4, *shape)
+    if fmt == "torch.export":
+        data, _ = compile_seed(module, example)
+    else:
+        import io
+
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.trace(module, (example,)), buffer)
+        data = MAGIC + b"torchscript\n" + buffer.getvalue()
+    resolved = spec.resolve(shape, None, layer_kind=kind)
+    kernel_id = kernel_id_for(
+        blueprint, resolved.shape, resolved.config, layout=kind, dtype=dtype_name(torch.float32), device="cpu"
+    )
+    cache = KernelCache(tmp_path / "cache")
+    sha = hashlib.sha256(data).hexdigest()
+    cache.put(sha, data)
+    cache.remember(KernelRecord(kernel_id, sha, tuple(shape), kind, blueprint, fmt))
+    return KernelLoader(None, cache, KernelMetrics(CollectorRegistry()))
+
+
+@pytest.mark.parametrize(
+    ("blueprint", "shape", "served"),
+    [
+        ("conv_heavy", (8, 19), True),
+        ("mlp", (12,), True),
+        ("mlp", (5, 12), True),
+        ("depthwise", (8, 19), False),
+        ("conv_light", (8, 19), False),
+        ("lowrank", (12,), False),
+        ("se_attention", (8, 19), False),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["torch.export", "torchscript"])
+def test_an_eager_seed_and_a_kernel_seed_get_the_same_gradmax_initialization(tmp_path, blueprint, shape, served, fmt):
+    kind = {1: "linear", 2: "conv1d" if blueprint != "mlp" else "sequence"}[len(shape)]
+    loader = _kernel_loader(tmp_path, blueprint, shape, kind, fmt)
+    h, readout, y = _problem(shape)
+    g = _slot_gradient(h, readout, y)
+    torch.manual_seed(7)
+    eager = get_blueprint(blueprint).build(shape, layer_kind=kind)
+    torch.manual_seed(7)
+    build = loader.seed(blueprint, None, shape, kind)
+    assert build.origin == "cache" and not isinstance(build.module, Residual), build.error
+    kernel = build.module
+    before = {n: p.clone() for n, p in kernel.named_parameters()}
+    assert (gradmax_(eager, h, g), gradmax_(kernel, h, g)) == (served, served)
+    eager_params, kernel_params = dict(eager.named_parameters()), dict(kernel.named_parameters())
+    assert eager_params.keys() == kernel_params.keys()
+    for name, p in eager_params.items():
+        assert torch.equal(p, kernel_params[name]), name
+    changed = [n for n, p in kernel_params.items() if not torch.equal(p, before[n])]
+    assert changed == (["body.0.weight"] if served else [])
+    assert torch.equal(kernel(h), eager(h))
