@@ -24,6 +24,7 @@ import torch
 
 from esper.kasmina import KasminaConfig, MorphogeneticModel, wrap
 from esper.kasmina.graph import describe
+from esper.kasmina.kernels import KernelLoader
 from esper.leyline import (
     RUN_ACTIONS,
     AdaptationCommand,
@@ -70,7 +71,9 @@ class Trainer:
     the same decide step as the Tamiyo service (``safety``, by default the
     service's defaults; ``param_budget`` from the job). Every message (model
     graphs, signals, health, decisions, command results, seed transitions,
-    events) goes to each of ``sinks`` in order.
+    events) goes to each of ``sinks`` in order. With ``kernels``, a germinated
+    seed comes from its compiled kernel when that loads (else it is built
+    eagerly and a ``kernel_fallback`` event is published).
     """
 
     def __init__(
@@ -85,8 +88,11 @@ class Trainer:
         safety: SafetyMonitor | None = None,
         param_budget: int | None = None,
         parallel: DataParallel | None = None,
+        kernels: KernelLoader | None = None,
     ) -> None:
         self.task, self.policy = task, policy
+        #: where germinated seeds come from when their kernel loads (``esper.kasmina.kernels``); None: eager only
+        self.kernels = kernels
         #: This process's part of a data parallel run (``esper.tolaria.distributed``); None in one process.
         self.parallel = parallel
         self.run_id, self.param_budget = run_id, param_budget
@@ -268,7 +274,15 @@ class Trainer:
                 epoch=epoch,
                 reason=command.reason or command.action.value,
             )
-        return apply_slot_command(self.model, self.optimizers, command, epoch, self.new_seed_optimizer)
+        return apply_slot_command(
+            self.model,
+            self.optimizers,
+            command,
+            epoch,
+            self.new_seed_optimizer,
+            kernels=self.kernels,
+            on_event=self.publish,
+        )
 
     def run_epoch(
         self, commands: Iterable[AdaptationCommand] = (), *, at_boundary: BoundaryHook | None = None
