@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 sys.path.insert(0, str(DEPLOY / "ci"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # acl_redis
 
 
 def _missing(tool: str, how: str) -> None:

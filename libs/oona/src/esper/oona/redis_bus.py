@@ -9,7 +9,9 @@ defaults. Needs Redis >= 6.2 (XAUTOCLAIM); written against 7.0.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -49,6 +51,11 @@ def connect(url: str, **client_options: Any) -> aioredis.Redis:
     2 s). Timeouts are not retried here: a command that timed out may have been
     executed, and the bus decides (bounded by ``publish_timeout_s``) whether to
     send it again. Any option may be overridden by ``client_options``.
+
+    Credentials (Redis ACL users): ``redis://user:password@host:port/db`` in the
+    URL, or, kept out of the URL so that it can be logged, the environment
+    variables ``ESPER_REDIS_USERNAME`` and ``ESPER_REDIS_PASSWORD`` (used only
+    where the URL names none).
     """
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT_S,
@@ -57,8 +64,28 @@ def connect(url: str, **client_options: Any) -> aioredis.Redis:
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
     }
+    options.update(credentials_from_env(url))
     options.update(client_options)
     return aioredis.Redis.from_url(url, **options)
+
+
+def credentials_from_env(url: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``username``/``password`` client options from ``ESPER_REDIS_USERNAME``/``ESPER_REDIS_PASSWORD``.
+
+    Empty where the URL carries its own credentials or the variables are unset;
+    a username without a password is an error naming the variable.
+    """
+    env = os.environ if env is None else env
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.username or parsed.password:
+        return {}
+    username, password = env.get("ESPER_REDIS_USERNAME", ""), env.get("ESPER_REDIS_PASSWORD", "")
+    if username and not password:
+        raise ValueError(f"ESPER_REDIS_USERNAME is {username!r} but ESPER_REDIS_PASSWORD is unset or empty")
+    out = {"password": password} if password else {}
+    if username:
+        out["username"] = username
+    return out
 
 
 class RedisBus:
