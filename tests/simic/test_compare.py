@@ -37,5 +37,8 @@ def test_bootstrap_interval_excludes_zero_for_a_consistent_gain_and_not_for_nois
 def test_task_names_resolve_to_heldout_variants_or_fail_naming_the_field():
     assert [v.variant_id for v in resolve_tasks(["heldout:2"])] == ["mnist1d-900000", "digits-900001"]
     assert resolve_tasks(["digits-900007"])[0].seed == 900_007
-    with pytest.raises(ValueError, match="tasks"):
-        resolve_tasks(["cifar10"])
+    assert resolve_tasks(["cifar10", "digits", "mypkg.tasks:build"]) == ["cifar10", "digits", "mypkg.tasks:build"]
+    with pytest.raises(ValueError, match="field 'tasks'"):
+        resolve_tasks(["imagenet-1k"])
+    with pytest.raises(ValueError, match="field 'tasks'"):
+        resolve_tasks(["heldout:x"])

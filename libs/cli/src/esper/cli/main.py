@@ -1,6 +1,5 @@
-"""The ``esper`` command line: ``esper train`` and ``esper report``.
-
-Later issues add subcommands (up, runs, ppo, ...) next to these.
+"""The ``esper`` command line: ``esper train``, ``esper report``, ``esper compare``, and the
+subcommands of their own modules (up, runs, simic, slots).
 """
 
 from __future__ import annotations
@@ -10,12 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from esper.cli import compare as compare_command
 from esper.cli import runs as runs_command
 from esper.cli import simic as simic_command
 from esper.cli import slots as slots_command
 from esper.cli import up as up_command
 from esper.leyline import BUILTIN_TASKS, LR_SCHEDULES, TrainingJob, is_task_name, validate
-from esper.tamiyo.policies import POLICIES
+from esper.tamiyo.policies import POLICIES, check_policy, is_policy_file
 from esper.tolaria.checkpoint import read_checkpoint
 from esper.tolaria.report import format_summary, load_report
 from esper.tolaria.runs import job_from_dict, run
@@ -36,6 +36,19 @@ def _task(value: str) -> str:
     return value
 
 
+def _policy(value: str) -> str:
+    if value not in POLICIES and not is_policy_file(value):
+        known = ", ".join(POLICIES)
+        raise argparse.ArgumentTypeError(f"must be one of {known} or a policy file PATH.pt (value {value!r})")
+    return value
+
+
+def _run_name(job: TrainingJob) -> str:
+    """``TASK-POLICY-sSEED``; a policy file is named by its file name without ``.pt``."""
+    policy = Path(job.policy.partition("?")[0]).stem if is_policy_file(job.policy) else job.policy
+    return f"{job.task.replace(':', '.')}-{policy}-s{job.seed}"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="esper", description="Esper: neural networks that grow while they train.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -44,7 +57,13 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--task", type=_task, default=_JOB.task, help=f"{', '.join(BUILTIN_TASKS)} or package.module:function"
     )
-    train.add_argument("--policy", choices=POLICIES, default=_JOB.policy, help="'none' trains the static host")
+    train.add_argument(
+        "--policy",
+        type=_policy,
+        default=_JOB.policy,
+        help="heuristic, none (the static host), or a learned policy file PATH.pt from 'esper simic train' "
+        "(PATH.pt?sample draws its actions, seeded)",
+    )
     train.add_argument(
         "--epochs", type=_positive, default=None, help="planned epochs (default 40; with --resume: keep)"
     )
@@ -69,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("dir", type=Path, help="run folder holding report.json")
 
     up_command.add_parser(sub)
+    compare_command.add_parser(sub)
     runs_command.add_parser(sub)
     simic_command.add_parser(sub)
     slots_command.add_parser(sub)
@@ -106,7 +126,8 @@ def train(args: argparse.Namespace) -> int:
                 world_size=args.nproc or 1,
             )
         )
-        out = args.out or Path("runs") / f"{job.task.replace(':', '.')}-{job.policy}-s{job.seed}"
+        check_policy(job.policy)  # a missing policy file fails before the run's folder is made
+        out = args.out or Path("runs") / _run_name(job)
     slots_command.importable_cwd()
     report = run(job, out, resume=args.resume is not None, progress=not args.no_progress)
     print(format_summary(report))
@@ -123,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return up_command.up(args)
         if args.command == "runs":
             return runs_command.runs(args)
+        if args.command == "compare":
+            return compare_command.compare(args)
         if args.command == "simic":
             return simic_command.simic(args)
         if args.command == "slots":

@@ -1,4 +1,4 @@
-"""``esper simic train`` (record heuristic runs, offline AWR, PPO) and ``esper simic compare``.
+"""``esper simic train`` (record heuristic runs, offline AWR, PPO) and ``esper simic compare`` (= ``esper compare``).
 
 Simic, torch_geometric and gymnasium load only when the subcommand runs, so
 the rest of the CLI works without them.
@@ -11,6 +11,8 @@ import json
 import signal
 import sys
 from pathlib import Path
+
+from esper.cli import compare as compare_command
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,12 +30,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     train.add_argument("--hidden", type=int, default=64, help="GNN width")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
-    compare = jobs.add_parser("compare", help="policies side by side on held-out task variants")
-    compare.add_argument("--policies", default="heuristic", help="comma-separated: heuristic, none, or policy.pt files")
-    compare.add_argument("--tasks", default="heldout:3", help="comma-separated variant ids or heldout:N")
-    compare.add_argument("--seeds", type=int, default=5)
-    compare.add_argument("--epochs", type=int, default=10, help="Tolaria epochs per run")
-    compare.add_argument("--json", type=Path, default=None, help="also write the summary (and every run) here")
+    compare_command.add_arguments(jobs.add_parser("compare", help="the same as 'esper compare'"))
 
 
 def _exit_on_sigterm() -> None:
@@ -48,7 +45,7 @@ def simic(args: argparse.Namespace) -> int:
     _exit_on_sigterm()
 
     if args.simic_command == "compare":
-        return _compare(args)
+        return compare_command.compare(args)
 
     from esper.simic.env import EnvConfig
     from esper.simic.offline import OfflineConfig
@@ -75,22 +72,4 @@ def simic(args: argparse.Namespace) -> int:
         )
         summary = train(config, args.out, progress=progress)
     print(json.dumps(summary, default=str))
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    import torch
-
-    from esper.simic.compare import compare, resolve_tasks, table
-    from esper.simic.env import EnvConfig
-
-    torch.set_num_threads(1)
-    env = EnvConfig(epochs=args.epochs, split="heldout")
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    tasks = resolve_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], env.samples)
-    summary = compare(policies, tasks, args.seeds, env)
-    print(table(summary))
-    if args.json is not None:
-        args.json.write_text(json.dumps(summary, indent=1))
-    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
     return 0

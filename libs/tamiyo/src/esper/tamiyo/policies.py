@@ -3,17 +3,31 @@
 ``esper train`` (Tolaria, in process) and the Tamiyo service both build a
 run's policy with :func:`make_policy` and validate with :data:`DEFAULT_SAFETY`,
 so a job decides the same on both paths.
+
+Besides the named policies a job may name a learned policy file,
+``PATH.pt`` (``esper simic train`` writes one; ``PATH.pt?sample`` draws its
+actions with a generator seeded by the job's seed instead of taking the most
+likely one). Loading it needs the ``gnn`` extra (torch, torch_geometric),
+imported only then: this module stays torch-free.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from esper.leyline import TrainingJob
 from esper.tamiyo.heuristic import BlueprintChoice, HeuristicConfig, HeuristicTamiyo
 from esper.tamiyo.policy import Policy, StaticPolicy
 from esper.tamiyo.safety import SafetyConfig
 
-#: The policies a job may name.
+#: The policies a job may name (or a learned policy file, see :func:`is_policy_file`).
 POLICIES = ("heuristic", "none")
+#: How a learned policy file's name ends.
+POLICY_FILE_SUFFIX = ".pt"
+#: Ways to decode a learned policy file's actions, after ``?``: greedy (none) or ``sample``.
+POLICY_FILE_MODES = ("", "sample")
+#: The install that brings a learned policy's dependencies.
+GNN_EXTRA = "esper-tamiyo[gnn]"
 
 #: The heuristic's candidates at vector and sequence slots (conv slots use its default conv candidates).
 LAYOUT_CANDIDATES: dict[str, tuple[BlueprintChoice, ...]] = {
@@ -52,10 +66,59 @@ def heuristic_config(job: TrainingJob) -> HeuristicConfig:
     )
 
 
+class PolicyUnavailable(ValueError):
+    """A learned policy this process cannot load: its ``gnn`` extra (torch, torch_geometric) is not installed."""
+
+
+def is_policy_file(name: str) -> bool:
+    """Whether ``name`` names a learned policy file (``PATH.pt`` or ``PATH.pt?MODE``) rather than a named policy."""
+    return name.partition("?")[0].endswith(POLICY_FILE_SUFFIX)
+
+
+def _known() -> str:
+    return f"{', '.join(POLICIES)}, or a policy file PATH{POLICY_FILE_SUFFIX}"
+
+
+def check_policy(name: str) -> None:
+    """ValueError naming the field unless ``name`` is a named policy or an existing policy file
+    with a known mode (cheap: nothing is loaded)."""
+    if name in POLICIES:
+        return
+    if not is_policy_file(name):
+        raise ValueError(f"field 'policy': unknown policy {name!r} (known: {_known()})")
+    path, _, mode = name.partition("?")
+    if mode not in POLICY_FILE_MODES:
+        raise ValueError(f"field 'policy': unknown mode {mode!r} in {name!r} (known: greedy PATH.pt, PATH.pt?sample)")
+    if not Path(path).is_file():
+        raise ValueError(f"field 'policy': policy file {path!r} does not exist")
+
+
+def load_policy_file(name: str, job: TrainingJob) -> Policy:
+    """The learned policy in file ``name`` (``PATH.pt`` or ``PATH.pt?sample``), deciding for ``job``'s
+    epochs and parameter budget. ValueError naming the field for a missing or unreadable file;
+    :class:`PolicyUnavailable` where torch or torch_geometric cannot be imported."""
+    check_policy(name)
+    path, _, mode = name.partition("?")
+    try:
+        from esper.tamiyo.gnn.policy import GNNPolicyConfig, GNNTamiyo
+    except ImportError as exc:
+        raise PolicyUnavailable(
+            f"field 'policy': the learned policy {name!r} needs the gnn extra (pip install '{GNN_EXTRA}'), "
+            f"which this process lacks ({exc})"
+        ) from None
+    config = GNNPolicyConfig(
+        epochs_total=job.epochs, param_budget=job.param_budget, sample=mode == "sample", sample_seed=job.seed
+    )
+    return GNNTamiyo.load(path, config)
+
+
 def make_policy(name: str, job: TrainingJob) -> Policy:
-    """A fresh policy called ``name`` for ``job``; ValueError naming the field for an unknown name."""
+    """A fresh policy called ``name`` for ``job`` (a named policy or a learned policy file, see the module
+    docstring); ValueError naming the field for an unknown name or a missing or unreadable file."""
     if name == "none":
         return StaticPolicy()
     if name == "heuristic":
         return HeuristicTamiyo(heuristic_config(job))
-    raise ValueError(f"field 'policy': unknown policy {name!r} (known: {', '.join(POLICIES)})")
+    if is_policy_file(name):
+        return load_policy_file(name, job)
+    raise ValueError(f"field 'policy': unknown policy {name!r} (known: {_known()})")

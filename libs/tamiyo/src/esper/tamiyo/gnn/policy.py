@@ -159,13 +159,27 @@ class GNNTamiyo:
         return out
 
     @classmethod
-    def load(cls, path: str | Path, config: GNNPolicyConfig | None = None) -> GNNTamiyo:
-        """A policy from a file :meth:`save` (or a Simic checkpoint) wrote; ``config`` overrides its settings."""
-        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+    def load(cls, path: str | Path, config: GNNPolicyConfig | None = None, *, field: str = "policy") -> GNNTamiyo:
+        """A policy from a file :meth:`save` (or a Simic checkpoint) wrote; ``config`` overrides its settings.
+
+        The file is read with ``weights_only`` (tensors and plain values, no pickled code). A missing,
+        truncated or foreign file is a ValueError naming ``field`` and the path.
+        """
+        where = f"field {field!r}: {str(path)!r}"
+        try:
+            state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ValueError(f"{where} does not exist") from None
+        except Exception as exc:  # torch raises many kinds for a file that is not a torch file
+            raise ValueError(f"{where} is not a readable policy file ({type(exc).__name__}: {exc})") from None
         if not isinstance(state, dict) or "network" not in state or "network_config" not in state:
-            raise ValueError(f"field 'path': {str(path)!r} is not a GNN policy file (no network in it)")
-        network = TamiyoNetwork.from_checkpoint(state)
-        return cls(network, config or GNNPolicyConfig(**state.get("policy", {})))
+            raise ValueError(f"{where} is not a GNN policy file (no network in it)")
+        try:
+            network = TamiyoNetwork.from_checkpoint(state)
+            settings = config or GNNPolicyConfig(**state.get("policy", {}))
+        except (TypeError, KeyError, RuntimeError) as exc:  # sizes or weights that do not fit this network
+            raise ValueError(f"{where} does not fit this network ({type(exc).__name__}: {exc})") from None
+        return cls(network, settings)
 
 
 __all__ = ["GNNPolicyConfig", "GNNTamiyo", "NetworkConfig", "TamiyoNetwork"]
