@@ -20,7 +20,7 @@ import msgspec
 
 from esper.kasmina import KasminaConfig
 from esper.leyline import GateThresholds, SeedStage, TrainingJob
-from esper.tamiyo.policies import POLICIES, make_policy
+from esper.tamiyo.policies import POLICIES, check_policy, make_policy
 from esper.tolaria.checkpoint import CHECKPOINT_NAME, read_checkpoint, restore_checkpoint, save_checkpoint
 from esper.tolaria.distributed import DataParallel
 from esper.tolaria.governor import GovernorConfig
@@ -60,8 +60,8 @@ def build_trainer(
     the trainer has no policy and applies only the commands it is handed.
     ``parallel``: this process's rank of a data parallel run (``esper.tolaria.distributed``).
     """
-    if job.policy not in POLICIES:
-        raise ValueError(f"field 'policy': unknown policy {job.policy!r} (known: {', '.join(POLICIES)})")
+    if decide_in_process:  # the service's runs name policies Tamiyo's registry knows; Tolaria never builds them
+        check_policy(job.policy)
     task = load_task(
         job.task, data_dir=job.data_dir, max_train_samples=job.max_train_samples, host_channels=job.host_channels
     )
