@@ -54,8 +54,13 @@ class ArchiveFormatError(ValueError):
         super().__init__(f"{path}, line {line_number}: {problem}")
 
 
+class _MessageId(msgspec.Struct):
+    message_id: str
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ArchivedEvent)
+_id_decoder = msgspec.json.Decoder(_MessageId)
 
 
 class RunArchive:
@@ -108,6 +113,44 @@ class RunArchive:
                     yield _decoder.decode(line)
                 except msgspec.DecodeError as exc:
                     raise ArchiveFormatError(path, number, str(exc)) from None
+
+    def message_ids_since(self, run_id: str, offset: int, max_bytes: int) -> tuple[list[str], int]:
+        """Message ids archived for ``run_id`` from byte ``offset`` on (at most the last ``max_bytes``), and the end.
+
+        Nissa reads these back so that a message it archived but could not
+        acknowledge (killed in between, or a replica that died) is not archived
+        again when it is redelivered. A final line without its newline (a writer
+        killed mid-write) is cut off here, so that the redelivered message's line
+        starts on a line of its own; an unreadable line is skipped.
+        """
+        path = self.path(run_id)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return [], 0
+        try:
+            size = os.fstat(fd).st_size
+            offset = offset if offset <= size else 0  # the file was replaced: read it afresh
+            start = max(offset, size - max_bytes, 0)
+            data = os.pread(fd, size - start, start)
+            end = size
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                os.ftruncate(fd, start + cut)
+                data, end = data[:cut], start + cut
+        finally:
+            os.close(fd)
+        lines = data.split(b"\n")
+        if start > 0 and start != offset:
+            lines = lines[1:]  # began mid-line
+        ids = []
+        for line in lines:
+            if line.strip():
+                try:
+                    ids.append(_id_decoder.decode(line).message_id)
+                except msgspec.DecodeError:
+                    continue
+        return ids, end
 
     def runs(self) -> list[str]:
         """Run ids that have an archive under ``root``, sorted."""

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 #: Message ids remembered to drop redeliveries (the bus delivers at least once).
 DEDUPE_WINDOW = 100_000
+#: Bytes at the end of a run's archive read back for the ids already archived (about 4,000 events).
+RECALL_BYTES = 4 * 1024 * 1024
+#: Runs whose archive position is remembered (a forgotten run is simply read back again).
+RECALL_RUNS = 10_000
 
 
 class Nissa:
@@ -67,9 +71,20 @@ class Nissa:
             )
         self.dedupe_window = dedupe_window
         self._seen: OrderedDict[str, None] = OrderedDict()
+        #: Per run: how far its archive has been read back (bytes).
+        self._recalled: OrderedDict[str, int] = OrderedDict()
 
-    def handle(self, envelope: Envelope[Message]) -> None:
-        """Record one envelope. Raises only ``OSError`` from an archive write (see the module docstring)."""
+    def handle(self, envelope: Envelope[Message], redelivered: bool = False) -> None:
+        """Record one envelope. Raises only ``OSError`` from an archive write (see the module docstring).
+
+        Archive exactly once, across restarts too: the first message of a run
+        since Nissa started, and every ``redelivered`` one (the bus' delivery
+        count above 1), first reads the ids archived since the run was last read
+        back (its last ``RECALL_BYTES`` at most), so a message archived by a Nissa
+        that died before acknowledging it, or by a replica that died, is dropped.
+        """
+        if envelope.message_id not in self._seen and (redelivered or envelope.run_id not in self._recalled):
+            self._recall(envelope.run_id)
         if envelope.message_id in self._seen:
             self.metrics.anomaly("duplicate_delivery")
             log.debug("dropping redelivered message %s (%s)", envelope.message_id, envelope.message_type)
@@ -123,6 +138,20 @@ class Nissa:
             log.warning("not archiving %s %s: %s", envelope.message_type, envelope.message_id, exc)
             return False
         return True
+
+    def _recall(self, run_id: str) -> None:
+        try:
+            check_run_id(run_id)
+            ids, end = self.archive.message_ids_since(run_id, self._recalled.get(run_id, 0), RECALL_BYTES)
+        except (InvalidRunIdError, OSError) as exc:  # nothing archived can be read back: nothing to drop
+            log.debug("not reading back the archive of %r: %s", run_id, exc)
+            return
+        for message_id in ids:
+            self._remember(message_id)
+        self._recalled[run_id] = end
+        self._recalled.move_to_end(run_id)
+        while len(self._recalled) > RECALL_RUNS:
+            self._recalled.popitem(last=False)
 
     def _remember(self, message_id: str) -> None:
         self._seen[message_id] = None

@@ -75,7 +75,7 @@ class NissaService:
 
     async def handle(self, envelope: Envelope[Message], delivery: Delivery) -> None:
         """Bus handler: record the envelope (an ``OSError`` from the archive makes the bus redeliver)."""
-        self.nissa.handle(envelope)
+        self.nissa.handle(envelope, redelivered=delivery.deliveries > 1)
 
     def not_ready(self) -> str | None:
         """``None`` once the consumer runs and Redis answered a PING recently, else why not."""
