@@ -3,7 +3,8 @@
 * the compose files against the compose spec (``check-jsonschema --builtin-schema vendor.compose-spec``);
 * the Helm chart: ``helm lint --strict`` and ``helm template`` with the default values, the GPU
   values (plus the one-run Job) and external Redis/PostgreSQL, with and without the Prometheus
-  operator's API; every rendered manifest through ``kubernetes-validate --strict``;
+  operator's API; every rendered manifest through ``kubernetes-validate --strict``; the Redis
+  ACL ConfigMap carrying ``files/redis`` (the users and start script compose mounts) unchanged;
 * ``promtool check config`` on the Prometheus config;
 * each service Dockerfile: its ENTRYPOINT is ``python -m <module>`` and that module is a
   ``__main__`` inside a package the Dockerfile installs; a HEALTHCHECK; a non-root USER.
@@ -161,7 +162,26 @@ def chart() -> str:
             if unknown:
                 raise CheckFailed(f"kubernetes-validate ({name}): no schema for {unknown}")
             out.append(f"{name}: {len(kinds)} manifests")
+            if name == "default":
+                out.append(redis_acl_rendered(rendered))
     return "lint, template, kubernetes-validate --strict: " + "; ".join(out)
+
+
+def redis_acl_rendered(rendered: str) -> str:
+    """The chart's Redis ACL ConfigMap carries files/redis exactly (the files compose mounts)."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    config = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-redis-acl")), None)
+    if config is None:
+        raise CheckFailed("helm template (default): no -redis-acl ConfigMap")
+    for key in ("users.acl", "start.sh"):
+        if config["data"].get(key) != (CHART / "files" / "redis" / key).read_text():
+            raise CheckFailed(
+                f"helm template (default): the -redis-acl ConfigMap's {key} differs from files/redis/{key}"
+            )
+    users = re.findall(r"^user (\S+)", config["data"]["users.acl"], flags=re.M)
+    return f"Redis ACL users {', '.join(users)} as compose has them"
 
 
 def prometheus_config() -> str:

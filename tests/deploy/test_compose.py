@@ -25,9 +25,11 @@ def load(name: str) -> dict[str, Any]:
 def test_redis_keeps_acknowledged_messages_and_never_evicts() -> None:
     command = load("docker-compose.yml")["services"]["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"  # what the delivery guarantees assume
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     host = load("docker-compose.host.yml")["services"]["redis"]["command"]
     assert host[host.index("--appendonly") + 1] == "yes" and "noeviction" in host
+    assert host[host.index("--appendfsync") + 1] == "always"
 
 
 def test_services_start_in_order_of_health() -> None:

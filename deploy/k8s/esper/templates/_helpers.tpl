@@ -44,6 +44,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{- define "esper.redisAclSecret" -}}
+{{- .Values.redis.acl.existingSecret | default (printf "%s-redis-acl" (include "esper.fullname" .)) -}}
+{{- end -}}
+
+{{/* The Redis ACL user of a service, from the ACL Secret; pass (dict "root" $ "user" "tamiyo"). */}}
+{{- define "esper.redisCredentials" -}}
+{{- if .root.Values.redis.acl.enabled }}
+- name: ESPER_REDIS_USERNAME
+  value: {{ .user | quote }}
+- name: ESPER_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "esper.redisAclSecret" .root }}
+      key: {{ .user }}
+{{- end }}
+{{- end -}}
+
 {{/* A value kept across upgrades: the existing Secret's key if present, else the given or a random one. */}}
 {{- define "esper.keptSecret" -}}
 {{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name -}}
@@ -124,6 +141,9 @@ spec:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
           env:
             {{- include "esper.commonEnv" $root | nindent 12 }}
+            {{- if has .name (list "tamiyo" "tolaria" "nissa" "tezzeret") }}
+            {{- include "esper.redisCredentials" (dict "root" $root "user" .name) | nindent 12 }}
+            {{- end }}
             - name: ESPER_{{ upper .name }}_PORT
               value: {{ $v.port | quote }}
             {{- with .env }}
@@ -154,21 +174,22 @@ spec:
             {{- $_ := set $resources "limits" (merge (dict $v.gpu.resourceName $v.gpu.count) ($resources.limits | default dict)) }}
             {{- end }}
             {{- toYaml $resources | nindent 12 }}
-          {{- with .mounts }}
           volumeMounts:
-            {{- range . }}
+            - name: tmp
+              mountPath: /tmp
+            {{- range .mounts }}
             - name: {{ .claim }}
               mountPath: {{ .path }}
             {{- end }}
-          {{- end }}
-      {{- with .mounts }}
       volumes:
-        {{- range . }}
+        # The root filesystem is read-only (securityContext); /tmp is the one scratch space.
+        - name: tmp
+          emptyDir: {}
+        {{- range .mounts }}
         - name: {{ .claim }}
           persistentVolumeClaim:
             claimName: {{ include "esper.fullname" $root }}-{{ .claim }}
         {{- end }}
-      {{- end }}
       {{- with $v.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
