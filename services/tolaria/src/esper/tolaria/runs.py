@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from esper.kasmina import KasminaConfig
+from esper.kasmina.kernels import FROM_ENV, KernelLoader, process_loader
 from esper.leyline import GateThresholds, SeedStage, TrainingJob
 from esper.tamiyo.policies import POLICIES, check_policy, make_policy
 from esper.tolaria.checkpoint import CHECKPOINT_NAME, read_checkpoint, restore_checkpoint, save_checkpoint
@@ -52,6 +53,7 @@ def build_trainer(
     decide_in_process: bool = True,
     run_id: str = "local",
     parallel: DataParallel | None = None,
+    kernels: KernelLoader | str | None = FROM_ENV,
 ) -> Trainer:
     """A ready trainer for ``job``.
 
@@ -59,6 +61,8 @@ def build_trainer(
     decides every epoch through Tamiyo's decide step; without it (the service)
     the trainer has no policy and applies only the commands it is handed.
     ``parallel``: this process's rank of a data parallel run (``esper.tolaria.distributed``).
+    ``kernels``: where germinated seeds come from when their compiled kernel loads; by default the
+    process's loader when ``ESPER_URZA_URL`` is set (:func:`esper.kasmina.kernels.process_loader`), else none.
     """
     if decide_in_process:  # the service's runs name policies Tamiyo's registry knows; Tolaria never builds them
         check_policy(job.policy)
@@ -83,6 +87,7 @@ def build_trainer(
         run_id=run_id,
         param_budget=job.param_budget,
         parallel=parallel,
+        kernels=process_loader() if isinstance(kernels, str) else kernels,  # FROM_ENV
     )
 
 
