@@ -7,16 +7,23 @@ Flags: the common service flags (``esper.service.add_arguments``: ``--redis-url`
 (``ESPER_TOLARIA_MAX_RUNS``: runs trained at once, default 1) and ``--lease-ms``
 (``ESPER_LEASE_MS``: how long a run's lease outlives its last renewal; a dead
 replica's runs move to another after about three times this).
+
+With ``ESPER_URZA_URL`` set, germinated seeds come from compiled kernels
+through one loader per process (:func:`esper.kasmina.kernels.process_loader`;
+cache ``ESPER_KERNEL_CACHE``), built eagerly with a ``kernel_fallback`` event
+where a kernel is not ready or does not load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
+from esper.kasmina.kernels import process_loader
 from esper.oona import RedisBus
 from esper.service import add_arguments, configure_logging, serve, settings_from
 from esper.tolaria.service.app import DEFAULT_LEASE_MS, TolariaService
@@ -64,6 +71,13 @@ async def main(argv: Sequence[str] | None = None) -> int:
     if args.lease_ms < 100:
         raise SystemExit(f"{SERVICE}: --lease-ms must be >= 100 (value {args.lease_ms!r})")
     configure_logging(settings)
+    try:
+        kernels = process_loader()  # checked now, so a bad setting stops the service instead of every job
+    except ValueError as exc:
+        raise SystemExit(f"{SERVICE}: {exc}") from None
+    if kernels is not None:
+        url = os.environ["ESPER_URZA_URL"]
+        logging.getLogger(__name__).info("seeds from kernels in Urza at %s, cached in %s", url, kernels.cache.root)
     service = TolariaService(
         RedisBus.from_url(settings.redis_url),
         settings.runs_dir,
