@@ -108,3 +108,56 @@ def test_the_decision_loop_asks_for_kernels_when_a_graph_arrives(clean_redis_url
 
     asyncio.run(go())
     assert len(requested(clean_redis_url)) == 3
+
+
+def test_a_kernel_stuck_compiling_is_requested_again_and_one_compiling_normally_is_not(clean_redis_url, tmp_path):
+    """Its Tezzeret died mid-compile: Urza says ``compiling`` for longer than the timeout, so it is asked for again."""
+    import datetime
+
+    import sqlalchemy
+
+    urza = UrzaServer(tmp_path).start()
+    one = ModelGraph(
+        epoch=0,
+        params_total=858,
+        nodes=[],
+        slots=[SlotOptions(slot_id="s1", module="a", shape=[8, 19], layout="conv1d", options=CONV[:1])],
+    )
+    body = {"blueprint_id": "conv_light", "config": {"kernel_size": 3}, "input_shape": [8, 19], "layout": "conv1d"}
+    kernel_id = urza.http.post("/kernels", json=body).json()["kernel_id"]
+    urza.http.patch(f"/kernels/{kernel_id}", json={"status": "compiling"}).raise_for_status()  # a Tezzeret took it
+
+    def backdate(seconds: float) -> None:  # the Tezzeret died this long ago
+        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds)
+        with urza.engine.begin() as db:
+            db.execute(
+                sqlalchemy.text("UPDATE kernels SET updated_at = :t WHERE kernel_id = :k"), {"t": since, "k": kernel_id}
+            )
+
+    async def go() -> tuple[list[int], int, int, int]:
+        bus = RedisBus.from_url(clean_redis_url)
+        try:
+            prefetcher = KernelPrefetch(bus, UrzaKernelStatus(urza.url, TOKEN), stuck_after_s=60, recheck_s=0.05)
+            first = len(await prefetcher.on_graph(one, "run-1"))  # compiling for a moment: left to its Tezzeret
+            await asyncio.sleep(0.3)  # sweeps ran: still not stuck
+            fresh = len(requested(clean_redis_url))
+            backdate(120)
+            await asyncio.sleep(0.5)  # the next sweep finds it stuck and asks again, once
+            stuck = len(requested(clean_redis_url))
+            backdate(120)  # still stuck, but this process asked less than stuck_after_s ago: not again yet
+            again = [len(await prefetcher.sweep()) for _ in range(3)]
+            urza.http.patch(f"/kernels/{kernel_id}", json={"status": "failed", "error": "boom"}).raise_for_status()
+            await asyncio.sleep(0.3)  # settled: no longer watched, the sweeper ends
+            assert prefetcher._watched == {} and prefetcher._sweeper is not None and prefetcher._sweeper.done()
+            return [first, *again], fresh, stuck, len(requested(clean_redis_url))
+        finally:
+            await bus.aclose()
+
+    try:
+        published, fresh, stuck, end = asyncio.run(go())
+    finally:
+        urza.stop()
+    assert published == [0, 0, 0, 0]
+    assert (fresh, stuck, end) == (0, 1, 1)
+    (request,) = requested(clean_redis_url)
+    assert (request.blueprint_id, request.input_shape) == ("conv_light", [8, 19])
