@@ -14,13 +14,23 @@ seconds, start times staggered), as N Tolarias would publish it.
 Measured: decision latency (the epoch's TrainingSignals produced -> Tamiyo's
 AdaptationDecision produced, from the streams), Nissa's lag behind the training
 stream (its group's lag + pending, sampled), the time Nissa needs to drain after
-the last epoch, and CPU seconds / peak RSS per service (psutil). JSON on the last line.
+the last epoch, and CPU seconds / peak RSS per service (psutil).
+
+Phase 3 (``--replica-runs``, default the same N; 0 skips it) replays the recording
+against two Tamiyo replicas (``esper.tamiyo.service`` twice, default lease
+``--lease-ms`` 5000, the claim timeout): the runs are sharded between them (issue
+15's RunShards; run leases sampled every 0.1 s), each run's epochs are decided in
+order by one replica at a time (decisions in epoch order per run; the replicas that
+read each run's routed stream), and halfway through the replica that owns most
+runs is SIGKILLed: every run it owned must be leased by the survivor within the
+lease, and every epoch still be decided. JSON on the last line, under ``replicas``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -38,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from redis_server import RedisServer, free_port
 
-from esper.cli.stack import RestartPolicy, Stack, default_specs
+from esper.cli.stack import RestartPolicy, ServiceSpec, Stack, default_specs
 from esper.leyline import AdaptationDecision, Envelope, ModelGraph, TrainingSignals, decode, encode
 from esper.leyline import streams as ls
 from esper.leyline.codec import CodecError
@@ -174,10 +184,125 @@ def latencies(url: str, run_ids: list[str]) -> list[float]:
     for envelope in entries(client, ls.CONTROL_DECISIONS):
         if isinstance(envelope.payload, AdaptationDecision) and envelope.run_id in wanted:
             start = produced.get((envelope.run_id, envelope.payload.epoch))
-            if start is not None and envelope.payload.policy != "operator":
+            # The first of the epoch's decisions (a policy may decide several per epoch, index 0..count-1).
+            if start is not None and envelope.payload.policy != "operator" and envelope.payload.index == 0:
                 out.append(envelope.produced_at - start)
     client.close()
     return out
+
+
+class Leases(threading.Thread):
+    """Which Tamiyo replica holds each run's lease, sampled every ``every_s`` (time, owners)."""
+
+    def __init__(self, url: str, run_ids: list[str], every_s: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.keys = [f"{ls.OWNERSHIP_PREFIX}:{ls.GROUP_TAMIYO}:lease:{r}" for r in run_ids]
+        self.run_ids, self.every_s = run_ids, every_s
+        self.samples: list[tuple[float, dict[str, str | None]]] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.every_s):
+            values = self.client.mget(self.keys)
+            owners = {r: (v.decode() if v else None) for r, v in zip(self.run_ids, values, strict=True)}
+            self.samples.append((time.monotonic(), owners))
+
+    def at(self, when: float) -> dict[str, str | None]:
+        """The last sample taken before ``when``."""
+        return [o for t, o in self.samples if t < when][-1]
+
+
+def two_replicas(
+    server: RedisServer,
+    root: Path,
+    template: dict[int, list[tuple[str, Any]]],
+    runs: int,
+    epoch_s: float,
+    lease_ms: int,
+) -> dict[str, Any]:
+    """Phase 3: the replay against two Tamiyo replicas, one SIGKILLed halfway (see the module docstring)."""
+    redis.Redis.from_url(server.url).flushall()
+    names = ("tamiyo-a", "tamiyo-b")
+    specs = [ServiceSpec(n, "esper.tamiyo.service", free_port(), ("--lease-ms", str(lease_ms))) for n in names]
+    stack = Stack(
+        specs,
+        redis_url=server.url,
+        runs_dir=root / "runs",
+        logs_dir=root / "logs",
+        api_token=TOKEN,
+        restart=RestartPolicy(max_restarts=0),
+    ).start()
+    consumer = {n: f"{n}-{stack[n].spec.port}" for n in names}
+    run_ids = [f"load-{i:03d}" for i in range(runs)]
+    leases = Leases(server.url, run_ids)
+    try:
+        stack.wait_ready(timeout_s=120)
+        leases.start()
+        replayer = threading.Thread(target=replay, args=(server.url, template, runs, epoch_s))
+        began = time.monotonic()
+        replayer.start()
+        time.sleep(epoch_s * (len(template) - 1) / 2)  # halfway through the epochs
+        before = leases.at(time.monotonic())
+        held = {n: sorted(r for r, o in before.items() if o == consumer[n]) for n in names}
+        victim = max(names, key=lambda n: len(held[n]))
+        survivor = next(n for n in names if n != victim)
+        killed_at = time.monotonic()
+        stack[victim].signal(signal.SIGKILL)  # max_restarts=0: it stays dead
+        replayer.join()
+        time.sleep(2 * lease_ms / 1000 + 2)  # the survivor's last adoptions and decisions
+    finally:
+        leases.stop_event.set()
+        leases.join()
+        stack.stop()
+    moved_after: list[float] = []
+    unmoved = []
+    for run_id in held[victim]:
+        taken = [t for t, o in leases.samples if t > killed_at and o[run_id] == consumer[survivor]]
+        if taken:
+            moved_after.append(taken[0] - killed_at)
+        else:
+            unmoved.append(run_id)
+    client = redis.Redis.from_url(server.url)
+    # Each epoch's decisions are numbered (index of count): (epoch, index) is decided once, in order.
+    decided: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for envelope in entries(client, ls.CONTROL_DECISIONS):
+        if isinstance(envelope.payload, AdaptationDecision) and envelope.payload.policy != "operator":
+            decided[envelope.run_id].append((envelope.payload.epoch, envelope.payload.index))
+    readers = {
+        r: len(client.xinfo_consumers(ls.routed_stream(ls.GROUP_TAMIYO, "telemetry", r), ls.GROUP_TAMIYO))
+        for r in run_ids
+    }
+    client.close()
+    epochs = [e for e in sorted(template) if e >= 0]
+    # Owners seen per run before the kill (after its first lease): one replica at a time means one.
+    owner_changes_before_kill = sum(
+        1
+        for r in run_ids
+        for (_, a), (t, b) in zip(leases.samples, leases.samples[1:], strict=False)
+        if t < killed_at and a[r] and b[r] and a[r] != b[r]
+    )
+    return {
+        "replicas": 2,
+        "runs": runs,
+        "lease_ms": lease_ms,
+        "runs_per_replica_before_kill": {n: len(held[n]) for n in names},
+        "unowned_before_kill": sum(1 for o in before.values() if o is None),
+        "owner_changes_before_kill": owner_changes_before_kill,
+        "killed": victim,
+        "killed_at_s": round(killed_at - began, 1),
+        "runs_moved": len(moved_after),
+        "runs_not_moved": len(unmoved),
+        "move_s_median": round(statistics.median(moved_after), 2) if moved_after else None,
+        "move_s_max": round(max(moved_after), 2) if moved_after else None,
+        "moved_within_lease": all(m <= lease_ms / 1000 + 1.0 for m in moved_after) and not unmoved,
+        "epochs_decided": sum(len({e for e, _ in v}) for v in decided.values()),
+        "epochs_expected": runs * len(epochs),
+        "decisions_made_twice": sum(len(v) - len(set(v)) for v in decided.values()),
+        "runs_decided_out_of_order": sum(1 for v in decided.values() if v != sorted(v)),
+        "runs_read_by_one_replica": sum(1 for r in run_ids if readers[r] == 1),
+        "runs_read_by_two_replicas": sum(1 for r in run_ids if readers[r] == 2),
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -190,7 +315,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--epoch-s", type=float, default=2.0, help="seconds between a run's epochs")
+    parser.add_argument("--replica-runs", type=int, default=None, help="runs of phase 3 (default --runs; 0: skip)")
+    parser.add_argument("--lease-ms", type=int, default=5000, help="Tamiyo's run lease in phase 3 (default 5000)")
     args = parser.parse_args()
+    replica_runs = args.runs if args.replica_runs is None else args.replica_runs
     with tempfile.TemporaryDirectory(prefix="esper-load-") as tmp:
         root = Path(tmp)
         server = RedisServer(root / "redis").start()
@@ -217,6 +345,11 @@ def main() -> int:
                 lat = latencies(server.url, run_ids)
             finally:
                 stack.stop()
+            replicas = (
+                two_replicas(server, root / "replicas", template, replica_runs, args.epoch_s, args.lease_ms)
+                if replica_runs
+                else None
+            )
         finally:
             server.stop()
     expected = args.runs * epochs
@@ -236,6 +369,7 @@ def main() -> int:
         "cpu_percent_of_one_core": {n: round(100 * c / wall, 1) for n, c in cpu.items()},
         "peak_rss_mb": {n: round(v / 2**20, 1) for n, v in sampler.rss.items()},
         "wall_s": round(wall, 1),
+        "replicas": replicas,
     }
     print(f"{args.runs} runs x {epochs} epochs every {args.epoch_s}s against one Tamiyo and one Nissa")
     print(f"  decisions {len(lat)}/{expected}")
@@ -247,6 +381,8 @@ def main() -> int:
     for name in cpu:
         share, rss = result["cpu_percent_of_one_core"][name], result["peak_rss_mb"][name]
         print(f"  {name}: {cpu[name]} CPU s ({share}% of a core), peak RSS {rss} MB")
+    if replicas is not None:  # phase 3, one line per figure
+        print("two Tamiyo replicas: " + ", ".join(f"{k} {v}" for k, v in replicas.items()))
     print(json.dumps(result))
     return 0
 
