@@ -84,9 +84,10 @@ def add_parser(sub: Any) -> None:
     adapt.add_argument("--reason", default="")
     adapt.add_argument("--override", action="store_true", help="bypass the safety monitor")
 
-    policy = cmd.add_parser("policy", help="switch a run's policy")
+    policy = cmd.add_parser("policy", help="switch a run's policy (a name 'esper runs policies' lists)")
     policy.add_argument("run")
     policy.add_argument("name")
+    cmd.add_parser("policies", help="the policies runs may be given: named, and learned ones in ESPER_POLICY_DIR")
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -165,6 +166,15 @@ def format_status(run: dict[str, Any], decisions: int = 10) -> str:
     return "\n".join(lines)
 
 
+def format_policies(policies: list[dict[str, Any]]) -> str:
+    rows = [("POLICY", "KIND", "AVAILABLE", "FILE")]
+    rows += [(p["name"], p["kind"], "yes" if p["available"] else "no", p["path"] or "-") for p in policies]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += [f"{p['name']}: {p['reason']}" for p in policies if p.get("reason")]
+    return "\n".join(lines)
+
+
 def _submit_body(args: argparse.Namespace) -> dict[str, Any]:
     names = ["run_id", "task", "policy", "epochs", "seed", "data_dir", "max_train_samples", "host_channels"]
     names += ["batch_size", "lr", "lr_schedule", "param_budget", "lockstep", "lockstep_timeout_ms"]
@@ -187,6 +197,9 @@ def runs(args: argparse.Namespace) -> int:
         elif command in RUN_ACTIONS:
             answer = _call(args, "POST", f"/runs/{args.run}/{command}", {"reason": args.reason})
             text = f"{command} sent to {args.run} (command {answer['command_id']})"
+        elif command == "policies":
+            answer = _call(args, "GET", "/policies")
+            text = format_policies(answer)
         elif command == "adapt":
             body = {"action": args.action, "slot_id": args.slot, "reason": args.reason, "override": args.override}
             if args.blueprint:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -226,7 +226,7 @@ class HealthCollector:
         self,
         store: RunStore | None = None,
         *,
-        policies: tuple[str, ...] = POLICIES,
+        policies: Collection[str] = POLICIES,
         policy_factory: PolicyFactory = make_policy,
     ) -> None:
         self.policies = policies
@@ -298,14 +298,17 @@ class HealthCollector:
         await asyncio.shield(run.prepared)
         return run.policy
 
-    async def switch_policy(self, run: RunState, name: str) -> None:
-        """Give ``run`` a fresh policy called ``name`` (its tracker starts over)."""
+    async def switch_policy(self, run: RunState, name: str, policy: Policy | None = None) -> None:
+        """Give ``run`` a fresh policy called ``name`` (its tracker starts over); ``policy``: one already built."""
         if name not in self.policies:
             raise ValueError(f"field 'policy': unknown policy {name!r} (known: {', '.join(self.policies)})")
         await self.policy_for(run)
         run.policy_name, run.policy, run.policy_state = name, None, None
-        self._prepare(run)
-        await self.policy_for(run)
+        if policy is None:
+            self._prepare(run)
+            await self.policy_for(run)
+        else:
+            run.policy, run.error = policy, None
         await self.save(run)
 
     def skip_reason(self, run: RunState, signals: TrainingSignals) -> tuple[str, str] | None:

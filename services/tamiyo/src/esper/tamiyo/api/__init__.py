@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from esper.service import DEFAULT_MAX_BODY_BYTES, ReadinessCheck, apply_http_policy, health_router
 from esper.tamiyo.api.adaptations import adaptations_router
 from esper.tamiyo.api.auth import ApiError, api_error_handler, token_guard, unavailable_handler
+from esper.tamiyo.api.policies import policies_router
 from esper.tamiyo.api.runs import runs_router
 from esper.tamiyo.service.control import RunControl, Unavailable
 
@@ -42,7 +43,8 @@ def create_app(
     app = FastAPI(
         title="Esper control API (Tamiyo)",
         version="1.0.0",
-        description="Runs, their status and decisions; pause, resume, stop; forced adaptations; policies.",
+        description="Runs, their status and decisions; pause, resume, stop; forced adaptations; policies "
+        "(list, switch a run's).",
     )
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(Unavailable, unavailable_handler)
@@ -50,6 +52,7 @@ def create_app(
     read_guard = token_guard(api_token, read_token=read_token, read=True)
     app.include_router(runs_router(control, guard, read_guard))
     app.include_router(adaptations_router(control, guard))
+    app.include_router(policies_router(control, read_guard))
     app.include_router(health_router(ready, registries))
     apply_http_policy(app, max_body_bytes=max_body_bytes, cors_origins=cors_origins)
     return app

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect as mi
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from esper.leyline import TrainingJob
-from esper.tamiyo.policies import POLICIES
+from esper.tamiyo.service.registry import NAME_PATTERN
 
-PolicyName = Literal[POLICIES]  # type: ignore[valid-type]
+#: A policy's name: named (heuristic, none) or registered (GET /policies); which names exist is checked per request.
+PolicyName = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 AdaptAction = Literal["germinate", "advance", "cull", "fossilize"]
 ConfigValue = bool | int | float | str
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -57,7 +58,7 @@ def _job_fields() -> dict[str, Any]:
     for f in info.fields:
         annotation, constraints = _annotation(f.type)
         if f.name == "policy":
-            annotation, constraints = PolicyName, {}
+            annotation, constraints = str, {"min_length": 1, "max_length": 64, "pattern": NAME_PATTERN}
         default = f.default if f.default is not msgspec.NODEFAULT else ...
         fields[f.name] = (annotation, Field(default, **constraints))
     return fields
@@ -105,6 +106,16 @@ class Adaptation(_Strict):
 
 class PolicyChoice(_Strict):
     policy: PolicyName
+
+
+class PolicyView(BaseModel):
+    """A policy runs may be given: ``named`` (built in) or ``learned`` (a file in the policy directory)."""
+
+    name: str
+    kind: str
+    path: str | None = None
+    available: bool = Field(True, description="false: this Tamiyo cannot load it (reason says why)")
+    reason: str | None = None
 
 
 class ControlRequest(_Strict):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends
+from fastapi.exceptions import RequestValidationError
 
 from esper.leyline import RUN_ACTIONS, CodecError, CommandAction, TrainingJob, validate
 from esper.tamiyo.api.auth import ApiError
@@ -22,6 +23,7 @@ from esper.tamiyo.api.models import (
 from esper.tamiyo.api.views import status, summary
 from esper.tamiyo.collector import RunState
 from esper.tamiyo.service.control import ConflictError, RunControl, UnknownRunError
+from esper.tamiyo.service.registry import PolicyRefused
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "unknown run"}}
 _AUTH: dict[int | str, dict[str, Any]] = {
@@ -36,6 +38,11 @@ _READ_AUTH: dict[int | str, dict[str, Any]] = {
     403: {"model": Problem, "description": "wrong bearer token"},
     503: {"model": Problem, "description": "no API token configured"},
 }
+
+
+def refused(name: str, exc: PolicyRefused) -> RequestValidationError:
+    """A policy the run cannot be given, as a 422 naming the field ``policy`` (FastAPI's validation shape)."""
+    return RequestValidationError([{"type": "value_error", "loc": ("body", "policy"), "msg": str(exc), "input": name}])
 
 
 def runs_router(control: RunControl, guard: Callable[..., None], read_guard: Callable[..., None]) -> APIRouter:
@@ -64,6 +71,10 @@ def runs_router(control: RunControl, guard: Callable[..., None], read_guard: Cal
     )
     async def submit(body: SubmitRun) -> Submitted:
         fields = body.model_dump(exclude={"run_id"})
+        try:
+            control.check_policy(fields["policy"])
+        except PolicyRefused as exc:
+            raise refused(fields["policy"], exc) from None
         try:
             job = validate(TrainingJob(**fields))
         except (CodecError, ValueError) as exc:
@@ -111,13 +122,18 @@ def runs_router(control: RunControl, guard: Callable[..., None], read_guard: Cal
     @router.put(
         "/{run_id}/policy",
         summary="Switch a run's policy",
+        description="To a policy of ``GET /policies``; 422 (naming the policy) for one that is unknown, cannot "
+        "load here (a learned policy without the gnn extra) or whose file is unreadable: the run keeps its policy.",
         response_model=RunSummary,
         dependencies=mutating,
         responses={**_AUTH, **_NOT_FOUND},
     )
     async def set_policy(run_id: str, body: PolicyChoice) -> RunSummary:
         run = find(run_id)
-        await control.set_policy(run_id, body.policy)
+        try:
+            await control.set_policy(run_id, body.policy)
+        except PolicyRefused as exc:
+            raise refused(body.policy, exc) from None
         return summary(run)
 
     return router

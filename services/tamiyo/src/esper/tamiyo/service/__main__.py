@@ -1,5 +1,7 @@
 """``python -m esper.tamiyo.service``: read config, build the objects, run the consumer and the API.
 
+Learned policies are registered by name from ``--policy-dir`` (``ESPER_POLICY_DIR``,
+:mod:`esper.tamiyo.service.registry`; every replica needs the same directory).
 Replicas share runs (:class:`esper.tamiyo.service.loop.RunShards`); ``--lease-ms``
 (``ESPER_LEASE_MS``) is how long a dead replica keeps its runs before the others
 adopt them. Each replica needs its own ``--consumer`` name.
@@ -27,6 +29,7 @@ from esper.tamiyo.service.control import RunControl
 from esper.tamiyo.service.kernels import KernelPrefetch, UrzaKernelStatus
 from esper.tamiyo.service.loop import DEFAULT_LEASE_MS, DecisionLoop, RunShards
 from esper.tamiyo.service.metrics import TamiyoMetrics
+from esper.tamiyo.service.registry import POLICY_DIR_ENV, PolicyRegistry
 
 log = logging.getLogger("esper.tamiyo.service")
 SERVICE = "tamiyo"
@@ -43,6 +46,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-confidence", type=float, default=defaults.min_confidence, help="confidence floor")
     p.add_argument("--param-budget", type=int, default=None, help="budget of runs whose job sets none")
     p.add_argument(
+        "--policy-dir",
+        default=os.environ.get(POLICY_DIR_ENV) or None,
+        help=f"directory of learned policies, NAME.pt each (env {POLICY_DIR_ENV}); loading one needs the gnn extra",
+    )
+    p.add_argument(
         "--lease-ms",
         type=int,
         default=int(os.environ.get("ESPER_LEASE_MS") or DEFAULT_LEASE_MS),
@@ -51,11 +59,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def run_service(settings: ServiceSettings, safety_config: SafetyConfig, lease_ms: int = DEFAULT_LEASE_MS) -> int:
+async def run_service(
+    settings: ServiceSettings,
+    safety_config: SafetyConfig,
+    lease_ms: int = DEFAULT_LEASE_MS,
+    registry: PolicyRegistry | None = None,
+) -> int:
     bus = RedisBus.from_url(settings.redis_url)
     store = RunStore.from_url(settings.redis_url)
     metrics = TamiyoMetrics()
-    collector = HealthCollector(store)
+    registry = registry or PolicyRegistry()
+    collector = HealthCollector(store, policies=registry, policy_factory=registry.make)
     safety = SafetyMonitor(safety_config)
     urza_url = os.environ.get("ESPER_URZA_URL")  # set: ask for kernels when a run's graph arrives
     kernels = KernelPrefetch(bus, UrzaKernelStatus(urza_url, settings.api_token)) if urza_url else None
@@ -123,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.lease_ms < 100:
         raise SystemExit(f"{SERVICE}: --lease-ms must be >= 100 (value {args.lease_ms!r})")
     configure_logging(settings)
-    return asyncio.run(run_service(settings, safety_config, args.lease_ms))
+    registry = PolicyRegistry(args.policy_dir)
+    if registry.directory is not None and not registry.directory.is_dir():
+        log.warning("tamiyo: policy directory %s does not exist (yet): no learned policies", registry.directory)
+    return asyncio.run(run_service(settings, safety_config, args.lease_ms, registry))
 
 
 if __name__ == "__main__":

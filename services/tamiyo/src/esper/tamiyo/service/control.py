@@ -1,4 +1,5 @@
-"""Operator actions behind the control API: submit, pause/resume/stop, force an adaptation, switch policy.
+"""Operator actions behind the control API: submit, pause/resume/stop, force an adaptation, switch policy
+(to a policy of the registry, :mod:`esper.tamiyo.service.registry`).
 
 Each action becomes Leyline messages on the bus, exactly like the decision
 loop's: run control and forced adaptations are :class:`AdaptationCommand`\\ s
@@ -40,6 +41,7 @@ from esper.oona import Bus, BusUnavailable
 from esper.tamiyo.collector import DecisionRecord, HealthCollector, RunState
 from esper.tamiyo.safety import SafetyMonitor, Verdict
 from esper.tamiyo.service.metrics import TamiyoMetrics
+from esper.tamiyo.service.registry import PolicyRefused, PolicyRegistry
 
 OPERATOR = "operator"
 #: How long an operator action may wait for Redis before it is refused (seconds).
@@ -279,14 +281,41 @@ class RunControl:
             await self._save_later_if_unavailable(run)
             return Outcome(verdict, decision.command_id)
 
+    @property
+    def registry(self) -> PolicyRegistry:
+        """The policies runs may be given (the collector's; named policies only when it has a plain tuple)."""
+        policies = self.collector.policies
+        return policies if isinstance(policies, PolicyRegistry) else PolicyRegistry()
+
+    def check_policy(self, name: str) -> None:
+        """:class:`PolicyRefused` unless runs may be given policy ``name`` here (registered, its extra present)."""
+        if isinstance(self.collector.policies, PolicyRegistry):
+            self.collector.policies.check(name)
+        elif name not in self.collector.policies:
+            known = ", ".join(self.collector.policies)
+            raise PolicyRefused(f"field 'policy': unknown policy {name!r} (known: {known})")
+
     async def set_policy(self, run_id: str, name: str) -> None:
-        """Switch the run's policy (``heuristic`` or ``none``) from its next epoch on."""
+        """Switch the run's policy to the registered policy ``name`` from its next epoch on.
+
+        The new policy is built first (a learned one loads its file, in a worker thread): a policy that cannot
+        be built is :class:`PolicyRefused` and the run keeps the one it has.
+        """
         run = self.run(run_id)
+        self.check_policy(name)
         async with run.lock:
-            if name != run.policy_name:
-                await self._within_deadline(
-                    self.collector.switch_policy(run, name), f"policy of run {run_id!r} switched but not saved"
-                )
+            if name == run.policy_name and await self.collector.policy_for(run) is not None:
+                return
+            try:
+                policy = await asyncio.to_thread(self.collector.policy_factory, name, run.job)
+            except PolicyRefused:
+                raise
+            except Exception as exc:  # a policy that cannot be built must not take the service down
+                log.warning("tamiyo: policy %r for run %s cannot be built: %s", name, run_id, exc)
+                raise PolicyRefused(f"field 'policy': policy {name!r} cannot be built: {exc}") from None
+            await self._within_deadline(
+                self.collector.switch_policy(run, name, policy), f"policy of run {run_id!r} switched but not saved"
+            )
 
     @staticmethod
     def _live(run: RunState, *, stopping: bool = False) -> None:
