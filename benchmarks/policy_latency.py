@@ -5,7 +5,11 @@ with slots after 19 of its activations: input + 43 layers (42 + the head) + 19 s
 = 64 nodes, every slot with its priced blueprint options), with a mix of slot
 stages and layer health. One timed call is ``GNNTamiyo.decide`` as Tolaria or
 the Tamiyo service makes it: featurize the messages, run the network, build the
-decision. ``HeuristicTamiyo.decide`` on the same messages is timed alternately
+decision. The path is lean (:mod:`esper.tamiyo.gnn.inference`): the graph's
+static tensors are built once per graph (not per call), the self-looped edges
+once per graph structure, and the network runs as plain tensor operations under
+``torch.inference_mode``, greedy, with no batching or distributions.
+``HeuristicTamiyo.decide`` on the same messages is timed alternately
 with it, so the ratio is measured side by side. One torch thread, as in Simic's
 workers and the Tamiyo service.
 

@@ -156,6 +156,7 @@ class _Static(NamedTuple):
     edge_index: torch.Tensor
     edge_attr: torch.Tensor
     slot_index: torch.Tensor
+    slot_rows: list[int]
     option_x: torch.Tensor
     option_slot: torch.Tensor
     health_rows: dict[str, int]
@@ -212,6 +213,7 @@ def _static(graph: ModelGraph, params_total: int, budget: int | None) -> _Static
         edge_index=torch.tensor([sources, targets], dtype=torch.long).reshape(2, -1),
         edge_attr=torch.tensor(attrs, dtype=torch.float32).reshape(-1, EDGE_FEATURES),
         slot_index=torch.tensor(slot_index, dtype=torch.long),
+        slot_rows=slot_index,
         option_x=torch.tensor(option_rows, dtype=torch.float32).reshape(-1, OPTION_FEATURES),
         option_slot=torch.tensor(option_slot, dtype=torch.long),
         health_rows=health_rows,
@@ -228,24 +230,27 @@ def featurize(obs: GraphObservation, *, max_active_seeds: int = 3) -> TamiyoGrap
     params_total = obs.signals.params_total or graph.params_total
     static = _static(graph, params_total, obs.param_budget)
     x = static.x.clone()
-    if obs.health is not None:
-        for report in obs.health.layers:
-            row = static.health_rows.get(report.layer)
-            if row is not None:
-                x[row, _HEALTH_AT : _HEALTH_AT + 5] = torch.tensor(
-                    [
-                        _clip(report.activation_mean),
-                        _log(report.activation_variance) * 10.0,
-                        _clip(report.dead_ratio),
-                        _log(report.grad_norm) * 10.0,
-                        1.0,
-                    ]
-                )
-    for i, report in zip(static.slot_index.tolist(), seed_reports(obs), strict=True):
+    # the per-epoch parts, gathered in Python and written with one indexed assignment each
+    health: dict[int, list[float]] = {}
+    for report in obs.health.layers if obs.health is not None else ():
+        row = static.health_rows.get(report.layer)
+        if row is not None:
+            health[row] = [
+                _clip(report.activation_mean),
+                _log(report.activation_variance) * 10.0,
+                _clip(report.dead_ratio),
+                _log(report.grad_norm) * 10.0,
+                1.0,
+            ]
+    if health:
+        x[list(health), _HEALTH_AT : _HEALTH_AT + 5] = torch.tensor(list(health.values()))
+    stage_columns, slot_rows, slot_values = [], [], []
+    for i, report in zip(static.slot_rows, seed_reports(obs), strict=True):
         stage = SeedStage(report.stage) if report is not None else SeedStage.DORMANT
-        x[i, _STAGE_AT + int(stage)] = 1.0
+        stage_columns.append(_STAGE_AT + int(stage))
         if report is not None:
-            x[i, _SLOT_AT : _SLOT_AT + 6] = torch.tensor(
+            slot_rows.append(i)
+            slot_values.append(
                 [
                     _clip(report.alpha),
                     report.epochs_in_stage / 10.0,
@@ -255,6 +260,10 @@ def featurize(obs: GraphObservation, *, max_active_seeds: int = 3) -> TamiyoGrap
                     report.embargo_epochs_left / 5.0,
                 ]
             )
+    if stage_columns:
+        x[static.slot_index, stage_columns] = 1.0
+    if slot_rows:
+        x[slot_rows, _SLOT_AT : _SLOT_AT + 6] = torch.tensor(slot_values)
     legal = legal_actions(obs, max_active_seeds=max_active_seeds)
     n_ops = len(OPERATIONS)
     return TamiyoGraph(

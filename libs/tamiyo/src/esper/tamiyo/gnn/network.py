@@ -40,6 +40,7 @@ from esper.tamiyo.gnn.features import (
     TamiyoGraph,
     featurize,
 )
+from esper.tamiyo.gnn.inference import decide_one
 from esper.tamiyo.gnn.observation import OP_INDEX, OPERATIONS, GraphObservation
 
 _NEG = -1e9
@@ -225,48 +226,14 @@ class TamiyoNetwork(nn.Module):
             "op_logits": heads.op_logits,
         }
 
-    @torch.inference_mode()
     def decide_one(self, graph: TamiyoGraph) -> dict[str, Any]:
-        """The greedy action for one graph, without batching or distributions (the in-run hot path).
+        """The greedy action for one graph without batching or distributions (the in-run hot path,
+        :func:`esper.tamiyo.gnn.inference.decide_one`).
 
         Same numbers as ``evaluate([graph], greedy=True)``: ``action`` (op, slot, option), ``p_op``,
         ``p_slot``, ``p_option``, ``value``, ``value_std``.
         """
-        h = self.node_in(graph.x)
-        for conv, norm in zip(self.convs, self.norms, strict=True):
-            h = norm(h + torch.relu(conv(h, graph.edge_index, graph.edge_attr)))
-        pooled = self.readout(h, torch.zeros(h.shape[0], dtype=torch.long), dim_size=1)
-        trunk = self.trunk(torch.cat([pooled, self.global_in(self.global_norm(graph.u))], dim=-1))
-        values = self.value_head(trunk)[0]
-        op_probs = torch.softmax(_masked(self.op_head(trunk), graph.op_mask), -1)[0]
-        op = int(op_probs.argmax())
-        out = {
-            "action": (op, 0, 0),
-            "p_op": float(op_probs[op]),
-            "p_slot": 1.0,
-            "p_option": 1.0,
-            "value": float(values.mean()),
-            "value_std": float(values.std()) if values.numel() > 1 else 0.0,
-        }
-        if op == _WAIT or graph.slot_index.numel() == 0:
-            return out
-        slots = h[graph.slot_index]
-        n = slots.shape[0]
-        chosen = self.op_embedding.weight[op].expand(n, -1)
-        scores = self.slot_head(torch.cat([slots, trunk.expand(n, -1), chosen], dim=-1)).squeeze(-1)
-        slot_probs = torch.softmax(_masked(scores, graph.slot_ops[:, op]), -1)
-        slot = int(slot_probs.argmax())
-        out["action"], out["p_slot"] = (op, slot, 0), float(slot_probs[slot])
-        if op != _GERMINATE:
-            return out
-        mine = (graph.option_slot == slot).nonzero().squeeze(-1)
-        m = mine.numel()
-        parts = [self.option_in(graph.option_x[mine]), slots[slot].expand(m, -1), trunk.expand(m, -1)]
-        scores = self.option_head(torch.cat(parts, -1)).squeeze(-1)
-        option_probs = torch.softmax(_masked(scores, graph.option_mask[mine]), -1)
-        option = int(option_probs.argmax())
-        out["action"], out["p_option"] = (op, slot, option), float(option_probs[option])
-        return out
+        return decide_one(self, graph)[0]
 
     def checkpoint(self) -> dict[str, Any]:
         """Weights, normalizer statistics and sizes: what :meth:`from_checkpoint` rebuilds from."""

@@ -25,6 +25,7 @@ import torch
 
 from esper.leyline import AdaptationDecision, DecisionAction, LayerHealth, ModelGraph, TrainingSignals
 from esper.leyline.observation import HISTORY_LENGTH
+from esper.tamiyo.gnn.inference import LoopedEdges, decide_one
 from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
 from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation
 from esper.tamiyo.policy import decision_id, wait
@@ -59,6 +60,7 @@ class GNNTamiyo:
         self._losses: list[float] = []
         self._accuracies: list[float] = []
         self._params_initial: int | None = None
+        self._edges: LoopedEdges | None = None  # the graph's self-looped edges, while its structure holds
 
     def observe(
         self, signals: TrainingSignals, graph: ModelGraph | None, health: LayerHealth | None
@@ -103,7 +105,7 @@ class GNNTamiyo:
                 **{k: float(drawn[k][0]) for k in ("p_op", "p_slot", "p_option", "value", "value_std")},
             }
         else:
-            out = self.network.decide_one(graph)
+            out, self._edges = decide_one(self.network, graph, self._edges)
         op, slot_number, option_number = out["action"]
         action = OPERATIONS[op]
         p = out["p_op"]
