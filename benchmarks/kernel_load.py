@@ -9,9 +9,11 @@ in every round (this machine is shared and noisy; medians are reported):
 * cold: a fresh loader with an empty cache: fetch the record and the artifact
   from Urza over HTTP, verify its sha256, decode it, trial forward, copy;
 * warm: the same loader again: index in memory, artifact read from the cache
-  file and re-hashed, decoded program reused, fresh parameters drawn from the
-  RNG as eager construction draws them (the default, ``rng_init``: a run makes
-  the same numbers with or without kernels);
+  file and re-hashed (sha256, every load), decoded program reused, fresh
+  parameters drawn from the RNG as eager construction draws them (the default,
+  ``rng_init``: a run makes the same numbers with or without kernels), by
+  replaying the recorded ops of the blueprint's initialization rather than
+  building its modules (``esper.kasmina.kernels.replay``);
 * warm, compiled init: the same with ``rng_init=False`` (the seed starts from
   the artifact's weights: no eager build at all);
 * eager: ``get_blueprint(...).build(...)`` as germination does without kernels.

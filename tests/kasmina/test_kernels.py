@@ -300,3 +300,71 @@ def test_after_urza_fails_it_is_not_asked_again_for_a_while_but_cached_kernels_s
     assert first.failure is second.failure is KernelFailure.URZA_UNAVAILABLE
     assert waited >= 0.4 and again < 0.2 and "not asked again" in second.error
     assert loader.seed("conv_light", {}, SHAPE, "conv1d").origin == "cache"
+
+
+def _every_blueprint_and_kind() -> list[tuple[str, tuple[int, ...], str]]:
+    from esper.kasmina.blueprints import list_blueprints
+
+    shapes = {"conv1d": (8, 19), "conv2d": (4, 6, 6), "linear": (12,), "sequence": (5, 12)}
+    return [(b, shapes[k], k) for b in list_blueprints() for k in get_blueprint(b).layer_kinds if k in shapes]
+
+
+@pytest.mark.parametrize(("blueprint", "shape", "kind"), _every_blueprint_and_kind())
+def test_every_blueprints_initialization_replays_exactly_without_building_it(blueprint, shape, kind):
+    from esper.kasmina.kernels.replay import record_init
+
+    spec = get_blueprint(blueprint)
+    resolved = spec.resolve(shape, None, layer_kind=kind)
+    torch.manual_seed(0)
+    _, recipe = record_init(lambda: spec.make(resolved))
+    assert recipe is not None, "a recipe that proves itself exists for every catalogue blueprint"
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        eager, after_eager = spec.make(resolved).state_dict(), torch.rand(4)
+        torch.manual_seed(seed)
+        replayed, after_replay = recipe.replay(), torch.rand(4)
+        assert replayed.keys() == eager.keys()
+        assert all(torch.equal(replayed[n], t) and replayed[n].dtype == t.dtype for n, t in eager.items())
+        assert torch.equal(after_eager, after_replay)  # the same draws: the run goes on with the same numbers
+
+
+def test_a_build_that_reads_a_value_back_gets_no_recipe_and_still_draws_as_usual():
+    from esper.kasmina.kernels.replay import record_init
+
+    def build() -> torch.nn.Module:
+        layer = torch.nn.Linear(4, 4)
+        if float(layer.weight.sum()) > 0:  # Python control flow on a drawn value: a replay could not follow it
+            torch.nn.init.zeros_(layer.bias)
+        return layer
+
+    torch.manual_seed(3)
+    module, recipe = record_init(build)
+    after = torch.rand(2)
+    torch.manual_seed(3)
+    reference, reference_after = build(), torch.rand(2)
+    assert recipe is None
+    assert torch.equal(module.weight, reference.weight) and torch.equal(after, reference_after)
+
+
+def test_warm_seeds_replay_the_eager_draws_and_a_later_fallback_keeps_them(urza, tmp_path, metrics):
+    """The first seed of a kernel records the eager build; later ones replay it; all equal eager construction."""
+    loader = loader_for(urza.url, tmp_path, metrics)
+    spec = get_blueprint("conv_light")
+    for seed in (5, 6, 7):
+        torch.manual_seed(seed)
+        build, after = loader.seed("conv_light", {}, SHAPE, "conv1d"), torch.rand(1)
+        torch.manual_seed(seed)
+        reference, reference_after = spec.build(SHAPE, layer_kind="conv1d"), torch.rand(1)
+        assert build.failure is None
+        assert all(torch.equal(p, q) for p, q in zip(build.module.parameters(), reference.parameters(), strict=True))
+        assert all(p.requires_grad for p in build.module.parameters())
+        assert torch.equal(after, reference_after)
+    loader.cache.evict(loader.cache.record(build.kernel_id).sha256)  # the kernel's file is gone ...
+    loader.source = None  # ... and no Urza to fetch it from: the replayed weights go to an eager seed
+    torch.manual_seed(8)
+    fallback, after = loader.seed("conv_light", {}, SHAPE, "conv1d"), torch.rand(1)
+    torch.manual_seed(8)
+    reference, reference_after = spec.build(SHAPE, layer_kind="conv1d"), torch.rand(1)
+    assert fallback.origin == "eager" and fallback.failure is KernelFailure.URZA_UNAVAILABLE
+    assert all(torch.equal(p, q) for p, q in zip(fallback.module.parameters(), reference.parameters(), strict=True))
+    assert torch.equal(after, reference_after)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -150,28 +151,32 @@ def streamline(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
-def fresh_copy(module: nn.Module, weights: nn.Module | None = None) -> nn.Module:
+def fresh_copy(module: nn.Module, weights: nn.Module | Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """A copy of ``module`` sharing its (immutable) code and graph but owning new parameters and buffers.
 
     Much cheaper than ``copy.deepcopy`` for a ``GraphModule`` (no recompile):
     what changes in training (parameters, buffers, gradients, hooks) is new,
     what does not (the generated forward, the graph) is shared. With
     ``weights`` (a module with the same parameter and buffer names and
-    shapes, e.g. the eager build of the same blueprint) the copy takes that
-    module's tensors instead of cloning its own; ValueError if they differ.
+    shapes, e.g. the eager build of the same blueprint, or those tensors by
+    state-dict name) the copy takes them instead of cloning its own;
+    ValueError if they differ.
     """
     if isinstance(module, torch.jit.ScriptModule):
         copy = _script_copy(module)
         if weights is not None:
             try:
-                copy.load_state_dict(weights.state_dict())
+                copy.load_state_dict(weights.state_dict() if isinstance(weights, nn.Module) else dict(weights))
             except RuntimeError as exc:
                 raise ValueError(f"weights do not fit: {exc}") from None
         return copy
     if weights is None:
         return _copy(module, None, "")
-    tensors: dict[str, torch.Tensor] = dict(weights.named_parameters())
-    tensors.update(weights.named_buffers())
+    if isinstance(weights, nn.Module):
+        tensors: dict[str, torch.Tensor] = dict(weights.named_parameters())
+        tensors.update(weights.named_buffers())
+    else:
+        tensors = dict(weights)
     copy = _copy(module, tensors, "")
     if tensors:
         raise ValueError(f"weights have tensors the program does not: {sorted(tensors)}")

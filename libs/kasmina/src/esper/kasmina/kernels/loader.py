@@ -10,7 +10,8 @@ slot's shape and layout, dtype and device), and returns a seed module:
    (hashed against the record before it is cached);
 3. the decoded module for that content hash (decoded once, after a trial
    forward proved it maps the slot's shape to itself), copied with fresh
-   parameters (:func:`fresh_copy`).
+   parameters (:func:`fresh_copy`): those eager construction would draw
+   (``rng_init``, replayed after the first time).
 
 Any failure on the way (:class:`esper.leyline.compile.KernelFailure`) is
 counted, and the blueprint is built eagerly instead: germination never fails
@@ -31,9 +32,11 @@ import torch
 from torch import nn
 
 from esper.kasmina.blueprints import get_blueprint
+from esper.kasmina.blueprints.registry import BlueprintSpec, Resolved
 from esper.kasmina.kernels.artifact import CorruptArtifact, fresh_copy, load_artifact
 from esper.kasmina.kernels.cache import KernelCache, KernelRecord
 from esper.kasmina.kernels.metrics import KernelMetrics, default_metrics
+from esper.kasmina.kernels.replay import InitRecipe, record_init
 from esper.kasmina.kernels.source import KernelNotFound, KernelNotValidated, KernelSource, SourceUnavailable
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import EventKind, SeedStage, SeedTransition, TelemetryEvent
@@ -75,6 +78,21 @@ class SeedBuild:
         )
 
 
+def _placed(module: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a freshly built seed is already on ``device`` in ``dtype``, so ``.to`` would change nothing.
+
+    A seed's tensors are made together (one eager build, or one copy of a
+    decoded program), so its first parameter stands for all of them.
+    ``Module.to`` walks every submodule even when nothing moves: a fifth of a
+    warm germination's time.
+    """
+    first = next(module.parameters(), None)
+    if first is None:
+        return False
+    same_device = first.device.type == device.type and (device.index is None or first.device.index == device.index)
+    return same_device and first.dtype == dtype
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``float32`` (the spelling kernel ids use)."""
     return str(dtype).removeprefix("torch.")
@@ -84,11 +102,14 @@ class KernelLoader:
     """Seeds from kernels in ``source`` (Urza) through ``cache``; ``decoded_max`` decoded modules kept in memory.
 
     ``rng_init`` (default): a kernel seed's initial weights are drawn from
-    torch's RNG exactly as eager construction draws them (an eager build of the
-    blueprint, whose tensors the program takes), so a run makes the same numbers with or without
-    kernels, and whether Urza answered changes nothing but speed. Without it a
-    seed starts from the weights compiled into the artifact (faster; every seed
-    of one kernel then starts alike).
+    torch's RNG exactly as eager construction draws them, so a run makes the
+    same numbers with or without kernels, and whether Urza answered changes
+    nothing but speed. The first seed of a blueprint, config and shape takes
+    the tensors of an eager build, recorded as it runs; later ones replay that
+    recording's ops (:mod:`esper.kasmina.kernels.replay`, proved bit-identical
+    when made) without building modules. Without ``rng_init`` a seed starts
+    from the weights compiled into the artifact (every seed of one kernel then
+    starts alike).
 
     After Urza fails to answer, it is not asked again for ``retry_after_s``
     (cached kernels still load): a training loop germinating while Urza is
@@ -114,6 +135,8 @@ class KernelLoader:
         self._down_until = 0.0
         self._down_reason = ""
         self._decoded: OrderedDict[str, nn.Module] = OrderedDict()
+        self._kernel_ids: dict[tuple[object, ...], str] = {}
+        self._recipes: dict[tuple[object, ...], InitRecipe | None] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ entry points
@@ -136,28 +159,67 @@ class KernelLoader:
         spec = get_blueprint(blueprint)
         resolved = spec.resolve(feature_shape, config, layer_kind=layer_kind)
         device = torch.device(device)
-        kernel_id = kernel_id_for(
-            blueprint,
-            resolved.shape,
-            resolved.config,
-            layout=resolved.kind,
-            dtype=dtype_name(dtype),
-            device=device.type,
-        )
-        eager: nn.Module | None = None
+        kernel_id = self._kernel_id(blueprint, resolved.shape, resolved.config, resolved.kind, dtype, device)
+        weights: nn.Module | dict[str, torch.Tensor] | None = None
         try:
             if self.rng_init:
-                eager = spec.build(resolved.shape, resolved.config, layer_kind=resolved.kind)
-            module, origin = self.load(kernel_id, resolved.shape, resolved.kind, weights=eager)
+                weights = self._initial_weights(spec, resolved)
+            module, origin = self.load(kernel_id, resolved.shape, resolved.kind, weights=weights)
         except KernelLoadError as exc:
             self.metrics.fallbacks.labels(exc.failure.value).inc()
-            if eager is None:  # (an eager build already made drew the RNG once: use it, draw nothing twice)
-                eager = spec.build(resolved.shape, resolved.config, layer_kind=resolved.kind)
+            # The RNG was drawn once for this seed already: an eager build takes those numbers, draws none again.
+            if weights is None:
+                eager = spec.make(resolved)
+            elif isinstance(weights, nn.Module):
+                eager = weights
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    eager = spec.make(resolved)
+                eager.load_state_dict(weights)
             module = eager.to(device=device, dtype=dtype)
             seconds = time.perf_counter() - started
             return SeedBuild(module, kernel_id, blueprint, "eager", seconds, exc.failure, str(exc))
-        module = module.to(device=device, dtype=dtype)
+        if not _placed(module, device, dtype):
+            module = module.to(device=device, dtype=dtype)
         return SeedBuild(module, kernel_id, blueprint, origin, time.perf_counter() - started)
+
+    def _initial_weights(self, spec: BlueprintSpec, resolved: Resolved) -> nn.Module | dict[str, torch.Tensor]:
+        """The seed's initial tensors as eager construction draws them: replayed (:mod:`.replay`) where the
+        blueprint's recipe is proved, from an eager build otherwise (the first time, recording it)."""
+        key = (
+            spec.name,
+            resolved.kind,
+            resolved.shape,
+            tuple(sorted(resolved.config.items())),
+            torch.get_default_dtype(),
+        )
+        if key not in self._recipes:
+            module, recipe = record_init(lambda: spec.make(resolved))
+            self._recipes[key] = recipe
+            return module
+        recipe = self._recipes[key]
+        return spec.make(resolved) if recipe is None else recipe.replay()
+
+    def _kernel_id(
+        self,
+        blueprint: str,
+        shape: tuple[int, ...],
+        config: Mapping[str, ConfigValue],
+        kind: str,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> str:
+        """:func:`kernel_id_for` (a hash over canonical JSON), remembered per slot and blueprint."""
+        key = (blueprint, shape, tuple(sorted(config.items())), kind, dtype, device.type)
+        kernel_id = self._kernel_ids.get(key)
+        if kernel_id is None:
+            kernel_id = kernel_id_for(
+                blueprint, shape, config, layout=kind, dtype=dtype_name(dtype), device=device.type
+            )
+            if len(self._kernel_ids) >= 4096:
+                self._kernel_ids.clear()
+            self._kernel_ids[key] = kernel_id
+        return kernel_id
 
     def seed_for_slot(
         self, model: MorphogeneticModel, slot_id: str, blueprint: str, config: Mapping[str, ConfigValue] | None
@@ -200,7 +262,11 @@ class KernelLoader:
         return model.germinate(slot_id, blueprint, config, epoch=epoch, reason=reason, seed=seed)
 
     def load(
-        self, kernel_id: str, shape: tuple[int, ...], layout: str | None, weights: nn.Module | None = None
+        self,
+        kernel_id: str,
+        shape: tuple[int, ...],
+        layout: str | None,
+        weights: nn.Module | dict[str, torch.Tensor] | None = None,
     ) -> tuple[nn.Module, str]:
         """A fresh module from kernel ``kernel_id`` for features ``shape``; (module, ``cache`` | ``urza``).
 
