@@ -9,7 +9,14 @@ import torch
 from esper.kasmina import ConvHost1D, wrap
 from esper.kasmina.graph import describe
 from esper.leyline import AdaptationDecision, DecisionAction, SeedStage, SeedStateReport, TrainingSignals
-from esper.simic.offline import OfflineConfig, Transition, action_for, discounted_returns, train_offline
+from esper.simic.offline import (
+    OfflineConfig,
+    Transition,
+    action_for,
+    discounted_returns,
+    operation_weights,
+    train_offline,
+)
 from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
 from esper.tamiyo.gnn.observation import OP_INDEX, GraphObservation
 
@@ -76,3 +83,27 @@ def test_awr_learns_to_prefer_the_action_that_was_rewarded(obs):
 def test_offline_training_refuses_an_empty_dataset():
     with pytest.raises(ValueError, match="data"):
         train_offline(TamiyoNetwork(NetworkConfig(hidden=16)), [], OfflineConfig(epochs=1))
+
+
+def test_operation_weights_give_every_operation_the_same_total_weight():
+    ops = torch.tensor([0, 0, 0, 0, 0, 0, GERM, GERM])
+    weights = operation_weights(ops)
+    assert torch.isclose(weights.mean(), torch.tensor(1.0))
+    assert torch.isclose(weights[ops == 0].sum(), weights[ops == GERM].sum())
+
+
+def test_balanced_cloning_keeps_a_rare_growth_as_likely_as_the_frequent_wait(obs):
+    # the behaviour waits 7 times in 10 and germinates 3 times, in the same state, for the same reward
+    data = [Transition(obs, (0, 0, 0) if i < 7 else (GERM, 0, 1), 0.0, True, i) for i in range(10)]
+
+    def p_germinate(balance: bool) -> float:
+        torch.manual_seed(0)
+        net = TamiyoNetwork(NetworkConfig(hidden=32, value_heads=2))
+        history = train_offline(net, data, OfflineConfig(epochs=40, batch_size=10, lr=3e-3, balance=balance))
+        assert 0.0 <= history[-1]["grow_recall"] <= 1.0
+        with torch.no_grad():
+            out = net.evaluate(net.encode([obs]), torch.tensor([[GERM, 0, 1]]))
+        return float(out["p_op"][0])
+
+    assert abs(p_germinate(False) - 0.3) < 0.1  # plain cloning: germinating stays the unlikely choice
+    assert abs(p_germinate(True) - 0.5) < 0.1  # balanced: as likely as waiting

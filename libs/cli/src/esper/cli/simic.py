@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     train.add_argument("--resume", action="store_true", help="continue the job in --out")
     train.add_argument("--episodes", type=int, default=40, help="recorded heuristic episodes")
     train.add_argument("--offline-epochs", type=int, default=30)
+    train.add_argument(
+        "--no-balance", action="store_true", help="offline: plain AWR (no per-operation weights against WAIT's share)"
+    )
     train.add_argument("--timesteps", type=int, default=None, help="PPO decisions in all (default 2880)")
     train.add_argument("--envs", type=int, default=2, help="environments in subprocesses")
     train.add_argument("--epochs", type=int, default=10, help="Tolaria epochs per episode")
@@ -65,7 +68,7 @@ def simic(args: argparse.Namespace) -> int:
             env=EnvConfig(epochs=args.epochs),
             network=NetworkConfig(hidden=args.hidden),
             record_episodes=args.episodes,
-            offline=OfflineConfig(epochs=args.offline_epochs, seed=args.seed),
+            offline=OfflineConfig(epochs=args.offline_epochs, balance=not args.no_balance, seed=args.seed),
             ppo=replace(ppo, total_timesteps=args.timesteps or 2880),
             num_envs=args.envs,
             seed=args.seed,

@@ -15,6 +15,13 @@ input is from the data), and the policy maximizes
 ``min(exp(A / beta), max_weight) * log pi(a | s)`` with ``A = G - V(s)``
 (normalized per minibatch): the behaviour
 the recorded runs were rewarded for is cloned, the rest is down-weighted.
+
+With ``balance`` (the default) each transition's weight is also divided by its
+operation's share of the data (weights averaging one): a run decides WAIT on
+most epochs and grows on a few, and unbalanced cloning learned a policy whose
+most likely operation is WAIT nearly everywhere, so greedy decoding never grew
+(``imitation`` reports agreement on every operation, ``grow_recall`` on the
+recorded non-WAIT ones only).
 """
 
 from __future__ import annotations
@@ -170,7 +177,15 @@ class OfflineConfig:
     max_weight: float = 20.0
     gamma: float = 0.99
     value_coef: float = 0.5
+    balance: bool = True
     seed: int = 0
+
+
+def operation_weights(ops: torch.Tensor) -> torch.Tensor:
+    """Per-transition weights inverse to the share of its operation, averaging one over ``ops``."""
+    counts = torch.bincount(ops).float()
+    classes = int((counts > 0).sum())
+    return (len(ops) / (classes * counts.clamp(min=1)))[ops]
 
 
 def train_offline(
@@ -188,6 +203,7 @@ def train_offline(
     graphs = network.encode([t.obs for t in data], update_stats=True)
     actions = torch.tensor([t.action for t in data], dtype=torch.long)
     returns = torch.tensor(discounted_returns(data, config.gamma), dtype=torch.float32)
+    balance = operation_weights(actions[:, 0]) if config.balance else torch.ones(len(data))
     heads = network.config.value_heads
     bootstrap = torch.poisson(torch.ones(len(data), heads), generator=generator)  # per-head resample weights
     optimizer = optimizer or torch.optim.Adam(network.parameters(), lr=config.lr, eps=1e-5)
@@ -196,7 +212,7 @@ def train_offline(
     for epoch in range(config.epochs):
         order = torch.randperm(len(data), generator=generator)
         sums = {"policy_loss": 0.0, "value_loss": 0.0, "mean_weight": 0.0, "imitation": 0.0}
-        batches = 0
+        batches, grown, grown_matched = 0, 0, 0
         for start in range(0, len(data), config.batch_size):
             idx = order[start : start + config.batch_size]
             batch = network.batch([graphs[i] for i in idx.tolist()])
@@ -204,7 +220,7 @@ def train_offline(
             values = network.heads(batch).values
             advantage = (returns[idx] - out["value"]).detach()
             advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8) if len(idx) > 1 else advantage
-            weight = torch.exp(advantage / config.beta).clamp(max=config.max_weight)
+            weight = torch.exp(advantage / config.beta).clamp(max=config.max_weight) * balance[idx]
             policy_loss = -(weight * out["log_prob"]).mean()
             value_loss = ((values - returns[idx, None]) ** 2 * bootstrap[idx]).mean()
             loss = policy_loss + config.value_coef * value_loss
@@ -215,12 +231,16 @@ def train_offline(
             with torch.no_grad():
                 greedy = network.evaluate(batch, greedy=True)["action"]
                 same = (greedy[:, 0] == actions[idx, 0]).float().mean()
+                grows = actions[idx, 0] != 0
+                grown += int(grows.sum())
+                grown_matched += int((greedy[grows, 0] == actions[idx][grows, 0]).sum())
             sums["policy_loss"] += policy_loss.item()
             sums["value_loss"] += value_loss.item()
             sums["mean_weight"] += float(weight.mean())
             sums["imitation"] += float(same)
             batches += 1
         stats = {k: v / batches for k, v in sums.items()}
+        stats["grow_recall"] = grown_matched / grown if grown else math.nan
         with torch.no_grad():
             chunks = [graphs[i : i + 256] for i in range(0, len(graphs), 256)]
             predicted = torch.cat([network.get_value(network.batch(chunk)) for chunk in chunks])
