@@ -123,3 +123,21 @@ def test_a_bad_kernel_setting_is_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv("ESPER_URZA_URL", "urza:8703")
     with pytest.raises(ValueError, match="ESPER_URZA_URL='urza:8703'"):
         process_loader()
+
+
+def test_an_unwritable_default_cache_moves_to_the_temp_dir_but_a_named_one_is_an_error(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("ESPER_URZA_URL", "http://127.0.0.1:1")
+    monkeypatch.delenv("ESPER_KERNEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # ~/.cache/esper/kernels cannot be made under a file
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    loader = process_loader()
+    assert loader is not None and loader.cache.root.parent == tmp_path / "tmp"
+    monkeypatch.setenv("ESPER_KERNEL_CACHE", str(blocked / "kernels"))
+    with pytest.raises(ValueError, match="ESPER_KERNEL_CACHE="):
+        process_loader()

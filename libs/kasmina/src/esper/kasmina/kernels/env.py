@@ -3,7 +3,9 @@
 * ``ESPER_URZA_URL``: Urza's base URL (``http://127.0.0.1:8703``); unset or
   empty: no loader, seeds are built eagerly.
 * ``ESPER_KERNEL_CACHE``: the local cache directory (default
-  ``$XDG_CACHE_HOME/esper/kernels``, else ``~/.cache/esper/kernels``).
+  ``$XDG_CACHE_HOME/esper/kernels``, else ``~/.cache/esper/kernels``; where
+  that cannot be made, e.g. a read-only home in a container,
+  ``<tmp>/esper-kernels-<uid>``).
 * ``ESPER_KERNEL_CACHE_BYTES``: the cache's size bound (default 256 MiB).
 * ``ESPER_URZA_TIMEOUT_S``: each request's timeout in seconds (default 2).
 
@@ -15,6 +17,7 @@ call it), so decoded kernels and the Urza breaker are shared by its runs.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +38,8 @@ class KernelSettings:
     cache_dir: Path
     cache_bytes: int = DEFAULT_CACHE_BYTES
     timeout_s: float = 2.0
+    #: the cache directory was named (``ESPER_KERNEL_CACHE``), so no other is tried when it cannot be used
+    cache_named: bool = False
 
 
 def kernel_settings(environ: Mapping[str, str] | None = None) -> KernelSettings | None:
@@ -56,7 +61,7 @@ def kernel_settings(environ: Mapping[str, str] | None = None) -> KernelSettings 
         cache_dir = (Path(base) if base else Path.home() / ".cache") / "esper" / "kernels"
     size = int(_number(env, "ESPER_KERNEL_CACHE_BYTES", int, DEFAULT_CACHE_BYTES))
     timeout = _number(env, "ESPER_URZA_TIMEOUT_S", float, 2.0)
-    return KernelSettings(url, cache_dir, size, timeout)
+    return KernelSettings(url, cache_dir, size, timeout, cache_named=bool(cache))
 
 
 def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float], default: float) -> float:
@@ -90,7 +95,16 @@ def process_loader(environ: Mapping[str, str] | None = None) -> KernelLoader | N
             try:
                 cache = KernelCache(settings.cache_dir, settings.cache_bytes)
             except OSError as exc:
-                raise ValueError(f"ESPER_KERNEL_CACHE={str(settings.cache_dir)!r}: cannot use it: {exc}") from None
+                if settings.cache_named:
+                    raise ValueError(f"ESPER_KERNEL_CACHE={str(settings.cache_dir)!r}: cannot use it: {exc}") from None
+                fallback = Path(tempfile.gettempdir()) / f"esper-kernels-{os.getuid()}"
+                try:
+                    cache = KernelCache(fallback, settings.cache_bytes)
+                except OSError as again:
+                    raise ValueError(
+                        f"ESPER_KERNEL_CACHE unset: neither {str(settings.cache_dir)!r} nor {str(fallback)!r} "
+                        f"can hold the kernel cache ({again}); set it to a writable directory"
+                    ) from None
             loader = KernelLoader(UrzaSource(settings.urza_url, timeout_s=settings.timeout_s), cache)
             _loaders[settings] = loader
         return loader
