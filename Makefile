@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # Where the CPU build of torch comes from; override for another index.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test run lint proto proto-check bench bench-growth chaos clean deploy-check compose-test
+.PHONY: install test run lint proto proto-check bench bench-growth chaos clean deploy-check compose-test compose-chaos
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ deploy-check: install
 # missing; stopped again if it started it): build, up, train a run, check Prometheus, tear down.
 compose-test: install
 	$(BIN)/python deploy/ci/compose_test.py
+
+# The chaos faults against the compose cluster (docker kill/start each service, kill and restart
+# the Redis container) while runs train, then the chaos suite's checks; prints the table and JSON.
+compose-chaos: install
+	$(BIN)/python deploy/ci/compose_chaos.py
 
 run: install
 	$(BIN)/esper up --demo

@@ -8,8 +8,11 @@ host-network override on free ports, health of every container, a short job subm
 monitor's 409) and one undecodable message published (a dead letter) so the rejection and
 dead-letter panels have something to show, the run's report copied out of the runs volume,
 Nissa's decision count against Tamiyo's, the real Prometheus scraping every service, and every
-dashboard query returning data. Teardown (``down -v``, and the engine if this run started it)
-happens on every exit.
+dashboard query returning data. Then security in the running cluster: every container runs as
+a non-root user with a read-only root filesystem (a write to ``/`` fails, ``/tmp`` works), and
+the Redis ACLs hold: each service user is refused another's stream (Tolaria cannot XADD
+Tamiyo's commands) and Redis' ``ACL LOG`` holds no refusal of any service after the whole run.
+Teardown (``down -v``, and the engine if this run started it) happens on every exit.
 
 Grafana's image is not in any registry this machine reaches, so it is not started here; its
 dashboards are checked offline by ``tests/deploy`` and their queries run here against Prometheus.
@@ -23,63 +26,35 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dashboards
-import standins
-from engine import Engine, EngineError, docker_client
-from harness import ROOT, Deadline, Shell, StepFailed, Timeline, get_json, get_text, post_json
-from images import SERVICES, Images
+from cluster import SCRAPE_INTERVAL_S, STARTED, VENV_BIN, Cluster, main
+from harness import StepFailed, Timeline, post_json
+from images import SERVICES
 
-DEPLOY = ROOT / "deploy"
-VENV_BIN = Path(sys.executable).parent
-#: Containers started here; Grafana has no image on this machine (see the module docstring).
-STARTED = ("redis", "postgres", *SERVICES, "prometheus")
-PORT_VARS = ("REDIS_PORT", "POSTGRES_PORT", *(f"{s.upper()}_PORT" for s in SERVICES), "PROMETHEUS_PORT", "GRAFANA_PORT")
 EPOCHS = int(os.environ.get("ESPER_COMPOSE_TEST_EPOCHS", "8"))
-SCRAPE_INTERVAL_S = 2
+#: Containers whose root filesystem must be read-only (all that compose-test starts).
+READ_ONLY = STARTED
+#: Each service user and a stream it must not publish on (it may only consume it, or not at all).
+FORBIDDEN_XADD = {
+    "tolaria": "esper.control.commands",
+    "tamiyo": "esper.control.results",
+    "nissa": "esper.telemetry.training",
+    "tezzeret": "esper.compile.requests",
+}
 
 
-class ComposeTest:
+class ComposeTest(Cluster):
     def __init__(self, workdir: Path, timeline: Timeline, deadline_s: float) -> None:
-        self.workdir = workdir
-        self.t = timeline
-        self.sh = Shell(workdir / "logs", deadline_s)
-        self.engine = Engine(workdir)
-        self.docker = ""
-        self.images: Images | None = None
-        self.project = f"espertest{os.getpid()}"
-        self.env_file = workdir / "compose.env"
-        self.ports: dict[str, int] = {}
-        self.token = secrets.token_urlsafe(24)
-        self.up = False
+        super().__init__(workdir, timeline, deadline_s)
         self.run_started = 0.0
-
-    # -- helpers -------------------------------------------------------------------------------
-    def compose(self, *args: str, merged: bool = True) -> list[str]:
-        """docker-compose on the merged file (see :meth:`merge`), or on the two source files."""
-        files = (
-            [self.workdir / "compose.merged.yml"]
-            if merged
-            else [DEPLOY / "docker-compose.yml", DEPLOY / "docker-compose.host.yml"]
-        )
-        flags = [arg for f in files for arg in ("-f", str(f))]
-        return ["docker-compose", "-p", self.project, "--env-file", str(self.env_file), *flags, *args]
-
-    def api(self, path: str) -> Any:
-        return get_json(f"http://127.0.0.1:{self.ports['TAMIYO_PORT']}{path}", token=self.token)
 
     def esper(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``esper runs --api <tamiyo> ARGS`` with the cluster's token (the CLI users run)."""
@@ -95,104 +70,6 @@ class ComposeTest:
         if check and done.returncode != 0:
             raise StepFailed(f"`esper runs {' '.join(args)}` exited {done.returncode}: {done.stderr.strip()}")
         return done
-
-    def metric_sum(self, port: int, name: str, label: str = "", exclude: tuple[str, ...] = ()) -> float:
-        """Sum of a metric's samples on a service's /metrics: those containing ``label`` and none of ``exclude``."""
-        total = 0.0
-        for line in get_text(f"http://127.0.0.1:{port}/metrics").splitlines():
-            if not (line.startswith(name + "{") or line.startswith(name + " ")):
-                continue
-            if label in line and not any(e in line for e in exclude):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def prom(self, path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{self.ports['PROMETHEUS_PORT']}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        answer = get_json(url)
-        if answer.get("status") != "success":
-            raise StepFailed(f"Prometheus {path} {params}: {answer}")
-        return answer["data"]
-
-    # -- steps ---------------------------------------------------------------------------------
-    def prepare(self) -> None:
-        with self.t.step("engine") as note:
-            try:
-                note(self.engine.ensure(timeout_s=min(90.0, self.sh.remaining())))
-            except EngineError as exc:
-                raise StepFailed(f"no Docker Engine can run here: {exc}") from None
-            self.docker = docker_client()
-            note(self.sh.output([self.docker, "version", "--format", "server {{.Server.Version}}"]).strip())
-            note("docker-compose " + self.sh.output(["docker-compose", "version", "--short"]).strip())
-        with self.t.step("base image") as note:
-            note(standins.ensure_base(self.docker, self.sh.run, self.workdir))
-        with self.t.step("stand-in images") as note:
-            for line in standins.ensure_standins(self.docker, self.sh.run, self.workdir, list(standins.STANDINS)):
-                note(line)
-        self.images = Images(self.sh, self.docker, VENV_BIN / "pip")
-        self.images.build(self.t.step)
-        with self.t.step("image contents") as note:
-            for line in self.images.check():
-                note(line)
-
-    def configure(self) -> None:
-        """Free ports, the env file, Prometheus' config on those ports, and the merged compose file."""
-        socks = []
-        for var in PORT_VARS:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            self.ports[var] = s.getsockname()[1]
-        for s in socks:
-            s.close()
-        import yaml
-
-        config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-        config["global"]["scrape_interval"] = f"{SCRAPE_INTERVAL_S}s"
-        for job in config["scrape_configs"]:
-            job["static_configs"] = [{"targets": [f"127.0.0.1:{self.ports[job['job_name'].upper() + '_PORT']}"]}]
-        prom = self.workdir / "prometheus.host.yml"
-        prom.write_text(yaml.safe_dump(config, sort_keys=False))
-        prom.chmod(0o644)
-        lines = [f"{k}={v}" for k, v in self.ports.items()]
-        lines += [
-            f"ESPER_API_TOKEN={self.token}",
-            f"POSTGRES_PASSWORD={secrets.token_urlsafe(16)}",
-            f"GRAFANA_ADMIN_PASSWORD={secrets.token_urlsafe(16)}",
-            f"PROMETHEUS_HOST_CONFIG={prom}",
-            "ESPER_TOLARIA_TORCH_THREADS=1",
-        ]
-        self.env_file.write_text("\n".join(lines) + "\n")
-        self.t.say("ports: " + ", ".join(f"{k.removesuffix('_PORT').lower()} {v}" for k, v in self.ports.items()))
-        # With host networking a published port means nothing (the Docker API would discard it), but
-        # docker-compose v1 refuses the combination and an override cannot delete a key: so the
-        # merged config (`docker-compose config` of both files) drops `ports` on the host network.
-        merged = yaml.safe_load(self.sh.output(self.compose("config", merged=False)))
-        for service in merged["services"].values():
-            if service.get("network_mode") == "host":
-                service.pop("ports", None)
-        (self.workdir / "compose.merged.yml").write_text(yaml.safe_dump(merged, sort_keys=False))
-
-    def start(self) -> None:
-        with self.t.step("compose up") as note:
-            self.up = True
-            self.sh.run(self.compose("up", "-d", "--no-build", *STARTED), log_name="compose", timeout_s=240)
-            note(f"project {self.project}: {' '.join(STARTED)} (grafana: no image here)")
-        with self.t.step("healthy") as note:
-
-            def health() -> bool:
-                ids = self.sh.output(self.compose("ps", "-q")).split()
-                states = json.loads(self.sh.output([self.docker, "inspect", *ids]))
-                summary = {
-                    c["Name"].lstrip("/"): c["State"].get("Health", {}).get("Status", c["State"]["Status"])
-                    for c in states
-                }
-                dead = [n for n, s in summary.items() if s in ("exited", "dead")]
-                if dead:
-                    raise StepFailed(f"containers exited: {dead}")
-                return len(summary) == len(STARTED) and all(s == "healthy" for s in summary.values())
-
-            self.sh.wait_for("every container healthy", health, timeout_s=180, every_s=2)
-            note(f"{len(STARTED)} containers healthy")
 
     def train(self) -> dict[str, Any]:
         with self.t.step("run submitted") as note:
@@ -216,11 +93,9 @@ class ComposeTest:
             if refused.returncode != 1 or "409" not in refused.stderr or "illegal" not in refused.stderr:
                 raise StepFailed(f"`esper runs adapt {' '.join(args)}` was not refused as illegal: {refused.stderr}")
             note(f"paused; {refused.stderr.strip()[:150]}; resumed")
-            import redis
-
             from esper.leyline import streams
 
-            client = redis.Redis(host="127.0.0.1", port=self.ports["REDIS_PORT"])
+            client = self.redis()  # the operator's admin user
             client.xadd(streams.TELEMETRY_TRAINING, {streams.ENVELOPE_FIELD: b"\x00 not msgpack"})
             client.close()
             note("one undecodable entry on the training stream")
@@ -290,81 +165,58 @@ class ComposeTest:
                 raise StepFailed("dashboard queries with no data after the run:\n  " + "\n  ".join(empty))
             note(f"{len(queries)} queries in {len(dashboards.dashboard_files())} dashboards, each with data")
 
-    def teardown(self, failed: bool) -> None:
-        if self.images is not None:
-            self.images.remove_links()
-        end = time.monotonic() + 120
-        if self.up:
-            with self.t.step("compose down") as note:
-                if failed:
-                    for args in (("ps",), ("logs", "--no-color", "--tail", "60")):
-                        subprocess.run(self.compose(*args), cwd=ROOT, timeout=60, check=False)
-                try:
-                    subprocess.run(
-                        self.compose("down", "-v", "--remove-orphans", "-t", "10"),
-                        cwd=ROOT,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.STDOUT,
-                        timeout=max(10.0, end - time.monotonic()),
-                        check=False,
-                    )
-                    note("containers and volumes removed")
-                except subprocess.TimeoutExpired:
-                    note("docker-compose down timed out")
-        with self.t.step("engine stop") as note:
-            note(self.engine.stop(timeout_s=max(10.0, min(30.0, end - time.monotonic()))))
+    def check_security(self) -> None:
+        with self.t.step("non-root, read-only containers") as note:
+            states = self.states()
+            for name in READ_ONLY:
+                state = states[name]
+                user = state["Config"]["User"] or "root"
+                if user in ("root", "0", "0:0"):
+                    raise StepFailed(f"container {name} runs as root")
+                if not state["HostConfig"]["ReadonlyRootfs"]:
+                    raise StepFailed(f"container {name} has a writable root filesystem")
+                probe = "touch /esper-probe 2>/dev/null && echo writable; touch /tmp/esper-probe && echo tmp-ok"
+                said = self.sh.output([self.docker, "exec", state["Id"], "sh", "-c", probe]).split()
+                if said != ["tmp-ok"]:
+                    raise StepFailed(f"container {name}: writing / and /tmp gave {said} (want only tmp-ok)")
+            note(f"{len(READ_ONLY)} containers: non-root users, / read-only, /tmp writable")
+        with self.t.step("redis ACLs") as note:
+            import redis
 
-    def main(self) -> None:
+            admin = self.redis()
+            refusals = [e for e in admin.acl_log(count=1000) if e.get("username") in FORBIDDEN_XADD]
+            if refusals:
+                raise StepFailed(f"services were refused by their Redis ACLs during the run: {refusals[:5]}")
+            for user, stream in FORBIDDEN_XADD.items():
+                client = self.redis(user)
+                try:
+                    client.xadd(stream, {"m": b"acl probe"})
+                    raise StepFailed(f"Redis let {user} XADD to {stream}")
+                except redis.exceptions.NoPermissionError:
+                    pass
+                finally:
+                    client.close()
+            try:
+                redis.Redis(host="127.0.0.1", port=self.ports["REDIS_PORT"], socket_timeout=5).ping()
+                raise StepFailed("Redis answered the default user")
+            except redis.exceptions.AuthenticationError:
+                pass
+            admin.close()
+            note(
+                f"no refusal of a service in ACL LOG during the run; {len(FORBIDDEN_XADD)} forbidden XADDs refused; "
+                "default user off"
+            )
+
+    def main(self) -> dict[str, Any]:
         self.prepare()
         self.configure()
         self.start()
         final = self.train()
         self.check_run(final)
         self.check_prometheus()
-
-
-def main() -> int:
-    if os.environ.get("ESPER_SKIP_COMPOSE_TEST") == "1":
-        print("compose-test: SKIPPED because ESPER_SKIP_COMPOSE_TEST=1 (no cluster was started or checked)")
-        return 0
-    timeline = Timeline()
-    limit = float(os.environ.get("ESPER_COMPOSE_TEST_TIMEOUT_S", "780"))
-    workdir = Path(tempfile.mkdtemp(prefix="esper-compose-test-"))
-    test = ComposeTest(workdir, timeline, limit)
-    timeline.say(f"compose-test: limit {limit:.0f} s, work dir {workdir}")
-
-    def on_signal(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    failed: str | None = None
-    try:
-        test.main()
-    except Deadline:
-        failed = f"the overall limit of {limit:.0f} s passed"
-    except subprocess.TimeoutExpired as exc:
-        failed = f"the overall limit of {limit:.0f} s passed during `{' '.join(map(str, exc.cmd))[:120]}`"
-    except StepFailed as exc:
-        failed = str(exc)
-    except KeyboardInterrupt as exc:
-        failed = f"interrupted ({exc})"
-    except Exception as exc:  # anything unexpected still tears down, and is reported with its type
-        failed = f"{type(exc).__name__}: {exc}"
-    finally:
-        try:
-            test.teardown(failed is not None)
-        except Exception as exc:
-            timeline.say(f"teardown error: {type(exc).__name__}: {exc}")
-    total = time.monotonic() - timeline.t0
-    if failed:
-        timeline.say(f"compose-test FAILED: {failed}")
-        timeline.say(f"logs kept in {test.sh.logs}")
-    else:
-        timeline.say(f"compose-test passed in {total:.1f}s")
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps({"passed": failed is None, "total_s": round(total, 1), "steps_s": timeline.steps}))
-    return 1 if failed else 0
+        self.check_security()
+        return {}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(ComposeTest, "compose-test", 780))
