@@ -1,15 +1,19 @@
-from esper.leyline import ACTIVE_STAGES, DecisionAction, SeedStage, TrainingJob
+from esper.leyline import SeedStage, TrainingJob
 from esper.tolaria.runs import build_trainer
 
 
-def test_default_heuristic_grows_from_epoch_1_without_waiting_for_a_seed_to_finish():
-    trainer = build_trainer(TrainingJob(epochs=4, max_train_samples=200, param_budget=5210))
+def test_default_heuristic_grows_every_slot_from_epoch_1_side_by_side():
+    trainer = build_trainer(TrainingJob(epochs=3, max_train_samples=200, param_budget=5210))
     trainer.fit()
     germinated = [(e.slot_id, e.epoch) for e in trainer.model.events if e.to_stage is SeedStage.GERMINATED]
-    # epoch 1 germinates s1, epoch 2 advances it, epoch 3 germinates s2 while s1 is still live
-    assert germinated == [("s1", 1), ("s2", 3)]
-    assert sum(SeedStage(s.stage) in ACTIVE_STAGES for s in trainer.model.slots.values()) == 2
-    assert "early growth" in next(d.reason for d in trainer.decisions if d.action is DecisionAction.GERMINATE)
+    # one decision per slot at a boundary: epoch 1 germinates all three, epoch 2 advances all three
+    assert germinated == [("s1", 1), ("s2", 1), ("s3", 1)]
+    assert [SeedStage(s.stage) for s in trainer.model.slots.values()] == [SeedStage.TRAINING] * 3
+    first = [d for d in trainer.decisions if d.epoch == 1]
+    assert [(d.index, d.count, d.decision_id) for d in first] == [
+        (0, 3, "heuristic-e1"), (1, 3, "heuristic-e1.1"), (2, 3, "heuristic-e1.2")
+    ]  # fmt: skip
+    assert "early growth" in first[0].reason
 
 
 def test_default_heuristic_germinates_nothing_past_the_budget():

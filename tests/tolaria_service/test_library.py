@@ -112,8 +112,24 @@ def test_a_decision_for_an_epoch_is_found_and_older_ones_dropped() -> None:
                 decision_id=f"d{epoch}", epoch=epoch, action=DecisionAction.WAIT, reason="r", confidence=1
             )
         )
-    assert inbox.wait_for_decision(2, 1).decision_id == "d2"
-    assert inbox.wait_for_decision(1, 0) is None
+    assert [d.decision_id for d in inbox.wait_for_decisions(2, 1)] == ["d2"]
+    assert inbox.wait_for_decisions(1, 0) is None
+
+
+def test_a_boundary_of_several_decisions_is_complete_only_with_all_of_them_in_order() -> None:
+    inbox = CommandInbox()
+
+    def decision(index: int) -> AdaptationDecision:
+        return AdaptationDecision(
+            decision_id=f"d3.{index}", epoch=3, action=DecisionAction.WAIT, reason="r", confidence=1,
+            index=index, count=3,
+        )  # fmt: skip
+
+    inbox.put_decision(decision(2))
+    inbox.put_decision(decision(0))
+    assert inbox.wait_for_decisions(3, 0.05) is None  # index 1 is missing
+    inbox.put_decision(decision(1))
+    assert [d.index for d in inbox.wait_for_decisions(3, 1)] == [0, 1, 2]
 
 
 def test_every_message_the_trainer_produces_has_a_stream_and_others_are_refused() -> None:

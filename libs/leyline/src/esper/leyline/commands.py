@@ -102,7 +102,14 @@ class DecisionAction(StrEnum):
 
 class AdaptationDecision(Message, frozen=True, kw_only=True):
     """A policy's decision on one epoch, with its reason and confidence, and the
-    safety monitor's verdict on it."""
+    safety monitor's verdict on it.
+
+    A boundary may carry several decisions, at most one per slot (the policy is
+    asked again about the slots it has not acted on yet): ``index`` is this
+    decision's place among the ``count`` decisions of epoch ``epoch``, in the
+    order they apply. A consumer waiting for a boundary's decisions (Tolaria in
+    lockstep) has them all once it holds indexes ``0 .. count - 1``.
+    """
 
     message_type = "adaptation_decision"
 
@@ -118,3 +125,9 @@ class AdaptationDecision(Message, frozen=True, kw_only=True):
     accepted: bool = True
     rejection_reason: str | None = None
     command_id: str | None = None
+    index: Annotated[int, msgspec.Meta(ge=0)] = 0
+    count: Annotated[int, msgspec.Meta(ge=1)] = 1
+
+    def __post_init__(self) -> None:
+        if self.index >= self.count:
+            raise ValueError(f"field 'index': must be < count {self.count} (value {self.index!r})")

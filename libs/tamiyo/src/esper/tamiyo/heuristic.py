@@ -1,9 +1,11 @@
 """HeuristicTamiyo: the rule-based baseline policy.
 
-Rules, in priority order (one decision per epoch):
+Rules, in priority order (one decision per slot and epoch: the decide step asks
+again, with the slots already acted on excluded, until the policy waits):
 
-1. cull a seed that harms validation (counterfactual contribution below
-   ``-cull_harm`` for ``cull_patience`` measurements), one whose isolated
+1. cull a seed that harms validation (counterfactual accuracy contribution
+   below ``-cull_harm`` for ``cull_patience`` measurements while it does not
+   lower validation loss either), one whose isolated
    training stalled, or one on probation that proved nothing;
 2. advance a seed whose next gate passes (the same Leyline gate Kasmina runs;
    the step out of PROBATIONARY is FOSSILIZE);
@@ -28,9 +30,6 @@ kind of slot can grow.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from esper.leyline import (
@@ -41,7 +40,6 @@ from esper.leyline import (
     Gate,
     GateInputs,
     GateResult,
-    GateThresholds,
     LayerHealth,
     ModelGraph,
     SeedStage,
@@ -49,70 +47,9 @@ from esper.leyline import (
     TrainingSignals,
     evaluate,
 )
-from esper.leyline.commands import BlueprintConfig
+from esper.tamiyo.heuristic_config import BlueprintChoice, HeuristicConfig
 from esper.tamiyo.policy import CostModel, decision_id, wait
 from esper.tamiyo.tracker import SignalTracker
-
-
-@dataclass(frozen=True, slots=True)
-class BlueprintChoice:
-    """A blueprint the policy may germinate, with its build configuration (empty: the graph's, or the default)."""
-
-    name: str
-    config: BlueprintConfig = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class HeuristicConfig:
-    """Knobs of :class:`HeuristicTamiyo`. Epoch counts are whole epochs."""
-
-    #: germinate once validation has not improved for this many epochs (the plateau Tolaria publishes)
-    plateau_patience: int = 3
-    #: no germination before this epoch (the host learns its easy part first)
-    min_epoch_to_germinate: int = 0
-    #: live (germinated .. probationary) seeds at once
-    max_active_seeds: int = 1
-    #: slots in the order they are offered seeds; empty = the order of the reports
-    slot_order: tuple[str, ...] = ()
-    #: blueprints to choose from, in tie-break order
-    candidates: tuple[BlueprintChoice, ...] = (BlueprintChoice("conv_light"), BlueprintChoice("conv_heavy"))
-    #: per-slot candidates overriding ``candidates``
-    slot_candidates: Mapping[str, tuple[BlueprintChoice, ...]] = field(default_factory=dict)
-    #: per-layout candidates (``linear``, ``sequence``, ``conv1d``, ``conv2d``; the graph says a slot's layout)
-    layout_candidates: Mapping[str, tuple[BlueprintChoice, ...]] = field(default_factory=dict)
-    #: where the graph offers none of a slot's candidates, choose among the graph's own options there
-    fallback_to_graph: bool = False
-    #: largest total parameter count a germination may lead to (None: unlimited; needs the graph or a cost model)
-    param_budget: int | None = None
-    #: contribution below -cull_harm counts as harm
-    cull_harm: float = 0.01
-    #: consecutive harmful measurements before a cull
-    cull_patience: int = 2
-    #: epochs of isolated training after which a seed that cannot pass G2 is culled
-    max_training_epochs: int = 12
-    #: epochs on probation after which a seed that cannot pass G5 is culled
-    max_probation_epochs: int = 6
-    #: epochs without germination after any cull
-    cooldown_epochs: int = 3
-    #: weight of the newest outcome in a blueprint's running score
-    score_rate: float = 0.5
-    #: thresholds the policy checks gates with (keep equal to Kasmina's)
-    thresholds: GateThresholds = field(default_factory=GateThresholds)
-
-    def __post_init__(self) -> None:
-        for name in ("plateau_patience", "min_epoch_to_germinate", "cull_patience", "cooldown_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"field {name!r}: must be >= 0 (value {getattr(self, name)!r})")
-        for name in ("max_active_seeds", "max_training_epochs", "max_probation_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"field {name!r}: must be >= 1 (value {getattr(self, name)!r})")
-        if not 0.0 < self.score_rate <= 1.0:
-            raise ValueError(f"field 'score_rate': must be in (0, 1] (value {self.score_rate!r})")
-        if not math.isfinite(self.cull_harm) or self.cull_harm < 0:
-            raise ValueError(f"field 'cull_harm': must be a finite number >= 0 (value {self.cull_harm!r})")
-        if not self.candidates and not self.slot_candidates:
-            raise ValueError("field 'candidates': at least one blueprint is needed (value ())")
-
 
 _NEXT_GATE: dict[SeedStage, Gate] = {
     SeedStage.GERMINATED: Gate.G1_TRAIN,
@@ -132,6 +69,7 @@ class HeuristicTamiyo:
     """
 
     name = "heuristic"
+    slotwise = True
 
     def __init__(self, config: HeuristicConfig | None = None, *, cost_model: CostModel | None = None) -> None:
         self.config = config or HeuristicConfig()
@@ -142,6 +80,7 @@ class HeuristicTamiyo:
         self.outcomes: dict[str, list[int]] = {}
         self.last_cull_epoch: int | None = None
         self._live: dict[str, tuple[str | None, str | None]] = {}
+        self._exclude: frozenset[str] = frozenset()
 
     # -- bookkeeping ---------------------------------------------------------
     def _score_outcomes(self, seeds: list[SeedStateReport], epoch: int) -> None:
@@ -170,13 +109,26 @@ class HeuristicTamiyo:
 
     # -- the decision --------------------------------------------------------
     def decide(
-        self, signals: TrainingSignals, *, graph: ModelGraph | None = None, health: LayerHealth | None = None
+        self,
+        signals: TrainingSignals,
+        *,
+        graph: ModelGraph | None = None,
+        health: LayerHealth | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> AdaptationDecision:
-        """One decision for ``signals.epoch`` (see the module docstring for the rules)."""
+        """One decision for ``signals.epoch`` about a slot not in ``exclude`` (rules: the module docstring).
+
+        With ``exclude`` the boundary was seen already (the decide step asks
+        again): the epoch is not observed or scored twice.
+        """
         self._graph = graph
-        tracked = self.tracker.observe(signals)
+        self._exclude = exclude
         epoch = signals.epoch
-        self._score_outcomes(list(signals.seeds), epoch)
+        if exclude and self.tracker.last is not None and self.tracker.last.epoch == epoch:
+            tracked = self.tracker.last
+        else:
+            tracked = self.tracker.observe(signals)
+            self._score_outcomes(list(signals.seeds), epoch)
         if tracked.sanitized:
             return wait(self.name, epoch, f"signals not finite ({', '.join(tracked.sanitized)}); holding", 0.5)
         for decide in (self._cull, self._advance, self._germinate):
@@ -210,11 +162,14 @@ class HeuristicTamiyo:
     def _cull(self, signals: TrainingSignals) -> AdaptationDecision | None:
         c = self.config
         for r in signals.seeds:
-            if r.stage not in ACTIVE_STAGES:
+            if r.stage not in ACTIVE_STAGES or r.slot_id in self._exclude:
                 continue
             if r.stage in BLENDED_STAGES:
                 recent = self.tracker.contributions(r.slot_id)[-c.cull_patience :]
-                if c.cull_patience and len(recent) == c.cull_patience and all(x < -c.cull_harm for x in recent):
+                # accuracy on a small validation split is coarse: a seed that lowers validation loss is not harmful
+                lowers_loss = r.contribution_loss is not None and r.contribution_loss > 0 and c.cull_needs_loss_harm
+                harmful = len(recent) == c.cull_patience and all(x < -c.cull_harm for x in recent)
+                if c.cull_patience and harmful and not lowers_loss:
                     harm = -max(recent)
                     reason = (
                         f"seed {r.seed_id} ({r.blueprint}) harms validation: contribution "
@@ -252,7 +207,7 @@ class HeuristicTamiyo:
 
     def _advance(self, signals: TrainingSignals) -> AdaptationDecision | None:
         for r in signals.seeds:
-            if r.stage not in ACTIVE_STAGES:
+            if r.stage not in ACTIVE_STAGES or r.slot_id in self._exclude:
                 continue
             gate = self._gate(r)
             if not gate.passed:
@@ -285,7 +240,7 @@ class HeuristicTamiyo:
         order = c.slot_order or tuple(by_slot)
         for slot_id in order:
             report = by_slot.get(slot_id)
-            if report is None or report.stage is not SeedStage.DORMANT:
+            if report is None or report.stage is not SeedStage.DORMANT or slot_id in self._exclude:
                 continue
             choice = self._best_choice(slot_id, signals.params_total)
             if choice is None:

@@ -42,6 +42,34 @@ class Policy(Protocol):
         ...
 
 
+@runtime_checkable
+class SlotwisePolicy(Policy, Protocol):
+    """A policy that can be asked again at the same boundary about the slots it has not acted on.
+
+    ``exclude`` names slots it already decided on at this boundary: it must
+    leave them alone (their reports in ``signals`` already show the stage the
+    pending command leads to). It declares itself with ``slotwise = True``.
+    """
+
+    slotwise: bool
+
+    def decide(
+        self,
+        signals: TrainingSignals,
+        *,
+        graph: ModelGraph | None = None,
+        health: LayerHealth | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> AdaptationDecision:
+        """The decision for the epoch ``signals.epoch`` about any slot but those in ``exclude``."""
+        ...
+
+
+def is_slotwise(policy: object) -> bool:
+    """Whether ``policy`` may be asked for one decision per slot at a boundary."""
+    return getattr(policy, "slotwise", False) is True
+
+
 def decision_id(policy: str, epoch: int) -> str:
     """Deterministic id: one decision per policy and epoch."""
     return f"{policy}-e{epoch}"

@@ -13,8 +13,9 @@ and hands each envelope to :meth:`DecisionLoop.handle`. For an epoch's
    too) on ``CONTROL_DECISIONS``;
 4. the run's state is saved to Redis; the handler returns and Oona acks.
 
-Step 2 and the command are :func:`esper.tamiyo.decide.decide`, the same step
-``esper train`` runs in process. Policy command ids are deterministic
+Step 2 and the commands are :func:`esper.tamiyo.decide.decide_boundary` (one
+decision per slot at most, in order), the same step ``esper train`` runs in
+process. Policy command ids are deterministic
 (:func:`~esper.tamiyo.decide.command_id`): an epoch redelivered after a crash
 yields the same id, and Tolaria answers DUPLICATE instead of applying it twice.
 A run's :class:`ModelGraph` (on the training stream, before the epochs it
@@ -55,7 +56,7 @@ from esper.leyline import streams as ls
 from esper.oona import Bus, ConsumerOptions, Delivery, RedisBus
 from esper.oona.ownership import Lane, Leases, OwnedRuns, RunRouter
 from esper.tamiyo.collector import KEY_PREFIX, HealthCollector, RunState
-from esper.tamiyo.decide import decide
+from esper.tamiyo.decide import decide_boundary
 from esper.tamiyo.safety import SafetyMonitor
 from esper.tamiyo.service.kernels import KernelPrefetch
 from esper.tamiyo.service.metrics import TamiyoMetrics
@@ -177,26 +178,31 @@ class DecisionLoop:
             before = policy.state_dict()
             try:
                 started = time.perf_counter()
-                decided = decide(policy, signals, run.snapshot(), self.safety, graph=run.graph, health=run.health)
-                self.metrics.policy_seconds.observe(time.perf_counter() - started)
-                decision, command = decided.decision, decided.command
-                if not decided.verdict.accepted:
-                    self.metrics.rejections.labels(decided.verdict.category).inc()
-                if command is not None:
-                    await self.bus.publish(
-                        ls.CONTROL_COMMANDS, Envelope(payload=command, run_id=run.run_id, trace_id=envelope.trace_id)
-                    )
-                await self.bus.publish(
-                    ls.CONTROL_DECISIONS, Envelope(payload=decision, run_id=run.run_id, trace_id=envelope.trace_id)
+                boundary = decide_boundary(
+                    policy, signals, run.snapshot(), self.safety, graph=run.graph, health=run.health
                 )
+                self.metrics.policy_seconds.observe(time.perf_counter() - started)
+                for decided in boundary:
+                    if not decided.verdict.accepted:
+                        self.metrics.rejections.labels(decided.verdict.category).inc()
+                    if decided.command is not None:
+                        await self.bus.publish(
+                            ls.CONTROL_COMMANDS,
+                            Envelope(payload=decided.command, run_id=run.run_id, trace_id=envelope.trace_id),
+                        )
+                    await self.bus.publish(
+                        ls.CONTROL_DECISIONS,
+                        Envelope(payload=decided.decision, run_id=run.run_id, trace_id=envelope.trace_id),
+                    )
             except Exception:
                 # The epoch will be delivered again: the policy must see it as if for the first time.
                 policy.load_state_dict(before)
                 raise
             self.metrics.decision_latency.observe(time.perf_counter() - received)
-            self.metrics.decisions.labels(decision.action.value, decision.policy).inc()
+            for decided in boundary:
+                self.metrics.decisions.labels(decided.decision.action.value, decided.decision.policy).inc()
+                self.collector.record(run, decided.decision)
             run.last_decided_epoch = signals.epoch
-            self.collector.record(run, decision)
             await self.collector.save(run)
 
     async def on_result(self, run_id: str, result: CommandResult) -> None:

@@ -57,7 +57,7 @@ class CommandInbox:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._commands: list[PendingCommand] = []
-        self._decisions: dict[int, AdaptationDecision] = {}
+        self._decisions: dict[int, dict[int, AdaptationDecision]] = {}
         self._interrupted = False
         self._fenced = False
         self._closed = False
@@ -73,9 +73,9 @@ class CommandInbox:
             return True
 
     def put_decision(self, decision: AdaptationDecision) -> None:
-        """Remember Tamiyo's decision on ``decision.epoch`` (lockstep waits for it)."""
+        """Remember one of Tamiyo's decisions on ``decision.epoch`` (lockstep waits for all ``count``)."""
         with self._cond:
-            self._decisions[decision.epoch] = decision
+            self._decisions.setdefault(decision.epoch, {})[decision.index] = decision
             self._cond.notify_all()
 
     def interrupt(self) -> None:
@@ -133,15 +133,21 @@ class CommandInbox:
 
         return self._wait(ready, timeout_s)
 
-    def wait_for_decision(self, epoch: int, timeout_s: float) -> AdaptationDecision | None:
-        """Tamiyo's decision on ``epoch`` once it is here (None on timeout or interrupt); older ones are dropped."""
-        if not self._wait(lambda: epoch in self._decisions, timeout_s):
+    def wait_for_decisions(self, epoch: int, timeout_s: float) -> list[AdaptationDecision] | None:
+        """Tamiyo's decisions on ``epoch`` in index order once all ``count`` are here (None on timeout or
+        interrupt); those of this and older epochs are dropped."""
+
+        def ready() -> bool:
+            held = self._decisions.get(epoch)
+            return bool(held) and all(i in held for i in range(next(iter(held.values())).count))
+
+        if not self._wait(ready, timeout_s):
             return None
         with self._cond:
-            decision = self._decisions[epoch]
+            held = self._decisions[epoch]
             for old in [e for e in self._decisions if e <= epoch]:
                 del self._decisions[old]
-            return decision
+            return [held[i] for i in sorted(held)]
 
     def _wait(self, ready: Callable[[], bool], timeout_s: float | None) -> bool:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

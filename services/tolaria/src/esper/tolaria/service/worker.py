@@ -150,11 +150,15 @@ class ServiceRun:
             self.metrics.commands.labels(message.action.value, message.status.value).inc()
 
     def _boundary(self, signals: TrainingSignals) -> list[AdaptationCommand]:
-        """Trainer hook after an epoch's signals are published: flush them, wait in lockstep, take commands."""
+        """Trainer hook after an epoch's signals are published: flush them, wait in lockstep, take commands.
+
+        The boundary's policy commands apply first, in their decisions' order
+        (as in process), then any other command in the order it arrived.
+        """
         if self.inbox.fenced:
             return []  # another replica owns the run now: apply nothing (the commit refuses to checkpoint)
         _COMPUTE.release()  # held by execute() around run_epoch: other runs compute while this one waits
-        decided: AdaptationCommand | None = None
+        decided: list[AdaptationCommand] = []
         try:
             self.outbox.flush()
             if self.job.lockstep:
@@ -162,43 +166,45 @@ class ServiceRun:
         finally:
             _COMPUTE.acquire()
         self._taken = self.inbox.take_commands()
-        commands = [p.command for p in self._taken]
-        if decided is not None and all(c.command_id != decided.command_id for c in commands):
-            commands.append(decided)
-        return commands
+        arrived = {p.command.command_id: p.command for p in self._taken}
+        ordered = [arrived.pop(c.command_id, c) for c in decided]
+        return ordered + [p.command for p in self._taken if p.command.command_id in arrived]
 
-    def _await_tamiyo(self, signals: TrainingSignals) -> AdaptationCommand | None:
-        """Wait for Tamiyo's decision on this epoch and for the command it names.
+    def _await_tamiyo(self, signals: TrainingSignals) -> list[AdaptationCommand]:
+        """Wait for Tamiyo's decisions on this epoch and for the commands they name, in decision order.
 
-        The decision carries everything its command does (Tamiyo builds the
-        command from it with the same function), so when the command itself is
-        late the command is rebuilt from the decision and applied at this
-        boundary, as in process; the late copy is answered DUPLICATE.
+        A decision carries everything its command does (Tamiyo builds the
+        command from it with the same function), so when a command itself is
+        late it is rebuilt from the decision and applied at this boundary, as
+        in process; the late copy is answered DUPLICATE.
         """
         epoch = signals.epoch
-        decision = self.inbox.wait_for_decision(epoch, self.lockstep_timeout_s)
-        if decision is None:
+        decisions = self.inbox.wait_for_decisions(epoch, self.lockstep_timeout_s)
+        if decisions is None:
             if not self.inbox.interrupted:
                 log.warning(
-                    "run %s: lockstep: no decision on epoch %d within %d ms; going on",
+                    "run %s: lockstep: no decisions on epoch %d within %d ms; going on",
                     self.run_id,
                     epoch,
                     self.job.lockstep_timeout_ms,
                 )
-            return None
-        if not (decision.command_id and decision.accepted):
-            return None
-        if self.inbox.wait_for_command(self.lockstep_timeout_s, decision.command_id):
-            return None
-        log.warning(
-            "run %s: lockstep: command %s of epoch %d's decision not received within %d ms; "
-            "applying it from the decision",
-            self.run_id,
-            decision.command_id,
-            epoch,
-            self.job.lockstep_timeout_ms,
-        )
-        return to_command(decision, signals)
+            return []
+        commands = []
+        for decision in decisions:
+            command = to_command(decision, signals)
+            if command is None:
+                continue
+            commands.append(command)
+            if not self.inbox.wait_for_command(self.lockstep_timeout_s, decision.command_id):
+                log.warning(
+                    "run %s: lockstep: command %s of epoch %d's decision not received within %d ms; "
+                    "applying it from the decision",
+                    self.run_id,
+                    decision.command_id,
+                    epoch,
+                    self.job.lockstep_timeout_ms,
+                )
+        return commands
 
     def _hold(self, folder: RunFolder) -> None:
         """Paused: no epochs; apply commands at this boundary as they come, until RESUME or STOP."""
