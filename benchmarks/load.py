@@ -22,8 +22,9 @@ against two Tamiyo replicas (``esper.tamiyo.service`` twice, default lease
 15's RunShards; run leases sampled every 0.1 s), each run's epochs are decided in
 order by one replica at a time (decisions in epoch order per run; the replicas that
 read each run's routed stream), and halfway through the replica that owns most
-runs is SIGKILLed: every run it owned must be leased by the survivor within the
-lease, and every epoch still be decided. JSON on the last line, under ``replicas``.
+runs is SIGKILLed: every run it owned must be leased by the survivor (how long
+after the kill, against the lease), and every epoch still be decided once, in order.
+JSON on the last line, under ``replicas``.
 """
 
 from __future__ import annotations
@@ -295,7 +296,9 @@ def two_replicas(
         "runs_not_moved": len(unmoved),
         "move_s_median": round(statistics.median(moved_after), 2) if moved_after else None,
         "move_s_max": round(max(moved_after), 2) if moved_after else None,
-        "moved_within_lease": all(m <= lease_ms / 1000 + 1.0 for m in moved_after) and not unmoved,
+        # The lease and the dead replica's liveness key both run out lease_ms after its last renewal;
+        # then the survivor's scan (every 0.25 s) adopts the runs one by one.
+        "move_s_max_beyond_lease": round(max(moved_after) - lease_ms / 1000, 2) if moved_after else None,
         "epochs_decided": sum(len({e for e, _ in v}) for v in decided.values()),
         "epochs_expected": runs * len(epochs),
         "decisions_made_twice": sum(len(v) - len(set(v)) for v in decided.values()),
