@@ -69,19 +69,32 @@ class Settings:
     max_active_seeds: int | None = None
     slot_order: tuple[str, ...] | None = None
     oracle_init: str = "default"
+    #: the heuristic arm's epoch length in steps (None: one pass); its epochs are the same total steps
+    steps_per_epoch: int | None = None
+    health_every: int | None = None
+    governor_min_ratio: float = 3.0
+    cull_needs_loss_harm: bool = True
+    one_decision_per_epoch: bool = False
 
 
-def _trainer_config(settings: Settings, seed: int) -> Any:
+#: steps of one pass over MNIST-1D's 3,800 training rows in batches of 100
+STEPS_PER_PASS = 38
+
+
+def _trainer_config(settings: Settings, seed: int, *, growing: bool = False) -> Any:
     from esper.tolaria.config import TrainerConfig
     from esper.tolaria.governor import GovernorConfig
 
+    steps = settings.steps_per_epoch if growing else None
     return TrainerConfig(
-        epochs=settings.epochs,
+        epochs=settings.epochs if steps is None else -(-settings.epochs * STEPS_PER_PASS // steps),
+        steps_per_epoch=steps,
+        health_every=settings.health_every,
         batch_size=100,
         lr=1e-2,
         lr_schedule=settings.schedule,
         seed=seed,
-        governor=GovernorConfig(sigma=settings.spike_sigma),
+        governor=GovernorConfig(sigma=settings.spike_sigma, min_ratio=settings.governor_min_ratio),
         isolated_seed_pass=settings.isolated_pass,
         merge_fossilized=settings.merge_fossilized,
         seed_init="zero" if settings.seed_init == "default" else settings.seed_init,
@@ -113,7 +126,18 @@ def _growth_configs(settings: Settings) -> tuple[Any, Any]:
         heuristic = replace(heuristic, max_active_seeds=settings.max_active_seeds)
     if settings.slot_order is not None:
         heuristic = replace(heuristic, slot_order=settings.slot_order)
+    heuristic = replace(heuristic, cull_needs_loss_harm=settings.cull_needs_loss_harm)
     return kasmina, heuristic
+
+
+def _heuristic(config: Any, one_decision_per_epoch: bool) -> Any:
+    """The heuristic arm's policy; ``one_decision_per_epoch`` hides that it can decide per slot."""
+    from esper.tamiyo.heuristic import HeuristicTamiyo
+
+    policy = HeuristicTamiyo(config)
+    if one_decision_per_epoch:
+        policy.slotwise = False  # type: ignore[misc]
+    return policy
 
 
 def _seed_init_hook(kind: str) -> Any:
@@ -153,7 +177,6 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
     torch.set_num_threads(1)
     from growth_arms import bare_run, oracle_host, oracle_task, tolaria_run, warm_up
 
-    from esper.tamiyo.heuristic import HeuristicTamiyo
     from esper.tamiyo.policy import StaticPolicy
     from esper.tolaria.runs import KASMINA
     from esper.tolaria.tasks import load_task
@@ -170,10 +193,10 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
         kasmina, heuristic = _growth_configs(settings)
         trainer, run = tolaria_run(
             task,
-            config,
+            _trainer_config(settings, seed, growing=True),
             Path(out),
             kasmina=kasmina,
-            policy=lambda _model: HeuristicTamiyo(heuristic),
+            policy=lambda _model: _heuristic(heuristic, settings.one_decision_per_epoch),
             param_budget=BUDGET,
             on_trainer=_seed_init_hook(settings.seed_init),
         )
@@ -262,6 +285,26 @@ def main() -> None:
     ablation.add_argument("--max-active-seeds", type=int, help="seeds live at once")
     ablation.add_argument("--slot-order", help="comma-separated slots in the order the heuristic fills them")
     ablation.add_argument("--oracle-init", choices=ORACLE_INITS, default="default", help="the oracle's seed layers")
+    ablation.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        help="the heuristic arm's epoch (decision round) in steps; the same total steps (other arms: one pass)",
+    )
+    ablation.add_argument(
+        "--health-every", type=int, help="layer health every N epochs, every arm (default: once per pass)"
+    )
+    ablation.add_argument(
+        "--governor-min-ratio", type=float, default=3.0, help="a spike is also this many times the mean (1: off)"
+    )
+    ablation.add_argument(
+        "--cull-on-accuracy",
+        dest="cull_needs_loss_harm",
+        action="store_false",
+        help="cull on accuracy harm alone, even when the seed lowers validation loss",
+    )
+    ablation.add_argument(
+        "--one-decision-per-epoch", action="store_true", help="the heuristic acts on one slot per boundary"
+    )
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
@@ -284,6 +327,11 @@ def main() -> None:
         max_active_seeds=args.max_active_seeds,
         slot_order=tuple(args.slot_order.split(",")) if args.slot_order else None,
         oracle_init=args.oracle_init,
+        steps_per_epoch=args.steps_per_epoch,
+        health_every=args.health_every,
+        governor_min_ratio=args.governor_min_ratio,
+        cull_needs_loss_harm=args.cull_needs_loss_harm,
+        one_decision_per_epoch=args.one_decision_per_epoch,
     )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     # heuristic runs first: each carries its oracle, so they are the longest jobs

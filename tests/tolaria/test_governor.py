@@ -27,6 +27,16 @@ def test_a_spike_beyond_k_sigma_trips_and_ordinary_noise_does_not():
     assert trip is not None and trip.kind == "spike" and "4 std" in trip.reason
 
 
+def test_a_step_within_sigma_rule_but_under_the_ratio_floor_is_ordinary_noise():
+    """Late in a run: tiny mean and spread, so 6 std is a small absolute jump; the ratio floor ignores it."""
+    governor = Governor(GovernorConfig(sigma=6.0, window=50, min_history=10, min_ratio=3.0))
+    for i in range(40):
+        assert governor.check(0.05 + 0.001 * (i % 5)) is None
+    assert governor.check(0.12) is None  # beyond mean + 6 std (0.052 + 0.009), under 3x the mean
+    trip = governor.check(0.2)
+    assert trip is not None and "3x their mean" in trip.reason
+
+
 def test_no_spike_judgement_before_enough_history():
     governor = Governor(GovernorConfig(min_history=10))
     assert governor.check(1.0) is None and governor.check(100.0) is None
@@ -35,6 +45,8 @@ def test_no_spike_judgement_before_enough_history():
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="sigma"):
         GovernorConfig(sigma=0)
+    with pytest.raises(ValueError, match=r"min_ratio.*0\.5"):
+        GovernorConfig(min_ratio=0.5)
 
 
 def _poisoned_trainer(task):

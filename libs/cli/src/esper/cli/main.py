@@ -67,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--epochs", type=_positive, default=None, help="planned epochs (default 40; with --resume: keep)"
     )
+    train.add_argument(
+        "--steps-per-epoch",
+        type=_positive,
+        default=None,
+        help="training steps per epoch, one round of decisions (default: one pass over the training split)",
+    )
     train.add_argument("--seed", type=int, default=_JOB.seed, help="global seed: the same seed reproduces the run")
     train.add_argument("--out", type=Path, default=None, help="run folder (default runs/TASK-POLICY-sSEED)")
     train.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR")
@@ -77,6 +83,13 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_JOB.lr_schedule)
     train.add_argument("--param-budget", type=_positive, default=None, help="largest parameter count seeds may grow to")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--checkpoint-every",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="rewrite the checkpoint every N epochs and after the last (default 1; a crash loses at most N-1)",
+    )
     train.add_argument(
         "--nproc",
         type=_positive,
@@ -116,6 +129,7 @@ def train(args: argparse.Namespace) -> int:
                 task=args.task,
                 policy=args.policy,
                 epochs=args.epochs or _JOB.epochs,
+                steps_per_epoch=args.steps_per_epoch,
                 seed=args.seed,
                 data_dir=args.data_dir,
                 max_train_samples=args.max_train_samples,
@@ -129,7 +143,9 @@ def train(args: argparse.Namespace) -> int:
         check_policy(job.policy)  # a missing policy file fails before the run's folder is made
         out = args.out or Path("runs") / _run_name(job)
     slots_command.importable_cwd()
-    report = run(job, out, resume=args.resume is not None, progress=not args.no_progress)
+    report = run(
+        job, out, resume=args.resume is not None, progress=not args.no_progress, checkpoint_every=args.checkpoint_every
+    )
     print(format_summary(report))
     print(f"report: {out / 'report.json'}  curves: {out / 'curves.png'}  events: {out / 'events.jsonl'}")
     return 0

@@ -28,6 +28,7 @@ TASK_PATTERN = r"^(mnist1d|digits|cifar10|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Z
 _TASK = re.compile(TASK_PATTERN)
 
 Epochs = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+Steps = Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
 Seed = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 TaskName = Annotated[str, msgspec.Meta(max_length=200, pattern=TASK_PATTERN)]
@@ -55,7 +56,10 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     ``lockstep_timeout_ms`` after each epoch for Tamiyo's decision on it, so a
     run through the services makes exactly the decisions the same run makes in
     one process; without it Tolaria never waits and rejects a command decided
-    on a slot state that has moved on. ``max_train_samples`` trims the training
+    on a slot state that has moved on. ``steps_per_epoch`` sets an epoch's
+    length in training steps (an epoch is one round of decisions; default one
+    pass over the training split): shorter epochs let seeds move through their
+    lifecycle sooner. ``max_train_samples`` trims the training
     split (tests, quick demos); ``spike_sigma`` is the governor's loss-spike
     threshold in standard deviations. ``world_size`` processes train the run
     together with ``torch.distributed`` (data parallel: each takes a shard of
@@ -67,6 +71,7 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     task: TaskName = "mnist1d"
     policy: Name = "heuristic"
     epochs: Epochs = 40
+    steps_per_epoch: Steps | None = None
     seed: Seed = 0
     data_dir: Path | None = None
     max_train_samples: Samples | None = None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from esper.kasmina.state import lifecycle_state, restore_lifecycle
-from esper.leyline import AdaptationDecision
+from esper.leyline import AdaptationDecision, LayerHealth
 from esper.tolaria.steps import host_only_parameters
 from esper.tolaria.trainer import EpochRecord, Trainer
 
@@ -63,6 +63,9 @@ def save_checkpoint(trainer: Trainer, path: str | Path, *, meta: dict[str, Any] 
             "torch": torch.get_rng_state(),
             "data": trainer.generator.get_state(),
         },
+        "data_order": trainer.data_order,
+        "data_batch": trainer.data_batch,
+        "health": trainer.health.to_dict() if trainer.health is not None else None,
     }
     tmp = target.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -121,6 +124,9 @@ def restore_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
     trainer.generator.set_state(rng["data"])
+    trainer.data_order, trainer.data_batch = state.get("data_order"), state.get("data_batch", 0)
+    health = state.get("health")
+    trainer.health = msgspec.convert(health, LayerHealth) if health is not None else None
     trainer.governor.take_snapshot(trainer.epoch, model, trainer.optimizers)
 
 

@@ -39,8 +39,21 @@ class TrainerConfig:
     merge_fossilized: bool = True
     #: a run folder rewrites its checkpoint every this many epochs (and always after the last one)
     checkpoint_every: int = 1
+    #: layer health (a forward over 256 validation rows, per-layer statistics) is measured and published every
+    #: this many epochs and at the first; in between the policy is handed the newest one. None: about once per
+    #: pass over the training split (every epoch with the default epoch length)
+    health_every: int | None = None
+    #: the test split (for the record only) is evaluated every this many epochs, at the first and at the last;
+    #: None: about once per pass over the training split (every epoch with the default epoch length)
+    test_every: int | None = None
+    #: training steps per epoch (one epoch = one round of decisions); None: one pass over the training split.
+    #: Batches continue through a shuffled pass across epochs, so the data order does not depend on it.
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("steps_per_epoch", "test_every", "health_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"field {name!r}: must be >= 1 (value {getattr(self, name)!r})")
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"field {name!r}: must be >= 1 (value {getattr(self, name)!r})")

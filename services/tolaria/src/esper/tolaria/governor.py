@@ -1,8 +1,12 @@
 """The governor: catches a diverging step and returns training to the last good state.
 
 A step *trips* the governor when its loss is NaN/inf, or exceeds the mean of
-the recent step losses by more than ``sigma`` standard deviations (once
-``min_history`` losses are known). The trainer then restores the in-memory
+the recent step losses by more than ``sigma`` standard deviations and is at
+least ``min_ratio`` times that mean (once ``min_history`` losses are known).
+The ratio keeps the ordinary heavy tail of mini-batch losses late in a healthy
+run (a mean near zero, so a tiny standard deviation) from counting as a
+divergence: without it the 6-sigma rule rolled healthy MNIST-1D runs back 10
+to 27 times in 158 epochs. The trainer then restores the in-memory
 snapshot of the last good epoch boundary (model weights AND optimizer
 states), culls the seed held responsible, records why, and goes on.
 """
@@ -22,9 +26,11 @@ from esper.leyline import ACTIVE_STAGES, SeedStage
 
 @dataclass(frozen=True, slots=True)
 class GovernorConfig:
-    """``sigma``: spike threshold in standard deviations of the last ``window`` step losses."""
+    """``sigma``: spike threshold in standard deviations of the last ``window`` step losses; a spike is also
+    at least ``min_ratio`` times their mean (1.0: the standard deviations alone decide)."""
 
     sigma: float = 6.0
+    min_ratio: float = 3.0
     window: int = 100
     min_history: int = 30
     enabled: bool = True
@@ -32,6 +38,8 @@ class GovernorConfig:
     def __post_init__(self) -> None:
         if not math.isfinite(self.sigma) or self.sigma <= 0:
             raise ValueError(f"field 'sigma': must be a finite number > 0 (value {self.sigma!r})")
+        if not math.isfinite(self.min_ratio) or self.min_ratio < 1.0:
+            raise ValueError(f"field 'min_ratio': must be a finite number >= 1 (value {self.min_ratio!r})")
         if self.window < 2 or self.min_history < 2 or self.min_history > self.window:
             raise ValueError(
                 f"fields 'window'/'min_history': need 2 <= min_history <= window (values {self.window}, "
@@ -80,13 +88,13 @@ class Governor:
         if n >= self.config.min_history:
             mean = self._sum / n
             std = math.sqrt(max(self._sum_sq - n * mean * mean, 0.0) / (n - 1))
-            limit = mean + self.config.sigma * max(std, 1e-8)
+            limit = max(mean + self.config.sigma * max(std, 1e-8), self.config.min_ratio * mean)
             if loss > limit:
                 return Trip(
                     "spike",
                     loss,
                     f"loss {loss:.4g} spiked beyond {self.config.sigma:g} std of the last {n} steps "
-                    f"(mean {mean:.4g}, std {std:.3g})",
+                    f"and {self.config.min_ratio:g}x their mean (mean {mean:.4g}, std {std:.3g})",
                 )
         if n == self.losses.maxlen:
             old = self.losses[0]

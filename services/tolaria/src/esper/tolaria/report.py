@@ -67,7 +67,7 @@ def seed_events(trainer: Trainer) -> list[dict[str, Any]]:
 def build_report(trainer: Trainer, meta: dict[str, Any]) -> dict[str, Any]:
     """The summary dict written to ``report.json``. ``meta`` holds task, policy and seed."""
     history = trainer.history
-    tests = [r.test_accuracy for r in history]
+    tests = [r.test_accuracy for r in history if not math.isnan(r.test_accuracy)]  # NaN: not evaluated then
     last = history[-1] if history else None
     return {
         "task": meta.get("task", trainer.task.name),
@@ -77,7 +77,7 @@ def build_report(trainer: Trainer, meta: dict[str, Any]) -> dict[str, Any]:
         "epochs": trainer.epoch,
         "planned_epochs": trainer.config.epochs,
         "steps": trainer.step,
-        "final_test_accuracy": last.test_accuracy if last else None,
+        "final_test_accuracy": tests[-1] if tests else None,
         "best_test_accuracy": max(tests) if tests else None,
         "final_val_accuracy": last.val_accuracy if last else None,
         "best_val_accuracy": max((r.val_accuracy for r in history), default=None),
@@ -121,10 +121,15 @@ def plot_curves(report: dict[str, Any], path: str | Path) -> None:
     history = report["history"]
     epochs = [r["epoch"] for r in history]
     fig, (acc_ax, loss_ax) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+
+    def series(key: str) -> tuple[list[int], list[float]]:  # epochs where ``key`` was measured (not NaN)
+        kept = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if r[key] == r[key]]
+        return [e for e, _ in kept], [v for _, v in kept]
+
     for key, label in (("train_accuracy", "train"), ("val_accuracy", "validation"), ("test_accuracy", "test")):
-        acc_ax.plot(epochs, [r[key] for r in history], label=label)
+        acc_ax.plot(*series(key), label=label)
     for key, label in (("train_loss", "train"), ("val_loss", "validation"), ("test_loss", "test")):
-        loss_ax.plot(epochs, [r[key] for r in history], label=label)
+        loss_ax.plot(*series(key), label=label)
     params_ax = acc_ax.twinx()
     params_ax.plot(epochs, [r["params"] for r in history], color="grey", linestyle=":", label="parameters")
     params_ax.set_ylabel("parameters")

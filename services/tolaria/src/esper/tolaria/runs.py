@@ -71,6 +71,7 @@ def build_trainer(
     )
     config = TrainerConfig(
         epochs=job.epochs,
+        steps_per_epoch=job.steps_per_epoch,
         batch_size=job.batch_size,
         lr=job.lr,
         lr_schedule=job.lr_schedule,
@@ -168,9 +169,10 @@ def run(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    checkpoint_every: int = 1,
 ) -> dict[str, Any]:
-    """Train ``job`` in this process into ``out_dir`` (checkpoint each epoch, events, report, curves);
-    returns the report.
+    """Train ``job`` in this process into ``out_dir`` (checkpoint each ``checkpoint_every`` epochs and after
+    the last, events, report, curves); returns the report.
 
     With ``resume`` the run stored in ``out_dir`` continues; ``job.epochs`` may
     extend it, every other field comes from the checkpoint. A job with
@@ -184,8 +186,12 @@ def run(
     trainer = folder.trainer
     bar = _progress_bar(trainer, progress)
 
+    if checkpoint_every < 1:
+        raise ValueError(f"field 'checkpoint_every': must be >= 1 (value {checkpoint_every!r})")
+
     def on_epoch(t: Trainer, record: EpochRecord) -> None:
-        folder.checkpoint()
+        if t.epoch % checkpoint_every == 0 or t.epoch >= t.config.epochs or t.stop_requested:
+            folder.checkpoint()
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(epoch_line(t, record))

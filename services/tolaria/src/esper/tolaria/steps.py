@@ -228,6 +228,26 @@ def isolated_seed_gradients(
             param.grad = grad
 
 
+def epoch_batches(trainer: Trainer) -> list[torch.Tensor]:
+    """The row indexes of this epoch's batches: the next ``trainer.steps_per_epoch()`` batches of a shuffled
+    pass over the training split, a new permutation (from the trainer's data generator) starting each pass.
+
+    With the default epoch (one pass) every epoch is one permutation; shorter or longer epochs cut the same
+    sequence of batches elsewhere. Where the pass stands lives in ``trainer.data_order`` and
+    ``trainer.data_batch`` (checkpointed).
+    """
+    n, size = len(trainer.task.train), trainer.config.batch_size
+    per_pass = math.ceil(n / size)
+    batches = []
+    for _ in range(trainer.steps_per_epoch()):
+        if trainer.data_order is None or trainer.data_batch >= per_pass:
+            trainer.data_order, trainer.data_batch = torch.randperm(n, generator=trainer.generator), 0
+        start = trainer.data_batch * size
+        batches.append(trainer.data_order[start : start + size])
+        trainer.data_batch += 1
+    return batches
+
+
 def train_epoch(trainer: Trainer) -> EpochOutcome:
     """All training steps of one epoch of ``trainer``; stops at the first step the governor trips on."""
     model, cfg = trainer.model, trainer.config
@@ -237,8 +257,6 @@ def train_epoch(trainer: Trainer) -> EpochOutcome:
         init_germinated_seeds(trainer)
     if cfg.merge_fossilized:
         merge_fossilized_optimizers(trainer)
-    n = len(trainer.task.train)
-    order = torch.randperm(n, generator=trainer.generator)
     plan = plan_epoch(model, trainer.optimizers, trainer.host_parameters(), isolated_seed_pass=cfg.isolated_seed_pass)
     modes: Counter[str] = Counter()
     norm_sums: dict[str, torch.Tensor] = {}
@@ -246,8 +264,7 @@ def train_epoch(trainer: Trainer) -> EpochOutcome:
     seen = steps = violations = 0
     monitored = plan.mode is not TrainingMode.ISOLATED  # one monitored step per epoch proves isolation
     trip = None
-    for start in range(0, n, cfg.batch_size):
-        index = order[start : start + cfg.batch_size]
+    for index in epoch_batches(trainer):
         x, y = trainer.task.train.x[index], trainer.task.train.y[index]
         if trainer.parallel is not None:
             x, y = trainer.parallel.shard(x, y)

@@ -5,11 +5,13 @@ Order within epoch ``e`` (1-based): (the run's ``ModelGraph``, before the first
 epoch) -> train steps -> (governor rollback if a step tripped) -> validation
 and counterfactuals on the validation split -> tracker ->
 ``TrainingSignals``/``LayerHealth`` published -> Tamiyo's decide step on them
-(:func:`esper.tamiyo.decide.decide`: policy, safety monitor, command; when the
-trainer has an in-process policy) -> ``at_boundary`` hook (the service waits
+(:func:`esper.tamiyo.decide.decide_boundary`: policy, safety monitor, commands,
+up to one per slot; when the trainer has an in-process policy) -> ``at_boundary`` hook (the service waits
 for Tamiyo's commands here) -> the commands are applied -> ``model.end_epoch(e)``
 -> a new ``ModelGraph`` if the network changed -> snapshot for the governor.
-The test split is evaluated for the record only; nothing reads it back.
+The test split is evaluated for the record only (nothing reads it back), every
+``config.test_every`` epochs (NaN in the epochs between); layer health every
+``config.health_every``; both default to about once per pass over the data.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from esper.leyline import (
     TelemetryEvent,
     TrainingSignals,
 )
-from esper.tamiyo.decide import decide, run_snapshot
+from esper.tamiyo.decide import decide_boundary, run_snapshot
 from esper.tamiyo.policies import DEFAULT_SAFETY
 from esper.tamiyo.policy import Policy
 from esper.tamiyo.safety import SafetyMonitor
@@ -106,6 +108,9 @@ class Trainer:
         self.params_initial = self.model.param_count()
         self.optimizers: dict[str, torch.optim.Optimizer] = {"host": self._optimizer(self.host_parameters())}
         self.generator = torch.Generator().manual_seed(self.config.seed)
+        #: the shuffled pass batches are being drawn from, and the next batch in it (see steps.epoch_batches)
+        self.data_order: torch.Tensor | None = None
+        self.data_batch = 0
         self.tracker = SignalTracker()
         self.governor = Governor(self.config.governor)
         self.sinks: list[Sink] = list(sinks)
@@ -121,6 +126,8 @@ class Trainer:
         self.wall_seconds = 0.0
         #: the newest ModelGraph published, how many were, and the structure it described
         self.graph: ModelGraph | None = None
+        #: the newest LayerHealth measured (see ``_due``)
+        self.health: LayerHealth | None = None
         self.graph_revision = -1
         self._graph_key: tuple[tuple[str, str | None], ...] | None = None
         self.governor.take_snapshot(0, self.model, self.optimizers)
@@ -144,7 +151,16 @@ class Trainer:
         return self._optimizer(params, seed=True)
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.task.train) / self.config.batch_size)
+        """Training steps in one epoch: the configured number, else one pass over the training split."""
+        return self.config.steps_per_epoch or math.ceil(len(self.task.train) / self.config.batch_size)
+
+    def epochs_per_pass(self) -> int:
+        """Epochs in about one pass over the training split (1 with the default epoch length)."""
+        return max(1, round(math.ceil(len(self.task.train) / self.config.batch_size) / self.steps_per_epoch()))
+
+    def _due(self, every: int | None, epoch: int) -> bool:
+        """Whether per-``every``-epochs work is due at ``epoch`` (None: once per pass); always at the first."""
+        return epoch == 1 or epoch % (every or self.epochs_per_pass()) == 0
 
     def _lr_factor(self, step: int) -> float:
         return lr_factor(self.config.lr_schedule, step, self.config.epochs * self.steps_per_epoch())
@@ -305,7 +321,9 @@ class Trainer:
             self._rollback(epoch, trip)
         score = evaluate if self.parallel is None else self.parallel.evaluate  # sharded and reduced
         val = score(self.model, self.task.val, self.config.eval_batch_size, self.task.objective)
-        test = score(self.model, self.task.test, self.config.eval_batch_size, self.task.objective)
+        test = None
+        if self._due(self.config.test_every, epoch) or epoch >= self.config.epochs:
+            test = score(self.model, self.task.test, self.config.eval_batch_size, self.task.objective)
         self._measure(val, norms)
         tracked = self.tracker.update(
             epoch=epoch, train_loss=train_loss, val_loss=val.loss, train_accuracy=train_acc, val_accuracy=val.accuracy
@@ -320,18 +338,24 @@ class Trainer:
             paused=self.paused,
         )
         self.publish(signals)
-        health = LayerHealth(epoch=epoch, layers=layer_health(self.model, self.task.slots, self.task.val.x[:256]))
-        self.publish(health)
+        if self.health is None or self._due(self.config.health_every, epoch):  # None: a checkpoint without it
+            self.health = LayerHealth(
+                epoch=epoch, layers=layer_health(self.model, self.task.slots, self.task.val.x[:256])
+            )
+            self.publish(self.health)
+        health = self.health
         to_apply: list[AdaptationCommand] = []
         if self.policy is not None:
             snapshot = run_snapshot(
                 self.run_id, signals, graph=self.graph, telemetry_at=time.time(), param_budget=self.param_budget
             )
-            decided = decide(self.policy, signals, snapshot, self.safety, graph=self.graph, health=health)
-            self.decisions.append(decided.decision)
-            self.publish(decided.decision)
-            if decided.command is not None:
-                to_apply.append(decided.command)
+            for decided in decide_boundary(
+                self.policy, signals, snapshot, self.safety, graph=self.graph, health=health
+            ):
+                self.decisions.append(decided.decision)
+                self.publish(decided.decision)
+                if decided.command is not None:
+                    to_apply.append(decided.command)
         to_apply.extend(commands)
         if at_boundary is not None:
             to_apply.extend(at_boundary(signals))
@@ -354,8 +378,8 @@ class Trainer:
             train_accuracy=tracked.train_accuracy,
             val_loss=val.loss,
             val_accuracy=val.accuracy,
-            test_loss=test.loss,
-            test_accuracy=test.accuracy,
+            test_loss=test.loss if test is not None else math.nan,
+            test_accuracy=test.accuracy if test is not None else math.nan,
             lr=lr,
             params=self.model.param_count(),
             modes=modes,
