@@ -168,3 +168,31 @@ def test_a_request_waits_for_urza_to_come_up(clean_redis_url, tmp_path):
         urza.stop()
     [result] = results(clean_redis_url)
     assert result.status is CompileStatus.OK, result.error
+
+
+def test_a_kernel_is_served_validated_before_it_is_timed_and_its_timings_follow(
+    clean_redis_url, urza, tmp_path, monkeypatch
+):
+    """Timing takes most of a compile: Kasmina can load the kernel while Tezzeret still measures it."""
+    import esper.tezzeret.worker as worker
+
+    seen: list[dict] = []
+    real = worker.measure_kernel
+
+    def measuring(kernel, repeats):
+        found = httpx.get(f"{urza.url}/kernels", params={"blueprint_id": "conv_light", "input_shape": "8x23"}).json()
+        seen.extend(found["items"])
+        loader = KernelLoader(UrzaSource(urza.url), KernelCache(tmp_path / "cache"), KernelMetrics(None))
+        seen.append({"origin": loader.seed("conv_light", {}, (8, 23), "conv1d").origin})
+        return real(kernel, repeats)
+
+    monkeypatch.setattr(worker, "measure_kernel", measuring)
+    request = CompileRequest(request_id="r-timed", blueprint_id="conv_light", input_shape=[8, 23], layout="conv1d")
+    asyncio.run(serve_requests(clean_redis_url, urza.url, [request], TezzeretMetrics()))
+    [result] = results(clean_redis_url)
+    during, loaded = seen
+    assert (during["status"], during["latency_us"], loaded["origin"]) == ("validated", None, "urza")
+    assert result.status is CompileStatus.OK and result.kernel is not None
+    assert result.kernel.latency_us and result.kernel.backward_latency_us and result.kernel.memory_bytes
+    stored = httpx.get(f"{urza.url}/kernels/{result.kernel_id}").json()
+    assert stored["latency_us"] == result.kernel.latency_us and stored["sha256"] == during["sha256"]

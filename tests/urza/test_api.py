@@ -146,6 +146,26 @@ def test_a_validated_kernel_carries_its_verified_artifact_and_measurements_and_t
     assert change.status_code == 409
 
 
+def test_measurements_reported_after_validation_are_added_once_and_the_artifact_never_changes(client):
+    kernel_id = client.post("/kernels", json={"blueprint_id": "mlp", "input_shape": [6]}, headers=AUTH).json()[
+        "kernel_id"
+    ]
+    artifact = b"another compiled kernel" * 10
+    sha = hashlib.sha256(artifact).hexdigest()
+    assert client.put(f"/blobs/{sha}", content=artifact, headers=AUTH).status_code == 201
+    validated = {"status": "validated", "sha256": sha, "params": 84, "max_abs_error": 0.0}
+    first = client.patch(f"/kernels/{kernel_id}", json=validated, headers=AUTH).json()
+    assert (first["status"], first["latency_us"], first["memory_bytes"]) == ("validated", None, None)
+    timed = {**validated, "latency_us": 40.0, "backward_latency_us": 90.0, "memory_bytes": 4096, "params": 1}
+    added = client.patch(f"/kernels/{kernel_id}", json=timed, headers=AUTH).json()
+    assert (added["latency_us"], added["backward_latency_us"], added["memory_bytes"]) == (40.0, 90.0, 4096)
+    assert added["params"] == 84  # what was recorded stays
+    again = client.patch(f"/kernels/{kernel_id}", json={**timed, "latency_us": 1.0}, headers=AUTH).json()
+    assert again["latency_us"] == 40.0 and client.get(f"/kernels/{kernel_id}").json()["latency_us"] == 40.0
+    other = client.patch(f"/kernels/{kernel_id}", json={**timed, "sha256": "0" * 64}, headers=AUTH)
+    assert other.status_code == 409
+
+
 def test_a_failed_kernel_says_why(client):
     kernel_id = client.post("/kernels", json={"blueprint_id": "mlp", "input_shape": [8]}, headers=AUTH).json()[
         "kernel_id"

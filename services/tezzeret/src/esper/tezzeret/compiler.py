@@ -35,6 +35,23 @@ class ValidationFailed(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class ValidatedKernel:
+    """An artifact proved against eager, before timing: enough for Urza to serve it (see :func:`measure_kernel`)."""
+
+    artifact: bytes
+    artifact_format: str
+    layout: str
+    config: dict[str, int | float | str | bool]
+    params: int
+    max_abs_error: float
+    max_grad_error: float
+    batch: int
+    eager: nn.Module
+    compiled: nn.Module
+    example: torch.Tensor
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledKernel:
     """A validated artifact and what was measured about it (latencies of one ``batch``-sample batch)."""
 
@@ -143,7 +160,7 @@ def step_memory_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return int(state + saved + out.numel() * out.element_size())
 
 
-def compile_kernel(
+def build_kernel(
     blueprint: str,
     input_shape: tuple[int, ...],
     config: dict[str, int | float | str | bool] | None = None,
@@ -152,10 +169,9 @@ def compile_kernel(
     dtype: str = "float32",
     device: str = "cpu",
     batch: int = 32,
-    repeats: int = 20,
     seed: int = 0,
-) -> CompiledKernel:
-    """Build ``blueprint`` for per-sample ``input_shape``, compile, validate and measure it.
+) -> ValidatedKernel:
+    """Build ``blueprint`` for per-sample ``input_shape``, compile it and validate the artifact against eager.
 
     Raises ValueError for a request that does not fit (unknown blueprint, bad
     config or shape, a dtype or device this compiler does not serve),
@@ -184,20 +200,57 @@ def compile_kernel(
         compiled = fresh_copy(load_artifact(artifact))
         eager.train()
         out_err, grad_err = validate(eager, compiled, resolved.shape)
-        fwd, bwd, e_fwd, e_bwd = measure(eager, compiled, example, repeats)
-        memory = step_memory_bytes(compiled, example)
-    return CompiledKernel(
+    return ValidatedKernel(
         artifact=artifact,
         artifact_format=fmt,
         layout=resolved.kind,
         config=dict(resolved.config),
         params=sum(p.numel() for p in compiled.parameters()),
+        max_abs_error=out_err,
+        max_grad_error=grad_err,
+        batch=batch,
+        eager=eager,
+        compiled=compiled,
+        example=example,
+    )
+
+
+def measure_kernel(kernel: ValidatedKernel, repeats: int = 20) -> CompiledKernel:
+    """Time ``kernel`` against its eager module (forward and backward, ``repeats`` alternating runs) and count
+    the memory one training step holds. Most of a compile's time is spent here, so Tezzeret publishes the
+    validated kernel first and adds these measurements after."""
+    fwd, bwd, e_fwd, e_bwd = measure(kernel.eager, kernel.compiled, kernel.example, repeats)
+    memory = step_memory_bytes(kernel.compiled, kernel.example)
+    return CompiledKernel(
+        artifact=kernel.artifact,
+        artifact_format=kernel.artifact_format,
+        layout=kernel.layout,
+        config=kernel.config,
+        params=kernel.params,
         memory_bytes=memory,
         forward_us=fwd * 1e6,
         backward_us=bwd * 1e6,
         eager_forward_us=e_fwd * 1e6,
         eager_backward_us=e_bwd * 1e6,
-        max_abs_error=out_err,
-        max_grad_error=grad_err,
-        batch=batch,
+        max_abs_error=kernel.max_abs_error,
+        max_grad_error=kernel.max_grad_error,
+        batch=kernel.batch,
     )
+
+
+def compile_kernel(
+    blueprint: str,
+    input_shape: tuple[int, ...],
+    config: dict[str, int | float | str | bool] | None = None,
+    layout: str | None = None,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    batch: int = 32,
+    repeats: int = 20,
+    seed: int = 0,
+) -> CompiledKernel:
+    """Build ``blueprint`` for per-sample ``input_shape``, compile, validate and measure it
+    (:func:`build_kernel`, then :func:`measure_kernel`); raises what :func:`build_kernel` raises."""
+    built = build_kernel(blueprint, input_shape, config, layout, dtype=dtype, device=device, batch=batch, seed=seed)
+    return measure_kernel(built, repeats)

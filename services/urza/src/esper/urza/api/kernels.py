@@ -90,6 +90,29 @@ def resolve_kernel(session: Session, body: KernelIn) -> tuple[BlueprintRow, dict
     return blueprint, config, layout
 
 
+#: What a report may say about a kernel besides its status (all optional).
+MEASUREMENTS = (
+    "artifact_format",
+    "latency_us",
+    "backward_latency_us",
+    "params",
+    "memory_bytes",
+    "max_abs_error",
+    "max_grad_error",
+)
+
+
+def _record(row: KernelRow, body: KernelUpdate, *, only_missing: bool = False) -> bool:
+    """Copy the report's measurements onto ``row`` (with ``only_missing``, only where none is recorded yet)."""
+    changed = False
+    for name in MEASUREMENTS:
+        value = getattr(body, name)
+        if value is not None and not (only_missing and getattr(row, name) is not None):
+            setattr(row, name, value)
+            changed = True
+    return changed
+
+
 def kernel_router(
     sessions: sessionmaker[Session], blobs: BlobStore, write: Callable[..., None], metrics: UrzaMetrics
 ) -> APIRouter:
@@ -198,7 +221,11 @@ def kernel_router(
                 raise ApiError(404, f"unknown kernel {kernel_id!r}")
             if row.status == KernelStatus.VALIDATED.value:
                 if body.status is KernelStatus.VALIDATED and body.sha256 == row.sha256:
-                    return to_out(row)  # the same report again (a redelivered request)
+                    # The same artifact again: a redelivered request, or the measurements Tezzeret adds after
+                    # validating. Measurements not yet recorded are added; nothing recorded ever changes.
+                    if _record(row, body, only_missing=True):
+                        session.commit()
+                    return to_out(row)
                 raise ApiError(409, f"kernel {kernel_id} is validated (artifact {row.sha256}); it does not change")
             if body.status is KernelStatus.VALIDATED:
                 if body.sha256 is None:
@@ -214,18 +241,7 @@ def kernel_router(
                 raise _unprocessable("error", "status 'failed' needs the error (value None)")
             row.status = body.status.value
             row.error = body.error
-            for name in (
-                "artifact_format",
-                "latency_us",
-                "backward_latency_us",
-                "params",
-                "memory_bytes",
-                "max_abs_error",
-                "max_grad_error",
-            ):
-                value = getattr(body, name)
-                if value is not None:
-                    setattr(row, name, value)
+            _record(row, body)
             session.commit()
             metrics.kernel_reports.labels(body.status.value).inc()
             return to_out(row)
