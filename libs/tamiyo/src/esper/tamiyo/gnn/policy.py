@@ -45,12 +45,26 @@ class GNNPolicyConfig:
     param_budget: int | None = None
     sample: bool = False
     sample_seed: int = 0
+    per_slot: bool = True
 
 
 class GNNTamiyo:
-    """Decides with a trained :class:`TamiyoNetwork` (see the module docstring)."""
+    """Decides with a trained :class:`TamiyoNetwork` (see the module docstring).
+
+    With ``config.per_slot`` (the default) it is a slotwise policy
+    (:class:`~esper.tamiyo.policy.SlotwisePolicy`): at one boundary the decide
+    step asks it again about the slots it has not acted on, so seeds in
+    different slots can start in the same epoch, as the heuristic's do (asked
+    once per epoch, it needed three epochs to seed three slots). A repeated
+    question folds nothing into the run's history and masks the slots already
+    acted on.
+    """
 
     name = "gnn"
+
+    @property
+    def slotwise(self) -> bool:
+        return self.config.per_slot
 
     def __init__(self, network: TamiyoNetwork | None = None, config: GNNPolicyConfig | None = None) -> None:
         self.network = network or TamiyoNetwork()
@@ -74,6 +88,28 @@ class GNNTamiyo:
         self._accuracies = [*self._accuracies, signals.val_accuracy][-HISTORY_LENGTH:]
         if self._graph is None:
             return None
+        return self._observation(signals, health)
+
+    def decide(
+        self,
+        signals: TrainingSignals,
+        *,
+        graph: ModelGraph | None = None,
+        health: LayerHealth | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> AdaptationDecision:
+        """The decision on the epoch ``signals`` ends; with ``exclude`` the same boundary asked again about
+        the other slots (``signals`` already show the pending commands' stages)."""
+        if exclude and self._graph is not None:
+            obs = self._observation(signals, health)  # this epoch is already in the histories
+        else:
+            obs = self.observe(signals, graph, health)
+        if obs is None:
+            return wait(self.name, signals.epoch, "gnn: no model graph received yet", confidence=1.0)
+        return self.decision_for(obs, exclude=exclude)
+
+    def _observation(self, signals: TrainingSignals, health: LayerHealth | None) -> GraphObservation:
+        assert self._graph is not None
         return GraphObservation(
             graph=self._graph,
             signals=signals,
@@ -85,20 +121,19 @@ class GNNTamiyo:
             param_budget=self.config.param_budget,
         )
 
-    def decide(
-        self, signals: TrainingSignals, *, graph: ModelGraph | None = None, health: LayerHealth | None = None
-    ) -> AdaptationDecision:
-        obs = self.observe(signals, graph, health)
-        if obs is None:
-            return wait(self.name, signals.epoch, "gnn: no model graph received yet", confidence=1.0)
-        return self.decision_for(obs)
-
-    def decision_for(self, obs: GraphObservation) -> AdaptationDecision:
-        """The decision on ``obs`` (greedy, or drawn with ``config.sample``), with its reason and confidence."""
+    def decision_for(self, obs: GraphObservation, *, exclude: frozenset[str] = frozenset()) -> AdaptationDecision:
+        """The decision on ``obs`` (greedy, or drawn with ``config.sample``), with its reason and confidence;
+        slots in ``exclude`` are not acted on."""
         graph = self.network.encode([obs])[0]
+        if exclude:
+            rows = [i for i, slot in enumerate(obs.graph.slots) if slot.slot_id in exclude]
+            slot_ops = graph.slot_ops.clone()
+            slot_ops[rows] = False
+            graph.slot_ops = slot_ops
+            graph.op_mask = torch.cat([torch.ones(1, 1, dtype=torch.bool), slot_ops[:, 1:].any(0, keepdim=True)], 1)
         if self.config.sample:
             with torch.random.fork_rng(devices=[]), torch.inference_mode():
-                torch.manual_seed(self.config.sample_seed * 100_003 + obs.signals.epoch)
+                torch.manual_seed(self.config.sample_seed * 100_003 + obs.signals.epoch + 7_919 * len(exclude))
                 drawn = self.network.evaluate([graph])
             out = {
                 "action": tuple(int(v) for v in drawn["action"][0]),
