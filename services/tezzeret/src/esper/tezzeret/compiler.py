@@ -215,11 +215,36 @@ def build_kernel(
     )
 
 
+#: One round of timing: ((compiled forward, backward), (eager forward, backward)), seconds.
+Round = tuple[tuple[float, float], tuple[float, float]]
+
+
+def time_rounds(kernel: ValidatedKernel, rounds: int, warmup: int = 3) -> list[Round]:
+    """``rounds`` alternating timed steps of the compiled and the eager module, after ``warmup`` untimed ones.
+
+    Tezzeret times in short slices of these between compile requests (a
+    request never waits behind a whole measurement); :func:`measured` turns
+    the collected rounds into the kernel's measurements.
+    """
+    for _ in range(warmup):
+        time_step(kernel.eager, kernel.example)
+        time_step(kernel.compiled, kernel.example)
+    x = kernel.example
+    return [(time_step(kernel.compiled, x), time_step(kernel.eager, x)) for _ in range(rounds)]
+
+
 def measure_kernel(kernel: ValidatedKernel, repeats: int = 20) -> CompiledKernel:
     """Time ``kernel`` against its eager module (forward and backward, ``repeats`` alternating runs) and count
     the memory one training step holds. Most of a compile's time is spent here, so Tezzeret publishes the
     validated kernel first and adds these measurements after."""
-    fwd, bwd, e_fwd, e_bwd = measure(kernel.eager, kernel.compiled, kernel.example, repeats)
+    return measured(kernel, time_rounds(kernel, repeats))
+
+
+def measured(kernel: ValidatedKernel, rounds: list[Round]) -> CompiledKernel:
+    """The kernel's measurements: medians of ``rounds`` (see :func:`time_rounds`), and its step memory."""
+    med = statistics.median
+    fwd, bwd = med(c[0] for c, _ in rounds), med(c[1] for c, _ in rounds)
+    e_fwd, e_bwd = med(e[0] for _, e in rounds), med(e[1] for _, e in rounds)
     memory = step_memory_bytes(kernel.compiled, kernel.example)
     return CompiledKernel(
         artifact=kernel.artifact,

@@ -7,8 +7,12 @@ For each :class:`CompileRequest`:
 2. if Urza already holds it validated, publish that (no second artifact);
 3. else mark it compiling, compile and validate it off the event loop,
    upload the artifact and mark it validated: from here Kasmina can load it;
-4. then time it (most of a compile's time) and add the measurements to the
-   kernel in Urza (the same artifact reported again), and publish OK.
+   publish OK;
+4. time it later (most of a compile's time): in short slices while no
+   request is being answered, so a graph's kernels all become usable first;
+   the measurements are then added to the kernel in Urza (the same artifact
+   reported again). A Tezzeret stopped before that leaves a validated kernel
+   without latencies.
 
 Weights are seeded from the kernel id and export is deterministic, so two
 Tezzerets racing on one kernel upload the same bytes: one blob, and the
@@ -26,8 +30,10 @@ import asyncio
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -36,13 +42,25 @@ from esper.leyline import Envelope, Message
 from esper.leyline import streams as ls
 from esper.leyline.compile import CompileRequest, CompileResult, CompileStatus, KernelMetadata
 from esper.oona import Bus, Delivery
-from esper.tezzeret.compiler import build_kernel, measure_kernel
+from esper.tezzeret.compiler import Round, ValidatedKernel, build_kernel, measured, time_rounds
 from esper.tezzeret.urza import UrzaClient, UrzaRejected, UrzaUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: How long a request waits for an unavailable Urza before its delivery fails (and is retried by the bus).
 URZA_WAIT_S = 120.0
+#: Timing rounds per slice of background measurement (a request waits at most one slice for the compile thread).
+TIMING_SLICE = 2
+
+
+@dataclass(slots=True)
+class _Timing:
+    """A validated kernel waiting for its timings, and the report they complete."""
+
+    kernel_id: str
+    kernel: ValidatedKernel
+    report: dict[str, Any]
+    rounds: list[Round] = field(default_factory=list)
 
 
 class TezzeretMetrics:
@@ -56,7 +74,7 @@ class TezzeretMetrics:
         )
         self.seconds = Histogram(
             "esper_tezzeret_compile_seconds",
-            "Time to build, compile, validate and measure one kernel",
+            "Time from a compile request to its validated kernel in Urza (timing follows in the background)",
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=self.registry,
         )
@@ -104,6 +122,9 @@ class Tezzeret:
         self.urza_wait_s = urza_wait_s
         #: the compile thread (its own pool: a shutdown need not wait for a compile in flight)
         self.compiler = ThreadPoolExecutor(1, thread_name_prefix="tezzeret-compile")
+        self._answering = 0  # requests being answered now: timing waits for them
+        self._timings: deque[_Timing] = deque()
+        self._timer: asyncio.Task[None] | None = None
 
     async def _urza(self, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` off the event loop, waiting out an unavailable Urza for up to ``urza_wait_s``.
@@ -128,7 +149,11 @@ class Tezzeret:
         request = envelope.payload
         if not isinstance(request, CompileRequest):
             return  # another message type on the stream: not ours to answer
-        result = await self.answer(request)
+        self._answering += 1
+        try:
+            result = await self.answer(request)
+        finally:
+            self._answering -= 1
         self.metrics.results.labels(result.status.value).inc()
         await self.bus.publish(
             ls.COMPILE_RESULTS, Envelope(payload=result, run_id=envelope.run_id, trace_id=envelope.trace_id)
@@ -160,7 +185,6 @@ class Tezzeret:
                 raise
             return self._ok(request, await self._urza(self.urza.kernel, kernel_id))  # validated meanwhile
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
             job = functools.partial(
                 build_kernel,
@@ -172,7 +196,7 @@ class Tezzeret:
                 device=kernel["target"],
                 seed=int(kernel_id[1:9], 16),
             )
-            built = await loop.run_in_executor(self.compiler, job)
+            built = await asyncio.get_running_loop().run_in_executor(self.compiler, job)
         except Exception as exc:  # a blueprint's failure is a result, never a crash
             self.metrics.seconds.observe(time.perf_counter() - started)
             error = f"{type(exc).__name__}: {exc}"
@@ -198,21 +222,46 @@ class Tezzeret:
             # Another Tezzeret validated it first: its artifact is the kernel.
             self.metrics.seconds.observe(time.perf_counter() - started)
             return self._ok(request, await self._urza(self.urza.kernel, kernel_id))
-        # Loadable now; the timing that follows takes most of a compile's time.
-        try:
-            measured = await loop.run_in_executor(self.compiler, measure_kernel, built, self.repeats)
-        except Exception as exc:  # the kernel is valid; it only goes without latencies
-            log.warning("kernel %s validated but not measured: %s: %s", kernel_id, type(exc).__name__, exc)
-        else:
-            report.update(
-                latency_us=measured.forward_us,
-                backward_latency_us=measured.backward_us,
-                memory_bytes=measured.memory_bytes,
-            )
-            kernel = await self._urza(self.urza.report, kernel_id, report)
-        finally:
-            self.metrics.seconds.observe(time.perf_counter() - started)
+        self.metrics.seconds.observe(time.perf_counter() - started)
+        # Loadable now; timing takes most of a compile's time, so it waits until no request does.
+        self._timings.append(_Timing(kernel_id, built, report))
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.ensure_future(self._time_when_idle())
         return self._ok(request, kernel)
+
+    async def _time_when_idle(self) -> None:
+        """Measure the validated kernels, a slice at a time while no request is being answered."""
+        loop = asyncio.get_running_loop()
+        while self._timings:
+            if self._answering:
+                await asyncio.sleep(0.05)
+                continue
+            job = self._timings[0]
+            try:
+                rounds = min(TIMING_SLICE, self.repeats - len(job.rounds))
+                warmup = 3 if not job.rounds else 1  # caches may have gone cold since the last slice
+                job.rounds += await loop.run_in_executor(self.compiler, time_rounds, job.kernel, rounds, warmup)
+                if len(job.rounds) < self.repeats:
+                    continue
+                self._timings.popleft()
+                done = await loop.run_in_executor(self.compiler, measured, job.kernel, job.rounds)
+                report = {
+                    **job.report,
+                    "latency_us": done.forward_us,
+                    "backward_latency_us": done.backward_us,
+                    "memory_bytes": done.memory_bytes,
+                }
+                await self._urza(self.urza.report, job.kernel_id, report)
+            except Exception as exc:  # the kernel is valid; it only goes without its timings
+                if self._timings and self._timings[0] is job:
+                    self._timings.popleft()
+                log.warning("kernel %s validated but not timed: %s: %s", job.kernel_id, type(exc).__name__, exc)
+
+    def stop_timing(self) -> None:
+        """Drop the timings not yet done (a stopping Tezzeret; their kernels stay validated without them)."""
+        self._timings.clear()
+        if self._timer is not None:
+            self._timer.cancel()
 
     @staticmethod
     def _ok(request: CompileRequest, kernel: dict[str, Any]) -> CompileResult:

@@ -67,6 +67,7 @@ class TezzeretService:
             await asyncio.wait_for(self.subscription.stop(), timeout=grace_s)
         except TimeoutError:
             log.warning("a compile is still running after %.0fs: abandoned, its request stays pending", grace_s)
+        self.tezzeret.stop_timing()
         self.tezzeret.compiler.shutdown(wait=False, cancel_futures=True)
         await self.bus.aclose()
         self.urza.close()
