@@ -63,6 +63,8 @@ DENIED = [
     ("nissa", ("CONFIG", "GET", "*")),
     ("tezzeret", ("ACL", "LIST")),
     ("tamiyo", ("CLIENT", "KILL", "ID", "1")),
+    ("tolaria", ("SCRIPT", "FLUSH")),  # the other services' cached scripts
+    ("tamiyo", ("FUNCTION", "FLUSH")),
 ]
 
 
