@@ -97,3 +97,9 @@ def test_a_module_export_refuses_is_traced_to_torchscript_and_still_loads_and_tr
     torch.testing.assert_close(module(x), eager(x))
     module(x).pow(2).sum().backward()
     assert all(p.grad is not None for p in module.parameters())
+
+
+def test_the_warm_up_compiles_and_validates_a_tiny_seed_without_publishing_anything():
+    from esper.tezzeret.compiler import warm_up
+
+    assert warm_up() > 0  # (it raises if the seed does not compile or validate)

@@ -279,3 +279,15 @@ def compile_kernel(
     (:func:`build_kernel`, then :func:`measure_kernel`); raises what :func:`build_kernel` raises."""
     built = build_kernel(blueprint, input_shape, config, layout, dtype=dtype, device=device, batch=batch, seed=seed)
     return measure_kernel(built, repeats)
+
+
+def warm_up() -> float:
+    """Compile and validate a tiny seed, discarding it; returns the seconds it took.
+
+    A process's first ``torch.export`` traces its own machinery too (seconds,
+    against a fraction of one afterwards); the service does this as it starts,
+    so the first kernel a run asks for is not the slow one.
+    """
+    started = time.perf_counter()
+    build_kernel("norm", (4,), layout="linear")
+    return time.perf_counter() - started

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from esper.leyline import streams as ls
 from esper.oona import ConsumerOptions, RedisBus, Subscription
 from esper.service import BusReadiness, health_router
+from esper.tezzeret.compiler import warm_up
 from esper.tezzeret.urza import UrzaClient
 from esper.tezzeret.worker import Tezzeret, TezzeretMetrics
 
@@ -26,6 +27,13 @@ STOP_GRACE_S = 5.0
 #: A compile takes seconds: read one request at a time, and let another Tezzeret
 #: claim a request only after a compile could not still be running.
 DEFAULT_OPTIONS = ConsumerOptions(batch_size=1, claim_idle_ms=600_000)
+
+
+def _warm_up() -> None:
+    try:
+        log.info("compiler warmed up in %.2fs", warm_up())
+    except Exception:  # a warm-up that fails costs the first request some time, nothing else
+        log.exception("compiler warm-up failed")
 
 
 class TezzeretService:
@@ -52,6 +60,8 @@ class TezzeretService:
         self.app.include_router(health_router(self.readiness.not_ready, (self.metrics.registry, REGISTRY)))
 
     async def run(self) -> None:
+        # Warm the compiler in its thread while consuming starts: a first request queues behind it.
+        self.tezzeret.compiler.submit(_warm_up)
         async with self.readiness.consuming():
             await self.subscription.run()
 
