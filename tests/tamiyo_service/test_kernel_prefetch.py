@@ -50,12 +50,12 @@ def prefetch(redis_url: str, store: UrzaKernelStatus | None, graphs: int = 1) ->
     return asyncio.run(go())
 
 
-def test_one_request_per_distinct_kernel_in_the_graph():
+def test_one_request_per_distinct_kernel_in_the_graph_every_slots_first_choice_first():
     requests = compile_requests(graph())
     assert [(r.blueprint_id, r.input_shape) for r in requests] == [
         ("conv_light", [8, 19]),
+        ("conv_light", [8, 10]),  # s3's first option before anyone's second
         ("depthwise", [8, 19]),
-        ("conv_light", [8, 10]),
     ]
     assert all(r.layout == "conv1d" and r.request_id.startswith("prefetch-k") for r in requests)
 

@@ -113,25 +113,27 @@ def _age(updated_at: str | None, date: str | None) -> float | None:
 
 
 def compile_requests(graph: ModelGraph, *, dtype: str = "float32", device: str = "cpu") -> list[CompileRequest]:
-    """One request per distinct (shape, layout, blueprint, config) among the graph's slot options, in graph order."""
+    """One request per distinct (shape, layout, blueprint, config) among the graph's slot options.
+
+    Ordered by option rank, then slot: every slot's first option, then every
+    slot's second, ... A policy tends to prefer the same blueprint wherever it
+    grows, and Tezzeret compiles in request order, so the kernels germination
+    most likely wants are ready first.
+    """
     requests: dict[str, CompileRequest] = {}
-    for slot in graph.slots:
-        if not slot.shape:
-            continue
-        for option in slot.options:
-            key = kernel_id_for(
-                option.blueprint, slot.shape, option.config, layout=slot.layout, dtype=dtype, device=device
+    ranked = [(rank, slot, option) for slot in graph.slots if slot.shape for rank, option in enumerate(slot.options)]
+    for _, slot, option in sorted(ranked, key=lambda item: item[0]):  # stable: slots keep graph order per rank
+        key = kernel_id_for(option.blueprint, slot.shape, option.config, layout=slot.layout, dtype=dtype, device=device)
+        if key not in requests:
+            requests[key] = CompileRequest(
+                request_id=f"prefetch-{key}",
+                blueprint_id=option.blueprint,
+                input_shape=list(slot.shape),
+                config=dict(option.config),
+                layout=slot.layout,
+                dtype=dtype,
+                device=device,
             )
-            if key not in requests:
-                requests[key] = CompileRequest(
-                    request_id=f"prefetch-{key}",
-                    blueprint_id=option.blueprint,
-                    input_shape=list(slot.shape),
-                    config=dict(option.config),
-                    layout=slot.layout,
-                    dtype=dtype,
-                    device=device,
-                )
     return list(requests.values())
 
 
