@@ -4,7 +4,7 @@ Not a script: ``growth.py`` and ``tolaria_overhead.py`` import it (both run from
 ``benchmarks/``, which Python puts first on the path).
 
 * :func:`tolaria_run` drives a :class:`Trainer` the way ``esper.tolaria.runs.run``
-  does (events to ``events.jsonl``, a checkpoint every ``checkpoint_every``
+  does (events to ``events.jsonl``, a checkpoint every ``checkpoint_every`` passes
   epochs and after the last), without the end-of-run plot, and counts training
   FLOPs off the clock.
 * :func:`oracle_host` turns a grown model into the static network a user would
@@ -141,7 +141,11 @@ def tolaria_run(
             step_before = trainer.step
             trainer.run_epoch()
             steps_per_key[key] = steps_per_key.get(key, 0) + trainer.step - step_before
-            if trainer.epoch % config.checkpoint_every == 0 or trainer.epoch == config.epochs:
+            # checkpoint_every counts passes over the data: short epochs do not multiply checkpoints
+            if (
+                trainer.epoch % (config.checkpoint_every * trainer.epochs_per_pass()) == 0
+                or trainer.epoch == config.epochs
+            ):
                 save_checkpoint(trainer, out_dir, meta={})
     finally:
         log.close()

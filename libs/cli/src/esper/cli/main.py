@@ -86,9 +86,10 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--checkpoint-every",
         type=_positive,
-        default=1,
+        default=None,
         metavar="N",
-        help="rewrite the checkpoint every N epochs and after the last (default 1; a crash loses at most N-1)",
+        help="rewrite the checkpoint every N epochs and after the last (default: about once per pass over the "
+        "data, every epoch of the default length; a crash loses at most N-1 epochs)",
     )
     train.add_argument(
         "--nproc",

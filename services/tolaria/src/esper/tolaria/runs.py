@@ -169,10 +169,11 @@ def run(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
-    checkpoint_every: int = 1,
+    checkpoint_every: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``job`` in this process into ``out_dir`` (checkpoint each ``checkpoint_every`` epochs and after
-    the last, events, report, curves); returns the report.
+    """Train ``job`` in this process into ``out_dir`` (checkpoint each ``checkpoint_every`` epochs, by default
+    about once per pass over the data, i.e. every epoch of the default length, and after the last; events,
+    report, curves); returns the report.
 
     With ``resume`` the run stored in ``out_dir`` continues; ``job.epochs`` may
     extend it, every other field comes from the checkpoint. A job with
@@ -186,11 +187,12 @@ def run(
     trainer = folder.trainer
     bar = _progress_bar(trainer, progress)
 
-    if checkpoint_every < 1:
+    if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"field 'checkpoint_every': must be >= 1 (value {checkpoint_every!r})")
+    every = checkpoint_every or trainer.epochs_per_pass()
 
     def on_epoch(t: Trainer, record: EpochRecord) -> None:
-        if t.epoch % checkpoint_every == 0 or t.epoch >= t.config.epochs or t.stop_requested:
+        if t.epoch % every == 0 or t.epoch >= t.config.epochs or t.stop_requested:
             folder.checkpoint()
         if bar is not None:
             bar.update(1)
