@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 import redis
 
-from esper.leyline import Envelope, Message, SeedStage, SeedStateReport, TrainingJob, TrainingSignals, decode
+from esper.leyline import (
+    AdaptationDecision,
+    Envelope,
+    Message,
+    SeedStage,
+    SeedStateReport,
+    TrainingJob,
+    TrainingSignals,
+    decode,
+)
 from esper.leyline import streams as ls
 from esper.oona import RedisBus
 from esper.tamiyo.collector import HealthCollector, RunStore
@@ -46,6 +55,29 @@ def published(redis_url: str, stream: str) -> list[Envelope[Message]]:
         return [decode(fields[ls.ENVELOPE_FIELD.encode()]) for _, fields in client.xrange(stream)]
     finally:
         client.close()
+
+
+def boundaries(run_id: str, decisions: list[AdaptationDecision]) -> list[list[AdaptationDecision]]:
+    """``decisions`` (as published, oldest first) cut into epoch boundaries, each checked to be whole: one
+    epoch, indexes ``0 .. count - 1`` in order, ids after the first ``<first id>.<index>``, one slot at most
+    once, and every command id ``<run>:e<epoch>:<action>:<slot>``."""
+    cut: list[list[AdaptationDecision]] = []
+    for d in decisions:
+        if d.index == 0:
+            cut.append([])
+        assert cut, f"decision {d.decision_id} (index {d.index}) opens no boundary"
+        cut[-1].append(d)
+    for boundary in cut:
+        first = boundary[0]
+        assert [d.index for d in boundary] == list(range(first.count)), [d.decision_id for d in boundary]
+        assert {d.count for d in boundary} == {first.count} and {d.epoch for d in boundary} == {first.epoch}
+        assert [d.decision_id for d in boundary[1:]] == [f"{first.decision_id}.{i}" for i in range(1, first.count)]
+        slots = [d.slot_id for d in boundary if d.slot_id is not None]
+        assert len(slots) == len(set(slots)), slots
+        for d in boundary:
+            if d.command_id is not None:
+                assert d.command_id == f"{run_id}:e{d.epoch}:{d.action.value}:{d.slot_id}"
+    return cut
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The decision loop on a real Redis: signals -> policy -> safety -> command, then decision; state survives restarts."""
+"""The decision loop on a real Redis: signals -> policy -> safety -> commands, each before its decision (one per
+slot at most at a boundary); state survives restarts."""
 
 from __future__ import annotations
 
@@ -24,9 +25,18 @@ from esper.tamiyo.collector import KEY_PREFIX
 from esper.tamiyo.safety import SafetyConfig
 from esper.tamiyo.service.loop import CONSUMED_STREAMS
 
-from .scenario import JOB, envelope, published, signals, stack
+from .scenario import JOB, SLOTS, boundaries, envelope, published, signals, stack
 
 RUN = "run-loop"
+
+
+G = DecisionAction.GERMINATE
+
+
+def decided(redis_url: str, run_id: str = RUN) -> list[tuple[int, list[DecisionAction]]]:
+    """The published decisions as (epoch, actions) per boundary, each boundary checked whole (``boundaries``)."""
+    decisions = [e.payload for e in published(redis_url, ls.CONTROL_DECISIONS)]
+    return [(b[0].epoch, [d.action for d in b]) for b in boundaries(run_id, decisions)]
 
 
 async def plateau(s, epochs, run_id=RUN) -> None:
@@ -41,8 +51,8 @@ def test_a_plateau_germinates_and_the_command_is_published_before_the_decision(c
         s = await stack(clean_redis_url)
         publish = s.bus.publish
 
-        async def recording(stream, env):  # the real publish, noting which stream went first
-            order.append(stream)
+        async def recording(stream, env):  # the real publish, noting which stream went first and for which command
+            order.append((stream, env.payload.command_id))
             return await publish(stream, env)
 
         s.bus.publish = recording
@@ -51,16 +61,22 @@ def test_a_plateau_germinates_and_the_command_is_published_before_the_decision(c
         await s.aclose()
 
     asyncio.run(go())
-    assert order[-2:] == [ls.CONTROL_COMMANDS, ls.CONTROL_DECISIONS]
-    decisions = [e.payload for e in published(clean_redis_url, ls.CONTROL_DECISIONS)]
-    # the default heuristic grows from the first epoch after the host's own (epoch 1 here)
-    assert [d.action for d in decisions] == [DecisionAction.WAIT, DecisionAction.GERMINATE]
-    germinate = decisions[-1]
-    assert germinate.accepted and germinate.command_id == f"{RUN}:e1:germinate:s1"
-    assert "plateau" in germinate.reason and 0 < germinate.confidence <= 1
-    commands = published(clean_redis_url, ls.CONTROL_COMMANDS)
-    assert [c.payload.command_id for c in commands] == [germinate.command_id]
-    assert commands[0].payload.blueprint == germinate.blueprint and commands[0].payload.issued_by == "heuristic"
+    # the default heuristic grows from the first epoch after the host's own (epoch 1 here), one seed per slot
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G])]
+    germinations = [e.payload for e in published(clean_redis_url, ls.CONTROL_DECISIONS)][1:]
+    ids = [f"{RUN}:e1:germinate:{slot}" for slot in SLOTS]
+    assert [d.command_id for d in germinations] == ids and all(d.accepted for d in germinations)
+    assert [d.decision_id for d in germinations] == ["heuristic-e1", "heuristic-e1.1", "heuristic-e1.2"]
+    assert all("plateau" in d.reason and 0 < d.confidence <= 1 for d in germinations)
+    # each decision right after its own command (a WAIT has none)
+    pairs = [(stream, i) for i in ids for stream in (ls.CONTROL_COMMANDS, ls.CONTROL_DECISIONS)]
+    assert order == [(ls.CONTROL_DECISIONS, None), *pairs]
+    commands = [e.payload for e in published(clean_redis_url, ls.CONTROL_COMMANDS)]
+    assert [c.command_id for c in commands] == ids
+    blueprints = [c.blueprint for c in commands]
+    assert blueprints == [d.blueprint for d in germinations] and None not in blueprints
+    assert {c.issued_by for c in commands} == {"heuristic"}
+    assert {c.expected_stage for c in commands} == {SeedStage.DORMANT}
 
 
 def test_a_redelivered_epoch_is_skipped_and_counted(clean_redis_url):
@@ -73,7 +89,7 @@ def test_a_redelivered_epoch_is_skipped_and_counted(clean_redis_url):
         return run, s.metrics
 
     run, metrics = asyncio.run(go())
-    assert len(published(clean_redis_url, ls.CONTROL_DECISIONS)) == 2
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G])]  # epoch 1 decided once
     assert run.stale_skipped == 1
     assert metrics.skipped.labels("redelivered")._value.get() == 1
 
@@ -90,9 +106,9 @@ def test_a_paused_run_gets_no_decisions_until_resumed(clean_redis_url):
         await s.aclose()
 
     asyncio.run(go())
-    assert [d.payload.epoch for d in published(clean_redis_url, ls.CONTROL_DECISIONS)] == [0, 2]
+    assert [epoch for epoch, _ in decided(clean_redis_url)] == [0, 2]  # nothing at the paused epoch 1
     actions = [c.payload.action for c in published(clean_redis_url, ls.CONTROL_COMMANDS)]
-    assert actions[:2] == [CommandAction.PAUSE, CommandAction.RESUME]
+    assert actions == [CommandAction.PAUSE, CommandAction.RESUME] + [CommandAction.GERMINATE] * len(SLOTS)
 
 
 def test_a_rejected_decision_is_published_with_its_reason_and_no_command(clean_redis_url):
@@ -103,6 +119,7 @@ def test_a_rejected_decision_is_published_with_its_reason_and_no_command(clean_r
         return s.metrics
 
     metrics = asyncio.run(go())
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G])]  # a refusal ends the boundary
     germinate = published(clean_redis_url, ls.CONTROL_DECISIONS)[-1].payload
     assert germinate.action is DecisionAction.GERMINATE and not germinate.accepted
     assert germinate.rejection_reason.startswith("low_confidence: ") and germinate.command_id is None
@@ -118,6 +135,7 @@ def test_old_telemetry_is_decided_on_but_rejected_as_stale(clean_redis_url):
         await s.aclose()
 
     asyncio.run(go())
+    assert [actions for _, actions in decided(clean_redis_url)][1:] == [[G], [G]]  # refused: one decision each
     germinate = published(clean_redis_url, ls.CONTROL_DECISIONS)[-1].payload
     assert germinate.action is DecisionAction.GERMINATE and germinate.rejection_reason.startswith("stale: ")
     assert published(clean_redis_url, ls.CONTROL_COMMANDS) == []
@@ -140,9 +158,9 @@ def test_a_restarted_tamiyo_continues_the_runs_policy_state(clean_redis_url):
 
     run, seen = asyncio.run(go())
     assert seen == 2 and run.last_decided_epoch == 2 and run.job == JOB
-    decisions = [e.payload for e in published(clean_redis_url, ls.CONTROL_DECISIONS)]
-    # the restored policy decides epoch 2 (the redelivered epoch 1 was skipped, not decided twice)
-    assert [d.epoch for d in decisions] == [0, 1, 2] and decisions[-1].action is DecisionAction.GERMINATE
+    # the restored policy decides epoch 2 (the redelivered epoch 1 was skipped, not decided twice); the
+    # telemetry still shows every slot dormant, so it germinates all three again
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G]), (2, [G, G, G])]
 
 
 def test_an_epoch_redecided_after_a_crash_before_saving_repeats_the_same_command_id(clean_redis_url):
@@ -161,8 +179,9 @@ def test_an_epoch_redecided_after_a_crash_before_saving_repeats_the_same_command
 
     asyncio.run(go())
     client.close()
-    commands = [e.payload for e in published(clean_redis_url, ls.CONTROL_COMMANDS)]
-    assert len(commands) == 2 and commands[0].command_id == commands[1].command_id == f"{RUN}:e1:germinate:s1"
+    commands = [e.payload.command_id for e in published(clean_redis_url, ls.CONTROL_COMMANDS)]
+    assert commands == [f"{RUN}:e1:germinate:{slot}" for slot in SLOTS] * 2
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G]), (1, [G, G, G])]
 
 
 def test_results_and_the_end_of_the_run_update_its_state(clean_redis_url):
@@ -183,10 +202,12 @@ def test_results_and_the_end_of_the_run_update_its_state(clean_redis_url):
         return s.collector.get(RUN)
 
     run = asyncio.run(go())
-    assert run.decisions[-1].result == "applied"
+    # the answer lands on the decision that issued the command (s1, first of epoch 2's three), not the newest
+    results = {(r.epoch, r.slot_id): r.result for r in run.decisions if r.command_id is not None}
+    assert results == {(e, s): "applied" if (e, s) == (2, "s1") else None for e in (1, 2) for s in SLOTS}
     assert run.stopped and run.finished and run.outcome == {"final_test_accuracy": 0.9}
     assert run.seeds["s1"].stage is SeedStage.GERMINATED  # slot states follow telemetry even when not deciding
-    assert len(published(clean_redis_url, ls.CONTROL_DECISIONS)) == 3
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G]), (2, [G, G, G])]
 
 
 def test_the_service_consumer_decides_from_the_telemetry_stream(clean_redis_url):
@@ -208,7 +229,8 @@ def test_the_service_consumer_decides_from_the_telemetry_stream(clean_redis_url)
 
     metrics = asyncio.run(go())
     decisions = published(clean_redis_url, ls.CONTROL_DECISIONS)
-    assert [d.payload.epoch for d in decisions] == [0, 1, 2]
-    assert isinstance(published(clean_redis_url, ls.CONTROL_COMMANDS)[0].payload, AdaptationCommand)
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G]), (2, [G, G, G])]
+    commands = [e.payload for e in published(clean_redis_url, ls.CONTROL_COMMANDS)]
+    assert all(isinstance(c, AdaptationCommand) for c in commands) and len(commands) == 6
     assert metrics.decision_latency._sum.get() > 0 and metrics.policy_seconds._sum.get() > 0
     assert all(isinstance(d.payload, AdaptationDecision) for d in decisions)
