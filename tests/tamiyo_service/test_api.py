@@ -77,9 +77,13 @@ def test_status_shows_slots_decisions_and_flags(api):
     body = api.get(f"/runs/{run_id}", headers=AUTH).json()
     assert body["epoch"] == 2 and body["val_accuracy"] == 0.5 and body["train_loss"] == 1.0
     assert [s["slot_id"] for s in body["slots"]] == ["s1", "s2", "s3"] and body["slots"][0]["stage"] == "DORMANT"
+    # epoch 0 waits; epochs 1 and 2 each germinate every slot (the telemetry still shows them dormant)
+    shown = [(d["epoch"], d["action"], d["slot_id"], d["command_id"]) for d in body["decisions"]]
+    assert shown == [(0, "wait", None, None)] + [
+        (e, "germinate", s, f"{run_id}:e{e}:germinate:{s}") for e in (1, 2) for s in ("s1", "s2", "s3")
+    ]
     last = body["decisions"][-1]
-    assert last["action"] == "germinate" and last["accepted"] and 0 < last["confidence"] <= 1
-    assert last["reason"] and last["command_id"] == f"{run_id}:e2:germinate:s1"
+    assert last["accepted"] and 0 < last["confidence"] <= 1 and last["reason"]
     assert body["paused"] is False and body["finished"] is False and body["policy"] == "heuristic"
 
 
@@ -227,6 +231,8 @@ def test_health_routes_and_metrics(api):
     feed(api, run_id, *(signals(e) for e in range(2)))
     text = api.get("/metrics").text
     assert "esper_tamiyo_decision_latency_seconds_bucket" in text and "esper_tamiyo_policy_seconds_count" in text
-    assert 'esper_tamiyo_decisions_total{action="germinate",issued_by="heuristic"} 1.0' in text
+    # epoch 1's boundary germinates all three slots: one decision each
+    assert 'esper_tamiyo_decisions_total{action="germinate",issued_by="heuristic"} 3.0' in text
+    assert 'esper_tamiyo_decisions_total{action="wait",issued_by="heuristic"} 1.0' in text
     assert api.get("/docs").status_code == 200
     assert "/runs/{run_id}/adaptations" in api.get("/openapi.json").json()["paths"]
