@@ -18,18 +18,28 @@ def test_non_finite_loss_trips():
     assert not governor.losses  # bad losses never join the history
 
 
-def test_a_spike_beyond_k_sigma_trips_and_ordinary_noise_does_not():
-    governor = Governor(GovernorConfig(sigma=4.0, window=50, min_history=10))
+def test_a_spike_beyond_k_sigma_for_patience_steps_trips_and_ordinary_noise_does_not():
+    governor = Governor(GovernorConfig(sigma=4.0, window=50, min_history=10, patience=3))
     for i in range(40):
         assert governor.check(1.0 + 0.01 * (i % 5)) is None
     assert governor.check(1.06) is None
+    assert governor.check(5.0) is None and governor.check(5.0) is None  # two outliers: not yet a divergence
     trip = governor.check(5.0)
-    assert trip is not None and trip.kind == "spike" and "4 std" in trip.reason
+    assert trip is not None and trip.kind == "spike" and "4 std" in trip.reason and "3 steps in a row" in trip.reason
+
+
+def test_an_ordinary_step_between_spikes_restarts_the_count():
+    governor = Governor(GovernorConfig(sigma=4.0, window=50, min_history=10, patience=2))
+    for i in range(40):
+        governor.check(1.0 + 0.01 * (i % 5))
+    for loss in (5.0, 1.02, 5.0, 1.01):
+        assert governor.check(loss) is None
+    assert governor.check(5.0) is None and governor.check(5.0) is not None
 
 
 def test_a_step_within_sigma_rule_but_under_the_ratio_floor_is_ordinary_noise():
     """Late in a run: tiny mean and spread, so 6 std is a small absolute jump; the ratio floor ignores it."""
-    governor = Governor(GovernorConfig(sigma=6.0, window=50, min_history=10, min_ratio=3.0))
+    governor = Governor(GovernorConfig(sigma=6.0, window=50, min_history=10, min_ratio=3.0, patience=1))
     for i in range(40):
         assert governor.check(0.05 + 0.001 * (i % 5)) is None
     assert governor.check(0.12) is None  # beyond mean + 6 std (0.052 + 0.009), under 3x the mean
@@ -47,6 +57,8 @@ def test_bad_config_names_the_field():
         GovernorConfig(sigma=0)
     with pytest.raises(ValueError, match=r"min_ratio.*0\.5"):
         GovernorConfig(min_ratio=0.5)
+    with pytest.raises(ValueError, match="patience"):
+        GovernorConfig(patience=0)
 
 
 def _poisoned_trainer(task):

@@ -33,7 +33,7 @@ def _reference_trips(losses, config):
 
 
 def test_running_statistics_trip_exactly_where_the_full_window_rule_does():
-    config = GovernorConfig(sigma=2.0, window=20, min_history=5, min_ratio=1.0)
+    config = GovernorConfig(sigma=2.0, window=20, min_history=5, min_ratio=1.0, patience=1)
     rng = random.Random(7)
     losses = [rng.lognormvariate(0.0, 0.6) for _ in range(600)]
     governor = Governor(config)

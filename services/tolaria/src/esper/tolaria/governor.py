@@ -2,11 +2,13 @@
 
 A step *trips* the governor when its loss is NaN/inf, or exceeds the mean of
 the recent step losses by more than ``sigma`` standard deviations and is at
-least ``min_ratio`` times that mean (once ``min_history`` losses are known).
-The ratio keeps the ordinary heavy tail of mini-batch losses late in a healthy
-run (a mean near zero, so a tiny standard deviation) from counting as a
-divergence: without it the 6-sigma rule rolled healthy MNIST-1D runs back 10
-to 27 times in 158 epochs. The trainer then restores the in-memory
+least ``min_ratio`` times that mean (once ``min_history`` losses are known),
+for ``patience`` steps in a row. One outlier batch is not a divergence: late in
+a healthy run the mean is near zero and the standard deviation tiny, and the
+6-sigma rule on single steps rolled healthy MNIST-1D runs back 10 to 27 times
+in 158 epochs (with the 3x ratio alone still 11 to 23 times, once 18 epochs in
+a row), each time discarding an epoch of training. A spike does not join the
+history, so a diverging run cannot raise its own limit. The trainer then restores the in-memory
 snapshot of the last good epoch boundary (model weights AND optimizer
 states), culls the seed held responsible, records why, and goes on.
 """
@@ -27,10 +29,13 @@ from esper.leyline import ACTIVE_STAGES, SeedStage
 @dataclass(frozen=True, slots=True)
 class GovernorConfig:
     """``sigma``: spike threshold in standard deviations of the last ``window`` step losses; a spike is also
-    at least ``min_ratio`` times their mean (1.0: the standard deviations alone decide)."""
+    at least ``min_ratio`` times their mean (1.0: the standard deviations alone decide); ``patience`` spikes in a
+    row trip."""
 
     sigma: float = 6.0
     min_ratio: float = 3.0
+    #: consecutive spike steps that trip (1: every spike)
+    patience: int = 3
     window: int = 100
     min_history: int = 30
     enabled: bool = True
@@ -38,6 +43,8 @@ class GovernorConfig:
     def __post_init__(self) -> None:
         if not math.isfinite(self.sigma) or self.sigma <= 0:
             raise ValueError(f"field 'sigma': must be a finite number > 0 (value {self.sigma!r})")
+        if self.patience < 1:
+            raise ValueError(f"field 'patience': must be >= 1 (value {self.patience!r})")
         if not math.isfinite(self.min_ratio) or self.min_ratio < 1.0:
             raise ValueError(f"field 'min_ratio': must be a finite number >= 1 (value {self.min_ratio!r})")
         if self.window < 2 or self.min_history < 2 or self.min_history > self.window:
@@ -74,6 +81,7 @@ class Governor:
         self.snapshot: Snapshot | None = None
         self.rollbacks = 0
         self._sum = self._sum_sq = 0.0
+        self.streak = 0
 
     def check(self, loss: float) -> Trip | None:
         """Judge one step's loss; a good loss joins the history.
@@ -90,12 +98,18 @@ class Governor:
             std = math.sqrt(max(self._sum_sq - n * mean * mean, 0.0) / (n - 1))
             limit = max(mean + self.config.sigma * max(std, 1e-8), self.config.min_ratio * mean)
             if loss > limit:
+                self.streak += 1
+                if self.streak < self.config.patience:
+                    return None
+                self.streak = 0
                 return Trip(
                     "spike",
                     loss,
                     f"loss {loss:.4g} spiked beyond {self.config.sigma:g} std of the last {n} steps "
-                    f"and {self.config.min_ratio:g}x their mean (mean {mean:.4g}, std {std:.3g})",
+                    f"and {self.config.min_ratio:g}x their mean (mean {mean:.4g}, std {std:.3g}), "
+                    f"{self.config.patience} steps in a row",
                 )
+        self.streak = 0
         if n == self.losses.maxlen:
             old = self.losses[0]
             self._sum -= old
@@ -140,7 +154,7 @@ class Governor:
         return self.snapshot.epoch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"losses": list(self.losses), "rollbacks": self.rollbacks}
+        return {"losses": list(self.losses), "rollbacks": self.rollbacks, "streak": self.streak}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.losses.clear()
@@ -148,6 +162,7 @@ class Governor:
         self._sum = sum(self.losses)
         self._sum_sq = sum(x * x for x in self.losses)
         self.rollbacks = state["rollbacks"]
+        self.streak = state.get("streak", 0)  # absent in checkpoints of older builds
 
 
 def _copy_into(state: Any, previous: Any) -> Any:
