@@ -23,12 +23,13 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from esper.leyline import AdaptationCommand, Envelope, TrainingJob, decode
+from esper.leyline import AdaptationCommand, AdaptationDecision, Envelope, Message, TrainingJob, decode
 from esper.leyline import streams as ls
 from esper.oona import RedisBus
 
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("torch_free_service.py")
 sys.path.insert(0, str(PROBE.parent))
 
-from tamiyo_inputs import FIRST_DECISION, graph, signals  # noqa: E402
+from tamiyo_inputs import FIRST_DECISION, SLOTS, graph, signals  # noqa: E402
 
 #: Distributions that must install without torch (Tolaria's process imports the first; the second is a container).
 TORCH_FREE = ("esper-tamiyo", "esper-tamiyo-service")
@@ -309,14 +310,14 @@ async def publish_run(redis_url: str, run_id: str) -> None:
         await bus.aclose()
 
 
-def commands_for(redis_url: str, run_id: str) -> list[AdaptationCommand]:
+def published_for(redis_url: str, run_id: str, stream: str, kind: type[Message]) -> list[Any]:
     client = redis.Redis.from_url(redis_url)
     try:
-        entries = client.xrange(ls.CONTROL_COMMANDS)
+        entries = client.xrange(stream)
     finally:
         client.close()
     envelopes = [decode(fields[ls.ENVELOPE_FIELD.encode()]) for _, fields in entries]
-    return [e.payload for e in envelopes if e.run_id == run_id and isinstance(e.payload, AdaptationCommand)]
+    return [e.payload for e in envelopes if e.run_id == run_id and isinstance(e.payload, kind)]
 
 
 def test_tamiyo_service_process_steers_a_run_where_torch_cannot_be_imported(
@@ -325,8 +326,21 @@ def test_tamiyo_service_process_steers_a_run_where_torch_cannot_be_imported(
     service = start_service(clean_redis_url)
     service.wait_for(lambda: httpx.get(service.url + "/readyz").status_code == 200, "the service to be ready")
     asyncio.run(publish_run(clean_redis_url, "run-notorch"))
-    (command,) = service.wait_for(lambda: commands_for(clean_redis_url, "run-notorch"), "a command")  # type: ignore[misc]
-    assert {"action": command.action.value, "slot": command.slot_id, "blueprint": command.blueprint} == FIRST_DECISION
+    # the boundary after epoch 1: one decision per slot (all dormant, so all germinate), each after its command
+    decisions: list[AdaptationDecision] = service.wait_for(  # type: ignore[assignment]
+        lambda: (
+            (d := published_for(clean_redis_url, "run-notorch", ls.CONTROL_DECISIONS, AdaptationDecision))
+            and len(d) == d[0].count
+            and d
+        ),
+        "the boundary's decisions",
+    )
+    assert [(d.index, d.count) for d in decisions] == [(i, len(SLOTS)) for i in range(len(SLOTS))], decisions
+    commands = published_for(clean_redis_url, "run-notorch", ls.CONTROL_COMMANDS, AdaptationCommand)
+    assert [c.command_id for c in commands] == [f"run-notorch:e1:germinate:{s}" for s in SLOTS], commands
+    assert [d.command_id for d in decisions] == [c.command_id for c in commands]
+    first = commands[0]
+    assert {"action": first.action.value, "slot": first.slot_id, "blueprint": first.blueprint} == FIRST_DECISION
     runs = httpx.get(service.url + "/runs", headers={"Authorization": f"Bearer {TOKEN}"})
     assert [r["run_id"] for r in runs.json()] == ["run-notorch"], runs.text
     assert service.stop() == {"imported": [], "refused": []}

@@ -5,7 +5,8 @@ A meta-path finder refuses ``torch`` and ``torch.*`` (and records who tried).
 * ``python torch_free_service.py``: the service's modules are imported, a run
   is steered through its decision loop over Oona's in-memory bus, its control
   API lists the run, and the heuristic decides once more through
-  ``esper.tamiyo.decide.decide`` on the same hand-built epoch; prints ``OK``.
+  ``esper.tamiyo.decide.decide_boundary`` on the same hand-built epoch (one
+  decision per slot: all three germinate); prints ``OK``.
 * ``python torch_free_service.py serve ARGS``: ``python -m esper.tamiyo.service
   ARGS`` itself, until it is signalled.
 
@@ -51,7 +52,7 @@ if sys.argv[1:2] == ["serve"]:  # the service's own entry point, reporting at ex
     runpy.run_module("esper.tamiyo.service", run_name="__main__", alter_sys=True)
 
 from fastapi.testclient import TestClient  # noqa: E402
-from tamiyo_inputs import FIRST_DECISION, graph, signals  # noqa: E402
+from tamiyo_inputs import FIRST_DECISION, SLOTS, graph, signals  # noqa: E402
 
 import esper.tamiyo.service.__main__  # noqa: E402, F401  (the entry point's imports)
 from esper.leyline import (  # noqa: E402
@@ -66,7 +67,7 @@ from esper.leyline import streams as ls  # noqa: E402
 from esper.oona import InMemoryBus  # noqa: E402
 from esper.tamiyo.api import create_app  # noqa: E402
 from esper.tamiyo.collector import HealthCollector  # noqa: E402
-from esper.tamiyo.decide import decide, run_snapshot  # noqa: E402
+from esper.tamiyo.decide import decide_boundary, run_snapshot  # noqa: E402
 from esper.tamiyo.policies import DEFAULT_SAFETY, make_policy  # noqa: E402
 from esper.tamiyo.safety import SafetyMonitor  # noqa: E402
 from esper.tamiyo.service.control import RunControl  # noqa: E402
@@ -76,7 +77,7 @@ from esper.tamiyo.service.metrics import TamiyoMetrics  # noqa: E402
 TOKEN = "operator-token"
 
 
-async def steer_over_memory_bus() -> tuple[RunControl, AdaptationDecision, AdaptationCommand]:
+async def steer_over_memory_bus() -> tuple[RunControl, list[AdaptationDecision], list[AdaptationCommand]]:
     """A job, its graph and one epoch through the service's decision loop over Oona's in-memory bus."""
     bus = InMemoryBus()
     collector, safety, metrics = HealthCollector(None), SafetyMonitor(DEFAULT_SAFETY), TamiyoMetrics()
@@ -86,8 +87,11 @@ async def steer_over_memory_bus() -> tuple[RunControl, AdaptationDecision, Adapt
     await loop.handle(Envelope(payload=signals(1), run_id="run-a"))
     decisions = [decode(data).payload for _, data in bus.entries(ls.CONTROL_DECISIONS)]
     commands = [decode(data).payload for _, data in bus.entries(ls.CONTROL_COMMANDS)]
-    assert len(decisions) == 1 and len(commands) == 1, (decisions, commands)
-    return RunControl(collector, safety, bus, metrics), decisions[0], commands[0]
+    # the boundary after epoch 1: one decision per slot, each with its command
+    assert [(d.index, d.count) for d in decisions] == [(i, len(SLOTS)) for i in range(len(SLOTS))], decisions
+    assert [d.decision_id for d in decisions] == ["heuristic-e1", "heuristic-e1.1", "heuristic-e1.2"], decisions
+    assert [c.command_id for c in commands] == [d.command_id for d in decisions], (decisions, commands)
+    return RunControl(collector, safety, bus, metrics), decisions, commands
 
 
 def control_api(control: RunControl) -> list[str]:
@@ -103,22 +107,25 @@ def control_api(control: RunControl) -> list[str]:
 
 
 def main() -> None:
-    control, looped, command = asyncio.run(steer_over_memory_bus())
+    control, looped, commands = asyncio.run(steer_over_memory_bus())
     paths = control_api(control)
     job = TrainingJob(epochs=5)
     first = signals(1)
     snapshot = run_snapshot("run-b", first, graph=graph(), telemetry_at=time.time(), param_budget=job.param_budget)
-    decided = decide(make_policy("heuristic", job), first, snapshot, SafetyMonitor(DEFAULT_SAFETY), graph=graph())
-    d = decided.decision
-    assert decided.verdict.accepted, decided.verdict
+    policy = make_policy("heuristic", job)
+    boundary = decide_boundary(policy, first, snapshot, SafetyMonitor(DEFAULT_SAFETY), graph=graph())
+    assert all(b.verdict.accepted for b in boundary), [b.verdict for b in boundary]
+    d = boundary[0].decision
     assert {"action": d.action.value, "slot": d.slot_id, "blueprint": d.blueprint} == FIRST_DECISION, d
-    assert decided.command is not None and decided.command.command_id == "run-b:e1:germinate:s1", decided.command
-    assert decided.command.expected_stage is SeedStage.DORMANT, decided.command
+    assert [b.command.command_id for b in boundary if b.command] == [f"run-b:e1:germinate:{s}" for s in SLOTS]
+    assert {b.command.expected_stage for b in boundary if b.command} == {SeedStage.DORMANT}, boundary
+
     # the service's loop and the in-process step decide the same on the same epoch
-    assert (looped.action, looped.slot_id, looped.blueprint, dict(looped.blueprint_config)) == (
-        d.action, d.slot_id, d.blueprint, dict(d.blueprint_config),
-    ), (looped, d)  # fmt: skip
-    assert command.command_id == "run-a:e1:germinate:s1", command
+    def same(x: AdaptationDecision) -> tuple[object, ...]:
+        return (x.action, x.slot_id, x.blueprint, dict(x.blueprint_config), x.index, x.count, x.decision_id)
+
+    assert [same(x) for x in looped] == [same(b.decision) for b in boundary], (looped, boundary)
+    assert [c.command_id for c in commands] == [f"run-a:e1:germinate:{s}" for s in SLOTS], commands
     report = {
         "decision": {"action": d.action.value, "slot": d.slot_id, "blueprint": d.blueprint},
         "routes": paths,
