@@ -101,8 +101,9 @@ class Bus:
 
 
 class ScriptedTamiyo:
-    """Plays Tamiyo for one run: on each epoch's signals, publishes that epoch's planned commands, then a
-    decision naming the last of them (WAIT when none), as the real decision loop does."""
+    """Plays Tamiyo for one run: on each epoch's signals, publishes each of that epoch's planned commands
+    followed by its decision (index ``i`` of ``count``, ids after the first ``.<i>``; one WAIT when none), as
+    the real decision loop does."""
 
     def __init__(
         self,
@@ -116,6 +117,8 @@ class ScriptedTamiyo:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.decided: list[int] = []
+        #: when each epoch's decisions were published (time.monotonic())
+        self.decided_at: dict[int, float] = {}
 
     def __enter__(self) -> ScriptedTamiyo:
         self._thread.start()
@@ -135,22 +138,30 @@ class ScriptedTamiyo:
 
     def decide(self, epoch: int) -> None:
         commands = self.plan.get(epoch, [])
-        for command in commands:
+        if not commands:
+            wait = AdaptationDecision(
+                decision_id=f"scripted-e{epoch}", epoch=epoch, action=DecisionAction.WAIT, reason="", confidence=1.0
+            )
+            self.bus.publish(streams.CONTROL_DECISIONS, self.run_id, wait)
+        for index, command in enumerate(commands):
             if command.command_id not in self.withhold:  # a withheld command is lost on its way
                 self.bus.publish(streams.CONTROL_COMMANDS, self.run_id, command)
-        last = commands[-1] if commands else None
-        decision = AdaptationDecision(
-            decision_id=f"scripted-e{epoch}",
-            epoch=epoch,
-            action=DecisionAction.GERMINATE if last is not None else DecisionAction.WAIT,
-            reason="scripted by the test",
-            confidence=1.0,
-            slot_id=last.slot_id if last is not None else None,
-            blueprint=last.blueprint if last is not None else None,
-            policy="scripted",
-            command_id=last.command_id if last is not None else None,
-        )
-        self.bus.publish(streams.CONTROL_DECISIONS, self.run_id, decision)
+            decision = AdaptationDecision(
+                decision_id=f"scripted-e{epoch}" + (f".{index}" if index else ""),
+                epoch=epoch,
+                action=DecisionAction(command.action.value),
+                reason="scripted by the test",
+                confidence=1.0,
+                slot_id=command.slot_id,
+                blueprint=command.blueprint,
+                blueprint_config=dict(command.blueprint_config),
+                policy="scripted",
+                command_id=command.command_id,
+                index=index,
+                count=len(commands),
+            )
+            self.bus.publish(streams.CONTROL_DECISIONS, self.run_id, decision)
+        self.decided_at[epoch] = time.monotonic()
         self.decided.append(epoch)
 
 

@@ -3,7 +3,14 @@ lockstep makes a service run reproducible."""
 
 from __future__ import annotations
 
-from esper.leyline import AdaptationCommand, CommandAction, CommandStatus, SeedStage, SeedTransition, streams
+from esper.leyline import (
+    AdaptationCommand,
+    CommandAction,
+    CommandStatus,
+    SeedStage,
+    SeedTransition,
+    streams,
+)
 
 from .harness import Bus, InProcessTolaria, ScriptedTamiyo, wait_until
 
@@ -18,26 +25,38 @@ def test_commands_apply_at_the_boundary_illegal_ones_are_rejected_and_repeated_i
     tolaria: InProcessTolaria, bus: Bus
 ) -> None:
     fossilize = AdaptationCommand(command_id="c-fossil", action=CommandAction.FOSSILIZE, slot_id="s1", issued_by="test")
-    plan = {1: [germinate("c-germ")], 2: [fossilize], 3: [germinate("c-germ")]}
-    with ScriptedTamiyo(bus, "run-cmd", plan):
+    # epoch 1's boundary has two decisions (index 0 and 1 of 2): lockstep waits for both and applies both
+    plan = {1: [germinate("c-germ"), germinate("c-germ2", "s2")], 2: [fossilize], 3: [germinate("c-germ")]}
+    with ScriptedTamiyo(bus, "run-cmd", plan) as tamiyo:
         bus.submit("run-cmd", epochs=3, lockstep=True, lockstep_timeout_ms=10_000)
-        bus.wait_finished("run-cmd")
+        finished = bus.wait_finished("run-cmd")
+    # the two-command boundary did not wait out the lockstep timeout for its second command (when that one is
+    # read after the first, it cannot arrive before the boundary: it is applied from its decision instead)
+    assert tamiyo.decided_at[2] - tamiyo.decided_at[1] < 5.0
 
     applied, duplicate = bus.result_of("run-cmd", "c-germ")
     assert (applied.status, applied.epoch) == (CommandStatus.APPLIED, 1)
     assert (duplicate.status, duplicate.epoch) == (CommandStatus.DUPLICATE, 3)
+    # applied at its boundary; a copy read only after that boundary (see above) is answered DUPLICATE at once,
+    # not held to the next boundary (where it would hold back the commands behind it in turn)
+    second, *late = bus.result_of("run-cmd", "c-germ2")
+    assert (second.status, second.epoch) == (CommandStatus.APPLIED, 1)
+    assert [(r.status, r.epoch) for r in late] in ([], [(CommandStatus.DUPLICATE, None)])
     (rejected,) = bus.result_of("run-cmd", "c-fossil")
-    assert rejected.status is CommandStatus.REJECTED and "PROBATIONARY" in rejected.reason
+    assert (rejected.status, rejected.epoch) == (CommandStatus.REJECTED, 2) and "PROBATIONARY" in rejected.reason
+    # never interrupted and resumed from a checkpoint: every boundary's decisions were usable as they came
+    assert "resumed_from_epoch" in finished.attributes and finished.attributes["resumed_from_epoch"] is None
 
     transitions = bus.messages(streams.TELEMETRY_EVENTS, "run-cmd", SeedTransition)
     germinated = [t for t in transitions if t.to_stage is SeedStage.GERMINATED]
-    assert [(t.slot_id, t.epoch) for t in germinated] == [("s1", 1)]  # once, despite the repeated id
+    assert [(t.slot_id, t.epoch) for t in germinated] == [("s1", 1), ("s2", 1)]  # once each, despite the repeated id
     signals = bus.signals("run-cmd")
-    assert signals[1].params_total > signals[0].params_total  # the seed is in the model from epoch 2 on
-    assert signals[0].seeds[0].stage is SeedStage.DORMANT and signals[1].seeds[0].stage is not SeedStage.DORMANT
+    assert signals[1].params_total > signals[0].params_total  # the seeds are in the model from epoch 2 on
+    assert [r.stage for r in signals[0].seeds[:2]] == [SeedStage.DORMANT] * 2
+    assert SeedStage.DORMANT not in [r.stage for r in signals[1].seeds[:2]]
     wait_until(lambda: bus.pending(streams.CONTROL_COMMANDS) == 0, 10, "every command to be acked")
-    assert tolaria.sample("esper_tolaria_commands_total", action="germinate", status="applied") == 1
-    assert tolaria.sample("esper_tolaria_commands_total", action="germinate", status="duplicate") == 1
+    assert tolaria.sample("esper_tolaria_commands_total", action="germinate", status="applied") == 2
+    assert tolaria.sample("esper_tolaria_commands_total", action="germinate", status="duplicate") == 1 + len(late)
     assert tolaria.sample("esper_tolaria_commands_total", action="fossilize", status="rejected") == 1
 
 

@@ -4,6 +4,7 @@ commands at a boundary, jobs stored in checkpoints, the inbox hand-over."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,25 @@ def test_the_inbox_wakes_a_waiting_thread_for_the_named_command_and_for_interrup
     waiter.join(10)
     assert got == [True, False]
     assert inbox.close() == [] and not inbox.put_command(PendingCommand(germinate("late"), lambda error: None))
+
+
+def test_a_lockstep_wait_gives_up_on_a_command_held_back_behind_queued_ones_and_late_copies_are_known() -> None:
+    inbox = CommandInbox()
+    assert inbox.wait_for_command(0.05, "wanted", held_back_after_s=0.01) is False  # nothing queued: the timeout
+    inbox.put_command(PendingCommand(germinate("first"), lambda error: None))
+    started = time.monotonic()
+    # "first" holds its read batch until the boundary: "wanted", read after it, cannot come before then
+    assert inbox.wait_for_command(30, "wanted", held_back_after_s=0.2) is False
+    assert 0.1 < time.monotonic() - started < 5
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(inbox.wait_for_command(30, "wanted", held_back_after_s=5)))
+    waiter.start()
+    inbox.put_command(PendingCommand(germinate("wanted"), lambda error: None))  # the same batch: it comes
+    waiter.join(10)
+    assert got == [True]
+    assert not inbox.applied_from_decision("late")
+    inbox.note_applied_from_decisions(["late"])
+    assert inbox.applied_from_decision("late") and not inbox.applied_from_decision("first")
 
 
 def test_a_decision_for_an_epoch_is_found_and_older_ones_dropped() -> None:

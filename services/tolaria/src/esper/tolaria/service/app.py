@@ -200,6 +200,9 @@ class TolariaService:
         inbox = self.inboxes.get(envelope.run_id)
         if inbox is None:
             raise RunInterrupted(f"run {envelope.run_id} is not training here (any more)")
+        if inbox.applied_from_decision(command.command_id):  # a late copy: answered now, not held to a boundary
+            await self._reject(envelope.run_id, [command], "already applied from its decision", CommandStatus.DUPLICATE)
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not inbox.put_command(PendingCommand(command, future_settler(future))):
             await self._reject(envelope.run_id, [command], FINISHED_BEFORE_BOUNDARY)
@@ -271,13 +274,20 @@ class TolariaService:
         if self.inboxes.get(run_id) is inbox:
             del self.inboxes[run_id]
 
-    async def _reject(self, run_id: str, commands: list[AdaptationCommand], reason: str) -> None:
+    async def _reject(
+        self,
+        run_id: str,
+        commands: list[AdaptationCommand],
+        reason: str,
+        status: CommandStatus = CommandStatus.REJECTED,
+    ) -> None:
+        """Answer ``commands`` without a boundary (REJECTED, or DUPLICATE for a late copy)."""
         results = [
             Envelope(
                 payload=CommandResult(
                     command_id=c.command_id,
                     action=c.action,
-                    status=CommandStatus.REJECTED,
+                    status=status,
                     slot_id=c.slot_id,
                     reason=reason,
                 ),
@@ -288,7 +298,7 @@ class TolariaService:
         if results:
             await self.bus.publish_many(ls.CONTROL_RESULTS, results)
         for c in commands:
-            self.metrics.commands.labels(c.action.value, CommandStatus.REJECTED.value).inc()
+            self.metrics.commands.labels(c.action.value, status.value).inc()
 
     async def _announce(self, run_id: str, event: TelemetryEvent) -> None:
         await self.bus.publish(ls.TELEMETRY_EVENTS, Envelope(payload=event, run_id=run_id))

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 
 from esper.leyline import AdaptationCommand, AdaptationDecision
 
+#: How long the queued commands must stay unchanged before a lockstep wait for another one gives up (see
+#: :meth:`CommandInbox.wait_for_command`): the commands of one read batch are queued within this of each other.
+HELD_BACK_AFTER_S = 0.25
+
 
 class RunInterrupted(Exception):
     """The service is stopping: the run stays resumable from its checkpoint, and what it was handed is not acked."""
@@ -57,6 +61,9 @@ class CommandInbox:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._commands: list[PendingCommand] = []
+        self._last_put = 0.0
+        #: commands applied from their decisions at a checkpointed boundary (their own copies came late)
+        self._from_decisions: set[str] = set()
         self._decisions: dict[int, dict[int, AdaptationDecision]] = {}
         self._interrupted = False
         self._fenced = False
@@ -69,8 +76,15 @@ class CommandInbox:
             if self._closed:
                 return False
             self._commands.append(pending)
+            self._last_put = time.monotonic()
             self._cond.notify_all()
             return True
+
+    def applied_from_decision(self, command_id: str) -> bool:
+        """Whether ``command_id`` was applied from its decision at a boundary already checkpointed: its late
+        copy is answered DUPLICATE at once rather than held (with its read batch) until the next boundary."""
+        with self._cond:
+            return command_id in self._from_decisions
 
     def put_decision(self, decision: AdaptationDecision) -> None:
         """Remember one of Tamiyo's decisions on ``decision.epoch`` (lockstep waits for all ``count``)."""
@@ -117,21 +131,45 @@ class CommandInbox:
         with self._cond:
             return self._fenced
 
+    def note_applied_from_decisions(self, command_ids: list[str]) -> None:
+        """Called once the boundary that applied ``command_ids`` from their decisions is checkpointed."""
+        with self._cond:
+            self._from_decisions.update(command_ids)
+
     def take_commands(self) -> list[PendingCommand]:
         """Every queued command, oldest first."""
         with self._cond:
             taken, self._commands = self._commands, []
             return taken
 
-    def wait_for_command(self, timeout_s: float | None = None, command_id: str | None = None) -> bool:
-        """Block until a command (``command_id`` when given) is queued; False on timeout or interrupt."""
+    def wait_for_command(
+        self, timeout_s: float | None = None, command_id: str | None = None, *, held_back_after_s: float | None = None
+    ) -> bool:
+        """Block until a command (``command_id`` when given) is queued; False on timeout or interrupt.
 
-        def ready() -> bool:
-            if command_id is None:
-                return bool(self._commands)
-            return any(p.command.command_id == command_id for p in self._commands)
-
-        return self._wait(ready, timeout_s)
+        With ``held_back_after_s``, also False once other commands are queued and none has been for that
+        long: each queued command's handler holds its read batch until the boundary settles it, so a command
+        behind them on the bus cannot arrive before this boundary (the caller applies it from its decision).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                if command_id is None and self._commands:
+                    return True
+                if command_id is not None and any(p.command.command_id == command_id for p in self._commands):
+                    return True
+                if self._interrupted:
+                    return False
+                now = time.monotonic()
+                wake = deadline
+                if held_back_after_s is not None and self._commands:
+                    held_back_at = self._last_put + held_back_after_s
+                    if now >= held_back_at:
+                        return False
+                    wake = held_back_at if wake is None else min(wake, held_back_at)
+                if deadline is not None and now >= deadline:
+                    return False
+                self._cond.wait(None if wake is None else wake - now)
 
     def wait_for_decisions(self, epoch: int, timeout_s: float) -> list[AdaptationDecision] | None:
         """Tamiyo's decisions on ``epoch`` in index order once all ``count`` are here (None on timeout or

@@ -33,7 +33,7 @@ from esper.tamiyo.decide import to_command
 from esper.tolaria.distributed import DataParallel
 from esper.tolaria.report import REPORT_NAME
 from esper.tolaria.runs import RunFolder, has_checkpoint
-from esper.tolaria.service.inbox import CommandInbox, PendingCommand, RunInterrupted
+from esper.tolaria.service.inbox import HELD_BACK_AFTER_S, CommandInbox, PendingCommand, RunInterrupted
 from esper.tolaria.service.metrics import TolariaMetrics
 from esper.tolaria.service.outbox import Outbox
 from esper.tolaria.service.ranks import APPLY, EPOCH, RankGroup, check_ranks
@@ -83,6 +83,8 @@ class ServiceRun:
         self.outbox = Outbox(bus, run_id, loop)
         self.lockstep_timeout_s = job.lockstep_timeout_ms / 1000.0
         self._taken: list[PendingCommand] = []
+        #: ids of this boundary's commands applied from their decisions (their copies had not arrived)
+        self._from_decisions: list[str] = []
         self.parallel: DataParallel | None = None
 
     def execute(self) -> RunOutcome:
@@ -167,6 +169,7 @@ class ServiceRun:
             _COMPUTE.acquire()
         self._taken = self.inbox.take_commands()
         arrived = {p.command.command_id: p.command for p in self._taken}
+        self._from_decisions = [c.command_id for c in decided if c.command_id not in arrived]
         ordered = [arrived.pop(c.command_id, c) for c in decided]
         return ordered + [p.command for p in self._taken if p.command.command_id in arrived]
 
@@ -176,7 +179,9 @@ class ServiceRun:
         A decision carries everything its command does (Tamiyo builds the
         command from it with the same function), so when a command itself is
         late it is rebuilt from the decision and applied at this boundary, as
-        in process; the late copy is answered DUPLICATE.
+        in process; the late copy is answered DUPLICATE. A command read after
+        commands already queued here cannot arrive before this boundary settles
+        them (their handlers hold the read batch), so it is not waited for.
         """
         epoch = signals.epoch
         decisions = self.inbox.wait_for_decisions(epoch, self.lockstep_timeout_s)
@@ -195,10 +200,12 @@ class ServiceRun:
             if command is None:
                 continue
             commands.append(command)
-            if not self.inbox.wait_for_command(self.lockstep_timeout_s, decision.command_id):
+            if not self.inbox.wait_for_command(
+                self.lockstep_timeout_s, decision.command_id, held_back_after_s=HELD_BACK_AFTER_S
+            ):
                 log.warning(
-                    "run %s: lockstep: command %s of epoch %d's decision not received within %d ms; "
-                    "applying it from the decision",
+                    "run %s: lockstep: command %s of epoch %d's decision not received (within %d ms, or held "
+                    "back behind commands queued for this boundary); applying it from the decision",
                     self.run_id,
                     decision.command_id,
                     epoch,
@@ -227,6 +234,8 @@ class ServiceRun:
         self.outbox.flush()
         folder.checkpoint()
         self.storage.commit(self.run_id, self.out_dir)
+        self.inbox.note_applied_from_decisions(self._from_decisions)  # before the settle lets the bus read on
+        self._from_decisions = []
         self._settle(None)
 
     def _settle(self, error: BaseException | None) -> None:
