@@ -10,7 +10,7 @@ import pytest
 
 from esper.cli.demo import run_demo
 from esper.cli.stack import Stack
-from esper.leyline import CommandAction, CommandStatus, DecisionAction, TrainingJob
+from esper.leyline import AdaptationDecision, CommandAction, CommandStatus, DecisionAction, TrainingJob, streams
 from esper.tolaria.runs import run as train_in_process
 
 from .harness import QUICK_JOB, TOKEN, StackClient
@@ -33,13 +33,34 @@ def test_the_demo_run_reports_tamiyos_decisions_applied_by_tolaria_and_matches_e
     assert report_path == stack.runs_dir / run_id / "report.json"
     assert report["epochs"] == QUICK_JOB["epochs"]
 
-    # One decision per epoch (lockstep; epochs count from 1; the last epoch's decision may be
-    # skipped when Tamiyo learns of the finish first), each with its reason and confidence.
-    decisions = report["decisions"]
+    # Every epoch decided once, in lockstep (epochs count from 1; the last epoch's decisions may be skipped
+    # when Tamiyo learns of the finish first), each boundary whole: one decision per slot at most, indexes
+    # 0..count-1 in order, ids after the first '.<index>', commands '<run>:e<epoch>:<action>:<slot>'.
+    published = [e.payload for e in client.messages(streams.CONTROL_DECISIONS, run_id)]
+    assert all(isinstance(d, AdaptationDecision) for d in published)
+    boundaries: list[list[AdaptationDecision]] = []
+    for d in published:
+        if d.index == 0:
+            boundaries.append([])
+        boundaries[-1].append(d)
     last = QUICK_JOB["epochs"]
-    decided = [d["epoch"] for d in decisions]
-    assert sorted(decided) in (list(range(1, last)), list(range(1, last + 1)))
+    assert [b[0].epoch for b in boundaries] in (list(range(1, last)), list(range(1, last + 1)))
+    for b in boundaries:
+        assert [(d.epoch, d.index, d.count) for d in b] == [(b[0].epoch, i, len(b)) for i in range(len(b))]
+        assert [d.decision_id for d in b[1:]] == [f"{b[0].decision_id}.{i}" for i in range(1, len(b))]
+        slots = [d.slot_id for d in b if d.slot_id is not None]
+        assert len(slots) == len(set(slots)), b
+        for d in b:
+            assert d.command_id in (None, f"{run_id}:e{d.epoch}:{d.action.value}:{d.slot_id}"), d
+    assert max(len(b) for b in boundaries) > 1, "no boundary decided more than one slot"
+    # the report lists exactly those decisions, each with its reason and confidence
+    decisions = report["decisions"]
+    listed = [(d["epoch"], d["action"], d["slot"], d["command_id"]) for d in decisions]
+    assert listed == [(d.epoch, d.action.value, d.slot_id, d.command_id) for d in published]
     assert all(d["reason"] and 0.0 <= d["confidence"] <= 1.0 for d in decisions)
+    # every command a decision issued was applied at its boundary (its first answer)
+    issued = [d for d in decisions if d["command_id"]]
+    assert issued and all(d["command_status"] == CommandStatus.APPLIED.value for d in issued), issued
     germinations = [d for d in decisions if d["action"] == DecisionAction.GERMINATE.value]
     assert germinations, f"Tamiyo never germinated: {[(d['epoch'], d['action'], d['reason']) for d in decisions]}"
     first = germinations[0]
