@@ -95,9 +95,14 @@ def test_six_runs_on_three_tolarias_every_command_applied_once_by_the_replica_tr
         # Only the replica that trained the run ever read its commands and decisions.
         assert bus.readers(streams.GROUP_TOLARIA, "commands", run_id) == {trainers[run_id]}
         assert bus.readers(streams.GROUP_TOLARIA, "decisions", run_id) == {trainers[run_id]}
-        # One Tamiyo decided each run, every epoch, in order.
-        decided = [d.payload.epoch for d in bus.envelopes(streams.CONTROL_DECISIONS, run_id)]
-        assert decided == list(range(1, epochs + 1)), (run_id, decided)
+        # One Tamiyo decided each run, every epoch once, in order: each epoch one whole boundary of decisions
+        # (index 0 .. count - 1, one per slot at most).
+        decisions = [e.payload for e in bus.envelopes(streams.CONTROL_DECISIONS, run_id)]
+        firsts = [d.epoch for d in decisions if d.index == 0]
+        assert firsts == list(range(1, epochs + 1)), (run_id, firsts)
+        count = {d.epoch: d.count for d in decisions if d.index == 0}
+        expected = [(e, i, count[e]) for e in firsts for i in range(count[e])]
+        assert [(d.epoch, d.index, d.count) for d in decisions] == expected, (run_id, decisions)
         assert len(bus.readers(streams.GROUP_TAMIYO, "telemetry", run_id)) == 1
         check_report(replicas, run_id, epochs)
     assert total >= RUNS, f"too few commands to prove routing: {total}"
