@@ -74,7 +74,7 @@ class Settings:
     health_every: int | None = None
     governor_min_ratio: float = 3.0
     cull_needs_loss_harm: bool = True
-    one_decision_per_epoch: bool = False
+    per_slot: bool = False
 
 
 #: steps of one pass over MNIST-1D's 3,800 training rows in batches of 100
@@ -130,14 +130,11 @@ def _growth_configs(settings: Settings) -> tuple[Any, Any]:
     return kasmina, heuristic
 
 
-def _heuristic(config: Any, one_decision_per_epoch: bool) -> Any:
-    """The heuristic arm's policy; ``one_decision_per_epoch`` hides that it can decide per slot."""
+def _heuristic(config: Any, per_slot: bool) -> Any:
+    """The heuristic arm's policy; ``per_slot``: one decision per slot at a boundary instead of one."""
     from esper.tamiyo.heuristic import HeuristicTamiyo
 
-    policy = HeuristicTamiyo(config)
-    if one_decision_per_epoch:
-        policy.slotwise = False  # type: ignore[misc]
-    return policy
+    return HeuristicTamiyo(replace(config, per_slot=per_slot))
 
 
 def _seed_init_hook(kind: str) -> Any:
@@ -196,7 +193,7 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
             _trainer_config(settings, seed, growing=True),
             Path(out),
             kasmina=kasmina,
-            policy=lambda _model: _heuristic(heuristic, settings.one_decision_per_epoch),
+            policy=lambda _model: _heuristic(heuristic, settings.per_slot),
             param_budget=BUDGET,
             on_trainer=_seed_init_hook(settings.seed_init),
         )
@@ -303,7 +300,7 @@ def main() -> None:
         help="cull on accuracy harm alone, even when the seed lowers validation loss",
     )
     ablation.add_argument(
-        "--one-decision-per-epoch", action="store_true", help="the heuristic acts on one slot per boundary"
+        "--per-slot", action="store_true", help="the heuristic decides once per slot at a boundary (not once)"
     )
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
@@ -331,7 +328,7 @@ def main() -> None:
         health_every=args.health_every,
         governor_min_ratio=args.governor_min_ratio,
         cull_needs_loss_harm=args.cull_needs_loss_harm,
-        one_decision_per_epoch=args.one_decision_per_epoch,
+        per_slot=args.per_slot,
     )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     # heuristic runs first: each carries its oracle, so they are the longest jobs

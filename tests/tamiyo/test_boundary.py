@@ -26,8 +26,9 @@ def signals(*stages: SeedStage, epoch: int = 1) -> TrainingSignals:
 
 
 def growing(**overrides: object) -> HeuristicTamiyo:
+    settings: dict[str, object] = {"per_slot": True, **overrides}
     config = HeuristicConfig(
-        plateau_patience=0, max_active_seeds=3, candidates=(BlueprintChoice("conv_light"),), **overrides
+        plateau_patience=0, max_active_seeds=3, candidates=(BlueprintChoice("conv_light"),), **settings
     )
     return HeuristicTamiyo(config, cost_model=lambda slot, _bp, _cfg: PRICE[slot])
 
@@ -75,8 +76,7 @@ def test_a_refusal_ends_the_boundary_and_is_kept_with_its_reason() -> None:
 
 
 def test_a_policy_that_is_not_slotwise_makes_one_decision_per_boundary() -> None:
-    policy = growing()
-    policy.slotwise = False  # type: ignore[misc]
+    policy = growing(per_slot=False)  # the heuristic's default
     out = boundary(policy, signals(SeedStage.DORMANT, SeedStage.DORMANT, SeedStage.DORMANT))
     assert [(d.decision.slot_id, d.decision.index, d.decision.count) for d in out] == [("s1", 0, 1)]
 

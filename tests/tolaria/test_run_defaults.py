@@ -1,19 +1,28 @@
-from esper.leyline import SeedStage, TrainingJob
+from esper.leyline import DecisionAction, SeedStage, TrainingJob
 from esper.tolaria.runs import build_trainer
 
 
-def test_default_heuristic_grows_every_slot_from_epoch_1_side_by_side():
-    trainer = build_trainer(TrainingJob(epochs=3, max_train_samples=200, param_budget=5210))
+def test_default_heuristic_grows_from_epoch_1_one_decision_per_epoch():
+    trainer = build_trainer(TrainingJob(epochs=4, max_train_samples=200, param_budget=5210))
     trainer.fit()
     germinated = [(e.slot_id, e.epoch) for e in trainer.model.events if e.to_stage is SeedStage.GERMINATED]
-    # one decision per slot at a boundary: epoch 1 germinates all three, epoch 2 advances all three
+    # epoch 1 germinates s1, epoch 2 advances it, epoch 3 germinates s2 while s1 is still live
+    assert germinated == [("s1", 1), ("s2", 3)]
+    assert all((d.index, d.count) == (0, 1) for d in trainer.decisions)
+    assert "early growth" in next(d.reason for d in trainer.decisions if d.action is DecisionAction.GERMINATE)
+
+
+def test_the_per_slot_heuristic_grows_every_slot_at_the_first_boundary():
+    trainer = build_trainer(
+        TrainingJob(epochs=2, max_train_samples=200, param_budget=5210, policy="heuristic-per-slot")
+    )
+    trainer.fit()
+    germinated = [(e.slot_id, e.epoch) for e in trainer.model.events if e.to_stage is SeedStage.GERMINATED]
     assert germinated == [("s1", 1), ("s2", 1), ("s3", 1)]
-    assert [SeedStage(s.stage) for s in trainer.model.slots.values()] == [SeedStage.TRAINING] * 3
     first = [d for d in trainer.decisions if d.epoch == 1]
     assert [(d.index, d.count, d.decision_id) for d in first] == [
         (0, 3, "heuristic-e1"), (1, 3, "heuristic-e1.1"), (2, 3, "heuristic-e1.2")
     ]  # fmt: skip
-    assert "early growth" in first[0].reason
 
 
 def test_default_heuristic_germinates_nothing_past_the_budget():

@@ -1,7 +1,8 @@
 """HeuristicTamiyo: the rule-based baseline policy.
 
-Rules, in priority order (one decision per slot and epoch: the decide step asks
-again, with the slots already acted on excluded, until the policy waits):
+Rules, in priority order (one decision per epoch; with ``per_slot`` one per
+slot and epoch: the decide step asks again, with the slots already acted on
+excluded, until the policy waits):
 
 1. cull a seed that harms validation (counterfactual accuracy contribution
    below ``-cull_harm`` for ``cull_patience`` measurements while it does not
@@ -69,7 +70,6 @@ class HeuristicTamiyo:
     """
 
     name = "heuristic"
-    slotwise = True
 
     def __init__(self, config: HeuristicConfig | None = None, *, cost_model: CostModel | None = None) -> None:
         self.config = config or HeuristicConfig()
@@ -81,6 +81,11 @@ class HeuristicTamiyo:
         self.last_cull_epoch: int | None = None
         self._live: dict[str, tuple[str | None, str | None]] = {}
         self._exclude: frozenset[str] = frozenset()
+
+    @property
+    def slotwise(self) -> bool:
+        """Whether the decide step may ask again at a boundary (``config.per_slot``)."""
+        return self.config.per_slot
 
     # -- bookkeeping ---------------------------------------------------------
     def _score_outcomes(self, seeds: list[SeedStateReport], epoch: int) -> None:

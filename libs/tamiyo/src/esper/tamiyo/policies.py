@@ -13,6 +13,7 @@ imported only then: this module stays torch-free.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from esper.leyline import TrainingJob
@@ -21,7 +22,7 @@ from esper.tamiyo.policy import Policy, StaticPolicy
 from esper.tamiyo.safety import SafetyConfig
 
 #: The policies a job may name (or a learned policy file, see :func:`is_policy_file`).
-POLICIES = ("heuristic", "none")
+POLICIES = ("heuristic", "heuristic-per-slot", "none")
 #: How a learned policy file's name ends.
 POLICY_FILE_SUFFIX = ".pt"
 #: Ways to decode a learned policy file's actions, after ``?``: greedy (none) or ``sample``.
@@ -119,6 +120,8 @@ def make_policy(name: str, job: TrainingJob) -> Policy:
         return StaticPolicy()
     if name == "heuristic":
         return HeuristicTamiyo(heuristic_config(job))
+    if name == "heuristic-per-slot":  # the same rules, one decision per slot at a boundary
+        return HeuristicTamiyo(replace(heuristic_config(job), per_slot=True))
     if is_policy_file(name):
         return load_policy_file(name, job)
     raise ValueError(f"field 'policy': unknown policy {name!r} (known: {_known()})")
