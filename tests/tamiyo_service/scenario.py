@@ -27,6 +27,8 @@ from esper.tamiyo.service.metrics import TamiyoMetrics
 
 #: digits loads in a fraction of a second and has the three slots of ConvHost1D.
 JOB = TrainingJob(task="digits", epochs=20)
+#: the same job with the heuristic that decides once per slot at a boundary (the default decides once)
+PER_SLOT_JOB = TrainingJob(task="digits", epochs=20, policy="heuristic-per-slot")
 SLOTS = ("s1", "s2", "s3")
 
 

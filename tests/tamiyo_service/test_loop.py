@@ -1,11 +1,12 @@
 """The decision loop on a real Redis: signals -> policy -> safety -> commands, each before its decision (one per
-slot at most at a boundary); state survives restarts."""
+boundary with the default heuristic, one per slot at most with 'heuristic-per-slot'); state survives restarts."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import pytest
 import redis
 
 from esper.leyline import (
@@ -25,7 +26,7 @@ from esper.tamiyo.collector import KEY_PREFIX
 from esper.tamiyo.safety import SafetyConfig
 from esper.tamiyo.service.loop import CONSUMED_STREAMS
 
-from .scenario import JOB, SLOTS, boundaries, envelope, published, signals, stack
+from .scenario import JOB, PER_SLOT_JOB, SLOTS, boundaries, envelope, published, signals, stack
 
 RUN = "run-loop"
 
@@ -44,7 +45,8 @@ async def plateau(s, epochs, run_id=RUN) -> None:
         await s.loop.handle(envelope(run_id, signals(epoch)))
 
 
-def test_a_plateau_germinates_and_the_command_is_published_before_the_decision(clean_redis_url):
+@pytest.mark.parametrize(("job", "slots"), [(JOB, SLOTS[:1]), (PER_SLOT_JOB, SLOTS)], ids=["default", "per-slot"])
+def test_a_plateau_germinates_and_each_command_is_published_before_its_decision(clean_redis_url, job, slots):
     order: list[str] = []
 
     async def go():
@@ -56,17 +58,19 @@ def test_a_plateau_germinates_and_the_command_is_published_before_the_decision(c
             return await publish(stream, env)
 
         s.bus.publish = recording
-        await s.loop.handle(envelope(RUN, JOB))
+        await s.loop.handle(envelope(RUN, job))
         await plateau(s, 2)
         await s.aclose()
 
     asyncio.run(go())
-    # the default heuristic grows from the first epoch after the host's own (epoch 1 here), one seed per slot
-    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G])]
+    # the heuristic grows from the first epoch after the host's own (epoch 1 here): one seed (the default) or
+    # one seed per slot (per-slot)
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G] * len(slots))]
     germinations = [e.payload for e in published(clean_redis_url, ls.CONTROL_DECISIONS)][1:]
-    ids = [f"{RUN}:e1:germinate:{slot}" for slot in SLOTS]
+    ids = [f"{RUN}:e1:germinate:{slot}" for slot in slots]
+    slots_after_first = range(1, len(slots))
     assert [d.command_id for d in germinations] == ids and all(d.accepted for d in germinations)
-    assert [d.decision_id for d in germinations] == ["heuristic-e1", "heuristic-e1.1", "heuristic-e1.2"]
+    assert [d.decision_id for d in germinations] == ["heuristic-e1", *(f"heuristic-e1.{i}" for i in slots_after_first)]
     assert all("plateau" in d.reason and 0 < d.confidence <= 1 for d in germinations)
     # each decision right after its own command (a WAIT has none)
     pairs = [(stream, i) for i in ids for stream in (ls.CONTROL_COMMANDS, ls.CONTROL_DECISIONS)]
@@ -89,7 +93,7 @@ def test_a_redelivered_epoch_is_skipped_and_counted(clean_redis_url):
         return run, s.metrics
 
     run, metrics = asyncio.run(go())
-    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G])]  # epoch 1 decided once
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G])]  # epoch 1 decided once
     assert run.stale_skipped == 1
     assert metrics.skipped.labels("redelivered")._value.get() == 1
 
@@ -108,7 +112,7 @@ def test_a_paused_run_gets_no_decisions_until_resumed(clean_redis_url):
     asyncio.run(go())
     assert [epoch for epoch, _ in decided(clean_redis_url)] == [0, 2]  # nothing at the paused epoch 1
     actions = [c.payload.action for c in published(clean_redis_url, ls.CONTROL_COMMANDS)]
-    assert actions == [CommandAction.PAUSE, CommandAction.RESUME] + [CommandAction.GERMINATE] * len(SLOTS)
+    assert actions == [CommandAction.PAUSE, CommandAction.RESUME, CommandAction.GERMINATE]
 
 
 def test_a_rejected_decision_is_published_with_its_reason_and_no_command(clean_redis_url):
@@ -158,9 +162,8 @@ def test_a_restarted_tamiyo_continues_the_runs_policy_state(clean_redis_url):
 
     run, seen = asyncio.run(go())
     assert seen == 2 and run.last_decided_epoch == 2 and run.job == JOB
-    # the restored policy decides epoch 2 (the redelivered epoch 1 was skipped, not decided twice); the
-    # telemetry still shows every slot dormant, so it germinates all three again
-    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G]), (2, [G, G, G])]
+    # the restored policy decides epoch 2 (the redelivered epoch 1 was skipped, not decided twice), once
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G]), (2, [G])]
 
 
 def test_an_epoch_redecided_after_a_crash_before_saving_repeats_the_same_command_id(clean_redis_url):
@@ -168,6 +171,7 @@ def test_an_epoch_redecided_after_a_crash_before_saving_repeats_the_same_command
 
     async def go():
         first = await stack(clean_redis_url)
+        await first.loop.handle(envelope(RUN, PER_SLOT_JOB))  # every command of the boundary repeats its id
         await plateau(first, 1)
         saved = client.get(KEY_PREFIX + RUN)
         await first.loop.handle(envelope(RUN, signals(1)))
@@ -187,6 +191,7 @@ def test_an_epoch_redecided_after_a_crash_before_saving_repeats_the_same_command
 def test_results_and_the_end_of_the_run_update_its_state(clean_redis_url):
     async def go():
         s = await stack(clean_redis_url)
+        await s.loop.handle(envelope(RUN, PER_SLOT_JOB))  # several commands per boundary
         await plateau(s, 3)
         cid = f"{RUN}:e2:germinate:s1"
         applied = CommandResult(command_id=cid, action=CommandAction.GERMINATE, status=CommandStatus.APPLIED)
@@ -229,8 +234,8 @@ def test_the_service_consumer_decides_from_the_telemetry_stream(clean_redis_url)
 
     metrics = asyncio.run(go())
     decisions = published(clean_redis_url, ls.CONTROL_DECISIONS)
-    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G]), (2, [G, G, G])]
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G]), (2, [G])]
     commands = [e.payload for e in published(clean_redis_url, ls.CONTROL_COMMANDS)]
-    assert all(isinstance(c, AdaptationCommand) for c in commands) and len(commands) == 6
+    assert all(isinstance(c, AdaptationCommand) for c in commands) and len(commands) == 2
     assert metrics.decision_latency._sum.get() > 0 and metrics.policy_seconds._sum.get() > 0
     assert all(isinstance(d.payload, AdaptationDecision) for d in decisions)

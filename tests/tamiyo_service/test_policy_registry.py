@@ -75,9 +75,9 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_registry_lists_named_policies_and_the_directorys_files(policy_dir):
     registry = PolicyRegistry(policy_dir)
-    assert registry.names() == ("heuristic", "none", "broken", "tiny")
+    assert registry.names() == ("heuristic", "heuristic-per-slot", "none", "broken", "tiny")
     assert "tiny" in registry and "bad name" not in registry and "../tiny" not in registry
-    assert PolicyRegistry(policy_dir / "missing").names() == ("heuristic", "none")
+    assert PolicyRegistry(policy_dir / "missing").names() == ("heuristic", "heuristic-per-slot", "none")
     entries = {e.name: e for e in registry.entries()}
     assert entries["tiny"].kind == "learned" and entries["tiny"].available
     assert entries["tiny"].path == str(policy_dir / "tiny.pt")
@@ -90,7 +90,8 @@ def test_the_registry_builds_learned_policies_and_names_what_it_refuses(policy_d
     assert policy.name == "gnn" and policy.config.epochs_total == 7  # type: ignore[attr-defined]
     with pytest.raises(PolicyRefused, match=r"policy 'broken'.*not a readable policy file"):
         registry.make("broken", TrainingJob())
-    with pytest.raises(PolicyRefused, match=r"unknown policy 'nope'.*known: heuristic, none, broken, tiny"):
+    known = "known: heuristic, heuristic-per-slot, none, broken, tiny"
+    with pytest.raises(PolicyRefused, match=rf"unknown policy 'nope'.*{known}"):
         registry.check("nope")
     monkeypatch.setattr(registry_module, "missing_gnn_extra", lambda: "torch is not installed")
     with pytest.raises(PolicyRefused, match=r"policy 'tiny' is a learned policy and needs the gnn extra"):
@@ -195,7 +196,8 @@ def test_a_live_run_switches_to_a_registered_learned_policy(clean_redis_url, pol
     service = start_service(clean_redis_url, policy_dir)
     listed = httpx.get(f"{service.url}/policies", headers=AUTH).json()
     assert [(p["name"], p["kind"], p["available"]) for p in listed] == [
-        ("heuristic", "named", True), ("none", "named", True), ("broken", "learned", True), ("tiny", "learned", True),
+        ("heuristic", "named", True), ("heuristic-per-slot", "named", True), ("none", "named", True),
+        ("broken", "learned", True), ("tiny", "learned", True),
     ]  # fmt: skip
     publish(clean_redis_url, "run-r", TrainingJob(epochs=5), graph(), signals(1))
     assert decided(service, clean_redis_url, "run-r", 1).policy == "heuristic"
