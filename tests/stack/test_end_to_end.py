@@ -25,7 +25,8 @@ def _events(report: dict) -> list[tuple[int, str, str | None, str]]:
 def test_the_demo_run_reports_tamiyos_decisions_applied_by_tolaria_and_matches_esper_train(
     stack: Stack, client: StackClient, tmp_path: Path
 ) -> None:
-    job = TrainingJob(**QUICK_JOB)
+    # the per-slot heuristic: several decisions per boundary, each command awaited in lockstep (the harder case)
+    job = TrainingJob(**{**QUICK_JOB, "policy": "heuristic-per-slot"})
     printed: list[str] = []
     report_path = run_demo(stack, job, token=TOKEN, timeout_s=150, out=printed.append)
     report = json.loads(report_path.read_text())
