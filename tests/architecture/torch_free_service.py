@@ -5,8 +5,9 @@ A meta-path finder refuses ``torch`` and ``torch.*`` (and records who tried).
 * ``python torch_free_service.py``: the service's modules are imported, a run
   is steered through its decision loop over Oona's in-memory bus, its control
   API lists the run, and the heuristic decides once more through
-  ``esper.tamiyo.decide.decide_boundary`` on the same hand-built epoch (one
-  decision per slot: all three germinate); prints ``OK``.
+  ``esper.tamiyo.decide.decide_boundary`` on the same hand-built epoch (the
+  job's policy is ``heuristic-per-slot``: one decision per slot, all three
+  germinate); prints ``OK``.
 * ``python torch_free_service.py serve ARGS``: ``python -m esper.tamiyo.service
   ARGS`` itself, until it is signalled.
 
@@ -75,6 +76,8 @@ from esper.tamiyo.service.loop import DecisionLoop  # noqa: E402
 from esper.tamiyo.service.metrics import TamiyoMetrics  # noqa: E402
 
 TOKEN = "operator-token"
+#: several decisions at a boundary go through the service's loop (the default heuristic decides once)
+PER_SLOT_JOB = TrainingJob(epochs=5, policy="heuristic-per-slot")
 
 
 async def steer_over_memory_bus() -> tuple[RunControl, list[AdaptationDecision], list[AdaptationCommand]]:
@@ -82,7 +85,7 @@ async def steer_over_memory_bus() -> tuple[RunControl, list[AdaptationDecision],
     bus = InMemoryBus()
     collector, safety, metrics = HealthCollector(None), SafetyMonitor(DEFAULT_SAFETY), TamiyoMetrics()
     loop = DecisionLoop(collector, safety, bus, metrics)
-    await loop.handle(Envelope(payload=TrainingJob(epochs=5), run_id="run-a"))
+    await loop.handle(Envelope(payload=PER_SLOT_JOB, run_id="run-a"))
     await loop.handle(Envelope(payload=graph(), run_id="run-a"))
     await loop.handle(Envelope(payload=signals(1), run_id="run-a"))
     decisions = [decode(data).payload for _, data in bus.entries(ls.CONTROL_DECISIONS)]
@@ -109,10 +112,10 @@ def control_api(control: RunControl) -> list[str]:
 def main() -> None:
     control, looped, commands = asyncio.run(steer_over_memory_bus())
     paths = control_api(control)
-    job = TrainingJob(epochs=5)
+    job = PER_SLOT_JOB
     first = signals(1)
     snapshot = run_snapshot("run-b", first, graph=graph(), telemetry_at=time.time(), param_budget=job.param_budget)
-    policy = make_policy("heuristic", job)
+    policy = make_policy(job.policy, job)
     boundary = decide_boundary(policy, first, snapshot, SafetyMonitor(DEFAULT_SAFETY), graph=graph())
     assert all(b.verdict.accepted for b in boundary), [b.verdict for b in boundary]
     d = boundary[0].decision
