@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def live_run(stack: Stack) -> Iterator[tuple[StackClient, str]]:
     """A long static run that is training (epoch 1 reached; its slots stay DORMANT); stopped at the end of the
-    module. The heuristic would germinate every slot at the first boundary."""
+    module. The heuristic would germinate at the first boundary."""
     with StackClient(stack) as client:
         run_id = client.submit("control", epochs=200, lockstep=False, policy="none")
         client.wait_epoch(run_id, 1)
