@@ -45,7 +45,7 @@ from esper.leyline import (
     TrainingJob,
     TrainingSignals,
 )
-from esper.tamiyo.decide import decide, run_snapshot
+from esper.tamiyo.decide import decide_boundary, run_snapshot
 from esper.tamiyo.policies import DEFAULT_SAFETY, make_policy
 from esper.tamiyo.safety import SafetyMonitor
 from esper.tamiyo.tracker import SignalTracker
@@ -254,14 +254,14 @@ def main() -> None:
         snapshot = run_snapshot(
             "grow-loop", signals, graph=graph, telemetry_at=time.time(), param_budget=job.param_budget
         )
-        decided = decide(policy, signals, snapshot, safety, graph=graph)
-        d = decided.decision
-        if decided.command is not None:
-            outcome = apply(model, optimizers, decided.command, epoch, args)
-            what = " ".join(filter(None, (d.action.value, d.slot_id, d.blueprint)))
-            print(f"  decision e{epoch}: {what} ({d.reason}) -> {outcome}")
-        elif not d.accepted:
-            print(f"  decision e{epoch}: {d.action.value} {d.slot_id} rejected by safety: {d.rejection_reason}")
+        for decided in decide_boundary(policy, signals, snapshot, safety, graph=graph):  # one per slot at most
+            d = decided.decision
+            if decided.command is not None:
+                outcome = apply(model, optimizers, decided.command, epoch, args)
+                what = " ".join(filter(None, (d.action.value, d.slot_id, d.blueprint)))
+                print(f"  decision e{epoch}: {what} ({d.reason}) -> {outcome}")
+            elif not d.accepted:
+                print(f"  decision e{epoch}: {d.action.value} {d.slot_id} rejected by safety: {d.rejection_reason}")
         model.end_epoch(epoch)  # blending ramps, embargoes count down
         if structure(model) != graph_of:  # a seed was built, fossilized or removed: Tamiyo needs the new graph
             graph, graph_of = describe(model, x_train[:2], epoch=epoch, revision=graph.revision + 1), structure(model)

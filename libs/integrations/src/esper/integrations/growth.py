@@ -12,7 +12,7 @@ belong to Esper, so this class offers the same steps as calls the loop makes:
 3. :meth:`GrowthSession.boundary` at each validation end: the model is
    evaluated on the validation batches with every live seed switched off and at
    alpha 1 (the counterfactuals the gates read), ``TrainingSignals`` are built,
-   Tamiyo's :func:`~esper.tamiyo.decide.decide` runs with the default safety
+   Tamiyo's :func:`~esper.tamiyo.decide.decide_boundary` runs with the default safety
    monitor, its command is applied through Kasmina's gates, and the epoch ends;
    the returned :class:`Changes` say which seed parameters the loop's optimizer
    must add or drop;
@@ -55,7 +55,7 @@ from esper.leyline import (
     TrainingJob,
     TrainingSignals,
 )
-from esper.tamiyo.decide import decide, run_snapshot
+from esper.tamiyo.decide import decide_boundary, run_snapshot
 from esper.tamiyo.policies import DEFAULT_SAFETY, make_policy
 from esper.tamiyo.policy import Policy
 from esper.tamiyo.safety import SafetyMonitor
@@ -191,12 +191,12 @@ class GrowthSession:
         snapshot = run_snapshot(
             self.run_id, signals, graph=self.graph, telemetry_at=time.time(), param_budget=self.param_budget
         )
-        decided = decide(self.policy, signals, snapshot, self.safety, graph=self.graph)
-        self.publish(decided.decision)
         changes = Changes()
-        if decided.command is not None:
-            self.publish(self._apply(decided.command, changes))
-            self._transitions()
+        for decided in decide_boundary(self.policy, signals, snapshot, self.safety, graph=self.graph):
+            self.publish(decided.decision)
+            if decided.command is not None:
+                self.publish(self._apply(decided.command, changes))
+                self._transitions()
         self.model.end_epoch(self.epoch)
         self._transitions()
         self._describe()
