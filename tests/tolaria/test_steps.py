@@ -13,7 +13,7 @@ from esper.tolaria.checkpoint import read_checkpoint, restore_checkpoint, save_c
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.modes import TrainingMode
-from esper.tolaria.steps import host_only_parameters, merge_fossilized_optimizers, plan_epoch
+from esper.tolaria.steps import host_only_parameters, merge_fossilized_optimizers, plan_epoch, train_epoch
 
 from .conftest import FAST_KASMINA, make_trainer
 
@@ -62,7 +62,7 @@ def test_a_snapshot_is_not_changed_by_later_training_and_restores_exactly(small_
     held_adam = snap.optimizers["host"]["state"][0]["exp_avg"].clone()
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, held[name]), name
-    trainer._train_epoch(3)  # steps without a snapshot
+    train_epoch(trainer)  # steps without a snapshot
     assert any(not torch.equal(v, held[k]) for k, v in trainer.model.state_dict().items())
     for name, value in snap.model.items():
         assert torch.equal(value, held[name]), name
@@ -129,7 +129,7 @@ def test_without_the_isolated_pass_a_training_step_costs_one_forward_and_backwar
         trainer = _training_trainer(small_task, at_training, isolated_seed_pass=flag)
         forwards = []
         handle = trainer.model.host.register_forward_hook(lambda *_, seen=forwards: seen.append(1))
-        trainer._train_epoch(3)
+        train_epoch(trainer)
         handle.remove()
         calls[flag] = len(forwards)
     steps = trainer.steps_per_epoch()
@@ -205,7 +205,7 @@ def test_a_germinated_seed_is_initialized_by_gradmax_and_stays_the_identity(smal
     slot = trainer.model.slot("s1")
     assert slot.stage is SeedStage.GERMINATED and slot.blueprint == "conv_heavy"
     before = slot.seed.body[0].weight.clone()
-    trainer._train_epoch(2)  # a GERMINATED seed is initialized as the epoch starts
+    train_epoch(trainer)  # a GERMINATED seed is initialized as the epoch starts
     assert torch.equal(slot.seed.body[0].weight, before) is (seed_init == "zero")
     assert not slot.seed.body[2].weight.any()  # the last layer is still zero: the seed is the identity
 

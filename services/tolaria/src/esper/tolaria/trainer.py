@@ -207,11 +207,6 @@ class Trainer:
         self.events_seen = len(self.model.events)
 
     # -- one epoch ------------------------------------------------------------
-    def _train_epoch(self, epoch: int) -> tuple[float, float, dict[str, int], Trip | None, dict[str, float]]:
-        """All training steps of one epoch (:func:`esper.tolaria.steps.train_epoch`)."""
-        out = train_epoch(self)
-        return out.loss, out.accuracy, out.modes, out.trip, out.norms
-
     def _rollback(self, epoch: int, trip: Trip) -> None:
         """Restore the last good state, cull the seed held responsible, say why."""
         restored = self.governor.restore(self.model, self.optimizers)
@@ -316,7 +311,8 @@ class Trainer:
             train_loss = train_acc = math.nan
             modes, trip, norms = {}, None, {}
         else:
-            train_loss, train_acc, modes, trip, norms = self._train_epoch(epoch)
+            out = train_epoch(self)  # all training steps of the epoch (esper.tolaria.steps)
+            train_loss, train_acc, modes, trip, norms = out.loss, out.accuracy, out.modes, out.trip, out.norms
         if trip is not None:
             self._rollback(epoch, trip)
         score = evaluate if self.parallel is None else self.parallel.evaluate  # sharded and reduced
@@ -343,14 +339,13 @@ class Trainer:
                 epoch=epoch, layers=layer_health(self.model, self.task.slots, self.task.val.x[:256])
             )
             self.publish(self.health)
-        health = self.health
         to_apply: list[AdaptationCommand] = []
         if self.policy is not None:
             snapshot = run_snapshot(
                 self.run_id, signals, graph=self.graph, telemetry_at=time.time(), param_budget=self.param_budget
             )
             for decided in decide_boundary(
-                self.policy, signals, snapshot, self.safety, graph=self.graph, health=health
+                self.policy, signals, snapshot, self.safety, graph=self.graph, health=self.health
             ):
                 self.decisions.append(decided.decision)
                 self.publish(decided.decision)
