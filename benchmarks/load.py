@@ -80,7 +80,11 @@ def entries(client: redis.Redis, stream: str) -> list[Envelope[Any]]:
 
 def stack_of(names: tuple[str, ...], server: RedisServer, root: Path) -> Stack:
     ports = {name: free_port() for name in ("tamiyo", "tolaria", "nissa")}
-    specs = [s for s in default_specs(ports) if s.name in names]
+    return started([s for s in default_specs(ports) if s.name in names], server, root)
+
+
+def started(specs: list[ServiceSpec], server: RedisServer, root: Path) -> Stack:
+    """The services of ``specs`` on ``server``, started, with run and log folders under ``root``, never restarted."""
     return Stack(
         specs,
         redis_url=server.url,
@@ -226,14 +230,7 @@ def two_replicas(
     redis.Redis.from_url(server.url).flushall()
     names = ("tamiyo-a", "tamiyo-b")
     specs = [ServiceSpec(n, "esper.tamiyo.service", free_port(), ("--lease-ms", str(lease_ms))) for n in names]
-    stack = Stack(
-        specs,
-        redis_url=server.url,
-        runs_dir=root / "runs",
-        logs_dir=root / "logs",
-        api_token=TOKEN,
-        restart=RestartPolicy(max_restarts=0),
-    ).start()
+    stack = started(specs, server, root)
     consumer = {n: f"{n}-{stack[n].spec.port}" for n in names}
     run_ids = [f"load-{i:03d}" for i in range(runs)]
     leases = Leases(server.url, run_ids)
