@@ -96,6 +96,13 @@ def task_id(task: CompareTask) -> str:
 
 def run_policy(name: str, v: CompareTask, seed: int, env: EnvConfig) -> RunResult:
     """One Tolaria run of task ``v`` with policy ``name`` and the episode settings of ``env``."""
+    return run_with(lambda budget: build_policy(name, env.epochs, budget, seed), name, v, seed, env)
+
+
+def run_with(
+    policy_for: Callable[[int | None], Policy], name: str, v: CompareTask, seed: int, env: EnvConfig
+) -> RunResult:
+    """One Tolaria run of task ``v`` with the policy ``policy_for(param_budget)`` builds, reported as ``name``."""
     if isinstance(v, Variant):
         task = load_variant(v, max_train_samples=env.max_train_samples)
     else:
@@ -106,7 +113,7 @@ def run_policy(name: str, v: CompareTask, seed: int, env: EnvConfig) -> RunResul
     trainer = Trainer(task, None, config, kasmina=KASMINA, run_id=f"compare-{task_id(v)}-s{seed}")
     budget = None if env.param_budget_ratio is None else int(env.param_budget_ratio * trainer.params_initial)
     trainer.param_budget = budget
-    trainer.policy = build_policy(name, env.epochs, budget, seed)
+    trainer.policy = policy_for(budget)
     trainer.fit()
     last = trainer.history[-1]
     return RunResult(
