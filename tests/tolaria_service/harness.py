@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import redis
+from prometheus_client.parser import text_string_to_metric_families
+from redis_server import free_port  # tests/ is on sys.path (tests/conftest.py)
 
 from esper.leyline import (
     AdaptationCommand,
@@ -34,6 +41,8 @@ M = TypeVar("M", bound=Message)
 #: Small enough that an epoch takes a fraction of a second on a shared CPU.
 #: No Tamiyo runs in these tests: jobs do not wait for decisions (lockstep is the default otherwise).
 TINY = {"max_train_samples": 400, "batch_size": 100, "lockstep": False}
+#: The service's entry point with a crash point (see the script).
+CRASHPOINT = Path(__file__).with_name("crashpoint.py")
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition") -> Any:
@@ -207,3 +216,74 @@ class InProcessTolaria:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=30)
             self.loop.close()
+
+
+class TolariaProcess:
+    """The service as a subprocess with a fixed consumer name, so a restart is the same consumer."""
+
+    def __init__(self, redis_url: str, runs_dir: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.flags = [
+            "--redis-url",
+            redis_url,
+            "--port",
+            str(self.port),
+            "--runs-dir",
+            str(runs_dir),
+            "--consumer",
+            "tolaria-proc",
+            "--torch-threads",
+            "1",
+        ]
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, crash: str | None = None) -> TolariaProcess:
+        """Start the service; with ``crash`` (``<point>:<command_id>``, see ``crashpoint.py``) it SIGKILLs itself
+        at that point of the boundary that applies the command."""
+        if crash is None:
+            command, env = [sys.executable, "-m", "esper.tolaria.service", *self.flags], None
+        else:
+            command = [sys.executable, str(CRASHPOINT), *self.flags]
+            env = {**os.environ, "ESPER_TEST_CRASH": crash}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_until(self.ready, 60, f"tolaria ready (log: {self.log_path})")
+        return self
+
+    def ready(self) -> bool:
+        assert self.process is not None
+        assert self.process.poll() is None, self.log_path.read_text()
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_crashed(self, timeout_s: float = 120.0) -> None:
+        """Wait for the process to die of its own crash point (SIGKILL)."""
+        assert self.process is not None
+        code = self.process.wait(timeout=timeout_s)
+        assert code == -signal.SIGKILL, f"exited with {code}, not by its crash point:\n{self.log_path.read_text()}"
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out

@@ -3,85 +3,19 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
-from redis_server import free_port
 
 from esper.leyline import CommandAction, CommandStatus, streams
 from esper.tolaria.checkpoint import CHECKPOINT_NAME
 
-from .harness import Bus, wait_until
+from .harness import Bus, TolariaProcess, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-class TolariaProcess:
-    """The service as a subprocess with a fixed consumer name, so a restart is the same consumer."""
-
-    def __init__(self, redis_url: str, runs_dir: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.command = [
-            sys.executable,
-            "-m",
-            "esper.tolaria.service",
-            "--redis-url",
-            redis_url,
-            "--port",
-            str(self.port),
-            "--runs-dir",
-            str(runs_dir),
-            "--consumer",
-            "tolaria-proc",
-            "--torch-threads",
-            "1",
-        ]
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> TolariaProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self.ready, 60, f"tolaria ready (log: {self.log_path})")
-        return self
-
-    def ready(self) -> bool:
-        assert self.process is not None
-        assert self.process.poll() is None, self.log_path.read_text()
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def terminate(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
-
-    def metrics(self) -> dict[str, float]:
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        out = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return out
 
 
 @pytest.fixture

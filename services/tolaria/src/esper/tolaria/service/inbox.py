@@ -2,9 +2,9 @@
 
 A command handler (event loop) puts a :class:`PendingCommand` and waits for it
 to be settled; the training thread takes every queued command at the next
-boundary, applies them, publishes the results, checkpoints, and only then
+boundary, applies them, checkpoints, publishes the results, and only then
 settles them, so the bus acknowledges a command only once its effect is in
-the checkpoint. The thread also waits here: for commands while the run is
+the checkpoint and its result on the bus. The thread also waits here: for commands while the run is
 paused, for a decision (and the command it names) in lockstep.
 """
 

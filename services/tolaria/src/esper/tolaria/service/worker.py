@@ -7,12 +7,20 @@
    on); in lockstep the thread waits up to ``lockstep_timeout_ms`` for Tamiyo's
    decision on this epoch and, if it names a command, as long again for that
    command; then every queued command is applied (duplicates answered DUPLICATE);
-3. the epoch's remaining messages (results, seed transitions, events) are flushed;
-4. the checkpoint is written; only then are the commands settled (their bus
-   handlers return and Oona acks them).
+3. the boundary is committed: its remaining messages (command results, seed
+   transitions, events, the new model graph) are sealed into the run's outbox
+   journal, the checkpoint is written, and only then are they published and the
+   commands settled (their bus handlers return and Oona acks them).
+
+A boundary is in the checkpoint or it never happened: a run killed before the
+checkpoint resumes from the one before and redoes the epoch, applying its
+commands again to the only model state that survives, so nothing of the lost
+boundary may have been published (its commands would show two APPLIED results);
+a run killed after it publishes the journal on resume, so no result of a
+checkpointed boundary is lost (see :mod:`esper.tolaria.service.outbox`).
 
 A paused run does not train: the thread waits for commands, applies each batch at
-the current boundary, flushes, checkpoints, settles, until RESUME or STOP. A STOP
+the current boundary and commits it the same way, until RESUME or STOP. A STOP
 ends the run after the current boundary; the report is written as ``esper train``
 writes it.
 """
@@ -80,7 +88,7 @@ class ServiceRun:
         self.run_id, self.job, self.inbox, self.metrics = run_id, job, inbox, metrics
         self.storage = storage
         self.out_dir = storage.checkout(run_id)
-        self.outbox = Outbox(bus, run_id, loop)
+        self.outbox = Outbox(bus, run_id, loop, self.out_dir)
         self.lockstep_timeout_s = job.lockstep_timeout_ms / 1000.0
         self._taken: list[PendingCommand] = []
         #: ids of this boundary's commands applied from their decisions (their copies had not arrived)
@@ -105,6 +113,8 @@ class ServiceRun:
         if resumed_from is not None:
             log.info("run %s: resumed from its checkpoint at epoch %d", self.run_id, resumed_from)
         try:
+            # the boundary the checkpoint holds may not have reached the bus before the process died
+            self.outbox.recover(trainer.published if resume else None)
             while not trainer.stop_requested and trainer.epoch < trainer.config.epochs:
                 if self.inbox.interrupted:
                     raise RunInterrupted(f"run {self.run_id}: service stopping after epoch {trainer.epoch}")
@@ -228,12 +238,19 @@ class ServiceRun:
         self._commit(folder)
 
     def _commit(self, folder: RunFolder) -> None:
-        """Publish what the boundary produced, checkpoint it, then let the bus ack its commands."""
+        """Seal what the boundary produced, checkpoint it, publish it, then let the bus ack its commands.
+
+        Results are published only once the checkpoint holds them: a resumed run never redoes a boundary
+        whose results are on the bus (that would report its commands APPLIED twice).
+        """
         if self.inbox.fenced:
             raise RunInterrupted(f"run {self.run_id}: lease lost; the new owner resumes from the last checkpoint")
-        self.outbox.flush()
+        self.outbox.seal(folder.trainer.published)
         folder.checkpoint()
         self.storage.commit(self.run_id, self.out_dir)
+        if self.inbox.fenced:  # the new owner publishes the journal if it resumes from this checkpoint
+            raise RunInterrupted(f"run {self.run_id}: lease lost at the checkpoint; the boundary is left to its owner")
+        self.outbox.publish_sealed()
         self.inbox.note_applied_from_decisions(self._from_decisions)  # before the settle lets the bus read on
         self._from_decisions = []
         self._settle(None)
