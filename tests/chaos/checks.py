@@ -1,7 +1,9 @@
 """What a chaos campaign proves afterwards, read from Redis, Nissa's archive and the control API alone.
 
 * every accepted run finished, with every epoch trained;
-* no command was applied twice (APPLIED results per ``command_id``);
+* no command was applied twice: APPLIED results per ``command_id``, counted by message id (the bus is
+  at-least-once, so one result may be on its stream twice: a publish retried after a lost reply, a journal
+  republished on resume; consumers are idempotent by message id, and that is one application, not two);
 * every telemetry message on the streams that Nissa's profile archives is in
   its archive exactly once (missing and duplicated are counted apart);
 * every poison entry is in the dead-letter stream once per consuming group;
@@ -107,7 +109,7 @@ def verify(
     """Check the campaign's runs (``accepted``: run id -> epochs) against what the stack left behind."""
     checks = {run_id: RunCheck(run_id, epochs) for run_id, epochs in accepted.items()}
     expected: dict[str, Counter[str]] = {run_id: Counter() for run_id in accepted}
-    applied: dict[str, Counter[str]] = {run_id: Counter() for run_id in accepted}
+    applied: dict[str, dict[str, set[str]]] = {run_id: {} for run_id in accepted}
     for stream in NISSA_STREAMS:
         if stream == ls.DEAD_LETTER:
             continue
@@ -123,13 +125,13 @@ def verify(
             elif isinstance(payload, TelemetryEvent) and payload.kind == RUN_FINISHED:
                 run.finished = True
             elif isinstance(payload, CommandResult) and payload.status is CommandStatus.APPLIED:
-                applied[run.run_id][payload.command_id] += 1
+                applied[run.run_id].setdefault(payload.command_id, set()).add(envelope.message_id)
     archive = RunArchive(runs_dir / "nissa")
     for run_id, run in checks.items():
         archived = Counter(e.message_id for e in archive.read(run_id))
         run.telemetry_missing = sum(1 for m in expected[run_id] if m not in archived)
         run.telemetry_duplicated = sum(n - 1 for n in archived.values() if n > 1)
-        run.commands_applied_twice = sum(1 for n in applied[run_id].values() if n > 1)
+        run.commands_applied_twice = sum(1 for ids in applied[run_id].values() if len(ids) > 1)
 
     dead: dict[str, set[str]] = {}
     for _, envelope in read_stream(client, ls.DEAD_LETTER):

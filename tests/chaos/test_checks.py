@@ -1,5 +1,6 @@
 """The campaign's checks catch what they claim to: a missing or twice-archived message, a command applied
-twice, an unfinished run, poison not dead-lettered by every group, a phantom run (fast; a real Redis)."""
+twice (and not one result delivered twice), an unfinished run, poison not dead-lettered by every group, a
+phantom run (fast; a real Redis)."""
 
 from __future__ import annotations
 
@@ -64,8 +65,12 @@ def test_each_kind_of_loss_is_counted(clean_redis_url, tmp_path):
     archive.append(good[0])  # archived twice
     # Nothing of "bad" reached the archive: its signals and its two results are missing.
     result = CommandResult(command_id="c1", action=CommandAction.GERMINATE, status=CommandStatus.APPLIED, epoch=1)
-    for _ in range(2):
+    for _ in range(2):  # two results (two message ids): applied twice
         put(client, ls.CONTROL_RESULTS, Envelope(payload=result, run_id="bad"))
+    once = Envelope(payload=result, run_id="good")
+    for _ in range(2):  # one result delivered twice (same message id): applied once
+        put(client, ls.CONTROL_RESULTS, once)
+    archive.append(once)
     for run_id in ("good", "bad"):
         put(client, ls.CONTROL_JOBS, Envelope(payload=TrainingJob(epochs=2), run_id=run_id))
     poison = [client.xadd(ls.TELEMETRY_TRAINING, {_FIELD: b"\x00junk"}).decode() for _ in range(2)]
