@@ -23,7 +23,10 @@ Several Tolaria replicas may run in group ``tolaria``:
   router; one for an ended run "run finished before the command's boundary".
   A new owner takes over the commands the old one held but never acked, so no
   command is lost in a move, and applied ids in the checkpoint make a
-  redelivered one DUPLICATE, so none is applied twice.
+  redelivered one DUPLICATE, so none is applied twice. A boundary's results
+  reach the bus only once the checkpoint holds it (the outbox journal,
+  :mod:`esper.tolaria.service.outbox`): a boundary lost in a crash published
+  nothing, so its redone application is the command's only APPLIED result.
 """
 
 from __future__ import annotations
