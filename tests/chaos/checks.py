@@ -51,6 +51,8 @@ class RunCheck:
     finished: bool = False
     epochs_trained: list[int] = field(default_factory=list)
     commands_applied_twice: int = 0
+    #: APPLIED results on the stream more than once under one message id (redelivery, not an error)
+    results_delivered_twice: int = 0
     telemetry_missing: int = 0
     telemetry_duplicated: int = 0
 
@@ -110,6 +112,7 @@ def verify(
     checks = {run_id: RunCheck(run_id, epochs) for run_id, epochs in accepted.items()}
     expected: dict[str, Counter[str]] = {run_id: Counter() for run_id in accepted}
     applied: dict[str, dict[str, set[str]]] = {run_id: {} for run_id in accepted}
+    delivered: dict[str, Counter[str]] = {run_id: Counter() for run_id in accepted}
     for stream in NISSA_STREAMS:
         if stream == ls.DEAD_LETTER:
             continue
@@ -126,12 +129,14 @@ def verify(
                 run.finished = True
             elif isinstance(payload, CommandResult) and payload.status is CommandStatus.APPLIED:
                 applied[run.run_id].setdefault(payload.command_id, set()).add(envelope.message_id)
+                delivered[run.run_id][envelope.message_id] += 1
     archive = RunArchive(runs_dir / "nissa")
     for run_id, run in checks.items():
         archived = Counter(e.message_id for e in archive.read(run_id))
         run.telemetry_missing = sum(1 for m in expected[run_id] if m not in archived)
         run.telemetry_duplicated = sum(n - 1 for n in archived.values() if n > 1)
         run.commands_applied_twice = sum(1 for ids in applied[run_id].values() if len(ids) > 1)
+        run.results_delivered_twice = sum(1 for n in delivered[run_id].values() if n > 1)
 
     dead: dict[str, set[str]] = {}
     for _, envelope in read_stream(client, ls.DEAD_LETTER):
@@ -150,6 +155,7 @@ def verify(
         "runs_refused_503": len(refused),
         "runs_finished": sum(1 for r in checks.values() if r.complete),
         "commands_applied_twice": sum(r.commands_applied_twice for r in checks.values()),
+        "results_delivered_twice": sum(r.results_delivered_twice for r in checks.values()),
         "telemetry_expected": sum(len(c) for c in expected.values()),
         "telemetry_missing": sum(r.telemetry_missing for r in checks.values()),
         "telemetry_duplicated": sum(r.telemetry_duplicated for r in checks.values()),

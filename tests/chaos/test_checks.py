@@ -84,6 +84,7 @@ def test_each_kind_of_loss_is_counted(clean_redis_url, tmp_path):
 
     assert verdict.runs["good"].complete and verdict.runs["good"].telemetry_duplicated == 1
     assert verdict.runs["good"].telemetry_missing == 0 and verdict.runs["good"].commands_applied_twice == 0
+    assert verdict.runs["good"].results_delivered_twice == 1 and verdict.summary["results_delivered_twice"] == 1
     bad_run = verdict.runs["bad"]
     assert not bad_run.complete and bad_run.telemetry_missing == 3 and bad_run.commands_applied_twice == 1
     assert verdict.summary["runs_finished"] == 1 and verdict.summary["runs_submitted"] == 3
