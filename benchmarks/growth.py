@@ -75,6 +75,8 @@ class Settings:
     governor_min_ratio: float = 3.0
     cull_needs_loss_harm: bool = True
     per_slot: bool = False
+    #: while no seed is in flight and the heuristic waited, the round runs on to the end of the pass
+    lengthen_settled: bool = True
 
 
 #: steps of one pass over MNIST-1D's 3,800 training rows in batches of 100
@@ -89,6 +91,7 @@ def _trainer_config(settings: Settings, seed: int, *, growing: bool = False) -> 
     return TrainerConfig(
         epochs=settings.epochs if steps is None else -(-settings.epochs * STEPS_PER_PASS // steps),
         steps_per_epoch=steps,
+        lengthen_settled=settings.lengthen_settled,
         health_every=settings.health_every,
         batch_size=100,
         lr=1e-2,
@@ -302,6 +305,12 @@ def main() -> None:
     ablation.add_argument(
         "--per-slot", action="store_true", help="the heuristic decides once per slot at a boundary (not once)"
     )
+    ablation.add_argument(
+        "--no-lengthen-settled",
+        dest="lengthen_settled",
+        action="store_false",
+        help="with --steps-per-epoch: a boundary after every epoch, also once every seed is fossilized",
+    )
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
@@ -329,6 +338,7 @@ def main() -> None:
         governor_min_ratio=args.governor_min_ratio,
         cull_needs_loss_harm=args.cull_needs_loss_harm,
         per_slot=args.per_slot,
+        lengthen_settled=args.lengthen_settled,
     )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     # heuristic runs first: each carries its oracle, so they are the longest jobs

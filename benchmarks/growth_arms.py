@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from esper.kasmina import KasminaConfig, MorphogeneticModel, export
 from esper.leyline import SeedStage
 from esper.tolaria.checkpoint import save_checkpoint
-from esper.tolaria.config import TrainerConfig, seed_everything
+from esper.tolaria.config import TrainerConfig, reaches_multiple, seed_everything
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.report import EVENTS_NAME, EventLog
 from esper.tolaria.schedule import lr_factor
@@ -139,13 +139,11 @@ def tolaria_run(
                 off_clock += time.perf_counter() - t0
                 off_cpu += time.process_time() - c0
             step_before = trainer.step
-            trainer.run_epoch()
+            record = trainer.run_epoch()
             steps_per_key[key] = steps_per_key.get(key, 0) + trainer.step - step_before
             # checkpoint_every counts passes over the data: short epochs do not multiply checkpoints
-            if (
-                trainer.epoch % (config.checkpoint_every * trainer.epochs_per_pass()) == 0
-                or trainer.epoch == config.epochs
-            ):
+            every = config.checkpoint_every * trainer.epochs_per_pass()
+            if reaches_multiple(trainer.epoch, record.span, every) or trainer.epoch == config.epochs:
                 save_checkpoint(trainer, out_dir, meta={})
     finally:
         log.close()
@@ -167,7 +165,7 @@ def tolaria_run(
         cpu_seconds=cpu_seconds,
         train_flops=sum(flops_per_step[k] * n for k, n in steps_per_key.items()),
         seed_events=events,
-        extra={"rollback_epochs": [r.epoch for r in history if r.rolled_back]},
+        extra={"rollback_epochs": [r.epoch for r in history if r.rolled_back], "boundaries": len(history)},
     )
 
 

@@ -56,3 +56,48 @@ def test_the_test_split_and_layer_health_are_measured_about_once_a_pass(small_ta
     every = make_trainer(small_task, epochs=3, policy=StaticPolicy())
     every.fit()
     assert not any(math.isnan(r.test_accuracy) for r in every.history)  # whole passes: every epoch
+
+
+def test_a_settled_run_has_one_boundary_a_pass_and_trains_exactly_as_with_one_every_epoch(small_task) -> None:
+    # 400 rows in batches of 100: a pass is 4 one-step epochs
+    lengthened = make_trainer(small_task, epochs=8, policy=StaticPolicy(), steps_per_epoch=1)
+    lengthened.fit()
+    every = make_trainer(small_task, epochs=8, policy=StaticPolicy(), steps_per_epoch=1, lengthen_settled=False)
+    every.fit()
+    # the first epoch is short (nothing decided yet); then each round runs to the end of its pass
+    assert [(r.epoch, r.span, r.step) for r in lengthened.history] == [(1, 1, 1), (4, 3, 4), (8, 4, 8)]
+    assert [r.epoch for r in every.history] == list(range(1, 9))
+    a, b = comparable(lengthened), comparable(every)
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+    assert [r.lr for r in lengthened.history] == [b["history"][e - 1]["lr"] for e in (1, 4, 8)]
+    assert lengthened.history[-1].val_accuracy == every.history[-1].val_accuracy
+
+
+def test_seeds_in_flight_and_commands_keep_a_boundary_after_every_epoch(small_task) -> None:
+    trainer = make_trainer(small_task, epochs=40, steps_per_epoch=1)  # germinates at once, slot after slot
+    trainer.fit()
+    history = trainer.history
+    assert trainer.step == 40 and history[-1].epoch == 40
+    commanded = {r.epoch for r in trainer.model.events}  # every boundary a command changed a slot at
+    lengthened = [i for i, r in enumerate(history) if r.span > 1]
+    assert lengthened and history[lengthened[0] - 1].stages == {"FOSSILIZED": 3}
+    for i in lengthened:  # only after a boundary with every slot settled and no command applied
+        before = history[i - 1]
+        assert set(before.stages) <= {"DORMANT", "FOSSILIZED"} and before.epoch not in commanded
+    # every epoch before the three seeds were fossilized had its own boundary
+    assert [r.span for r in history[: lengthened[0]]] == [1] * lengthened[0]
+
+
+def test_a_run_stopped_inside_a_lengthened_round_resumes_exactly(small_task, tmp_path) -> None:
+    straight = make_trainer(small_task, epochs=10, seed=1, policy=StaticPolicy(), steps_per_epoch=1)
+    straight.fit()
+    first = make_trainer(small_task, epochs=10, seed=1, policy=StaticPolicy(), steps_per_epoch=1)
+    first.fit(stop_after=2)  # the round from epoch 2 runs on to the pass's end at epoch 4
+    assert first.epoch == 4 and first.quiet_boundary
+    save_checkpoint(first, tmp_path)
+    resumed = make_trainer(small_task, epochs=10, seed=1, policy=StaticPolicy(), steps_per_epoch=1)
+    restore_checkpoint(resumed, read_checkpoint(tmp_path))
+    resumed.fit()
+    a, b = comparable(straight), comparable(resumed)
+    assert a["history"] == b["history"] and [r["epoch"] for r in a["history"]] == [1, 4, 8, 10]
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])

@@ -132,3 +132,23 @@ def test_the_same_seed_reproduces_the_run_and_another_seed_does_not(small_task):
     ca, cb, cc = comparable(a), comparable(b), comparable(c)
     assert ca["history"] == cb["history"] and ca["decisions"] == cb["decisions"]
     assert ca["history"] != cc["history"]
+
+
+def test_layer_health_read_off_the_validation_pass_equals_its_own_forward(small_task):
+    # the default eval batch holds the 256 rows health reads: it comes from the validation pass
+    fused = make_trainer(small_task, epochs=3)
+    own = make_trainer(small_task, epochs=3, eval_batch_size=100)  # too small a first batch: a forward of its own
+    reports = {}
+    for name, trainer in (("fused", fused), ("own", own)):
+        seen = []
+        trainer.sinks.append(lambda m, seen=seen: seen.append(m) if isinstance(m, LayerHealth) else None)
+        trainer.fit()
+        reports[name] = seen
+    assert len(reports["fused"]) == len(reports["own"]) == 3
+    for a, b in zip(reports["fused"], reports["own"], strict=True):
+        assert [r.layer for r in a.layers] == [r.layer for r in b.layers]
+        for x, y in zip(a.layers, b.layers, strict=True):
+            for field in ("activation_mean", "activation_variance", "dead_ratio", "grad_norm"):
+                assert math.isclose(getattr(x, field), getattr(y, field), rel_tol=1e-5, abs_tol=1e-7), field
+            assert x.error_count == y.error_count
+    assert all(r.activation_variance > 0 for r in reports["fused"][-1].layers)  # real activations were read

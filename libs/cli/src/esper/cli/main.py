@@ -73,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="training steps per epoch, one round of decisions (default: one pass over the training split)",
     )
+    train.add_argument(
+        "--lengthen-settled",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --steps-per-epoch: while no seed is in flight and the policy waited, decide once per pass "
+        "instead of every epoch (default: on)",
+    )
     train.add_argument("--seed", type=int, default=_JOB.seed, help="global seed: the same seed reproduces the run")
     train.add_argument("--out", type=Path, default=None, help="run folder (default runs/TASK-POLICY-sSEED)")
     train.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR")
@@ -131,6 +138,7 @@ def train(args: argparse.Namespace) -> int:
                 policy=args.policy,
                 epochs=args.epochs or _JOB.epochs,
                 steps_per_epoch=args.steps_per_epoch,
+                lengthen_settled=args.lengthen_settled,
                 seed=args.seed,
                 data_dir=args.data_dir,
                 max_train_samples=args.max_train_samples,

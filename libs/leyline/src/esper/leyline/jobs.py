@@ -59,7 +59,9 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     on a slot state that has moved on. ``steps_per_epoch`` sets an epoch's
     length in training steps (an epoch is one round of decisions; default one
     pass over the training split): shorter epochs let seeds move through their
-    lifecycle sooner. ``max_train_samples`` trims the training
+    lifecycle sooner; with ``lengthen_settled`` (the default) a round runs on
+    to the end of the current pass while no seed is in flight and the policy
+    waited (one round of decisions per pass then). ``max_train_samples`` trims the training
     split (tests, quick demos); ``spike_sigma`` is the governor's loss-spike
     threshold in standard deviations. ``world_size`` processes train the run
     together with ``torch.distributed`` (data parallel: each takes a shard of
@@ -72,6 +74,7 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     policy: Name = "heuristic"
     epochs: Epochs = 40
     steps_per_epoch: Steps | None = None
+    lengthen_settled: bool = True
     seed: Seed = 0
     data_dir: Path | None = None
     max_train_samples: Samples | None = None

@@ -8,7 +8,7 @@ on, so a consumer refuses a message from another major.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 
 def parse_version(version: str) -> tuple[int, int]:

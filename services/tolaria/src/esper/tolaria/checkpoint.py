@@ -55,6 +55,7 @@ def save_checkpoint(trainer: Trainer, path: str | Path, *, meta: dict[str, Any] 
         "graph_revision": trainer.graph_revision,
         "paused": trainer.paused,
         "stop_requested": trainer.stop_requested,
+        "quiet_boundary": trainer.quiet_boundary,
         "params_initial": trainer.params_initial,
         "wall_seconds": trainer.wall_seconds,
         "rng": {
@@ -117,6 +118,7 @@ def restore_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
     if trainer.graph_revision >= 0:  # published before the checkpoint: held again, not published twice
         trainer.describe_graph()
     trainer.stop_requested = state.get("stop_requested", False)  # absent in checkpoints of older builds
+    trainer.quiet_boundary = state.get("quiet_boundary", False)  # absent: short rounds until the policy waits
     trainer.params_initial = state["params_initial"]
     trainer.wall_seconds = state["wall_seconds"]
     rng = state["rng"]

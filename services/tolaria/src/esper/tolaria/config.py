@@ -49,6 +49,12 @@ class TrainerConfig:
     #: training steps per epoch (one epoch = one round of decisions); None: one pass over the training split.
     #: Batches continue through a shuffled pass across epochs, so the data order does not depend on it.
     steps_per_epoch: int | None = None
+    #: with ``steps_per_epoch``: while the network is settled (every slot DORMANT or FOSSILIZED) and the last
+    #: boundary applied no slot command, the next boundary comes at the end of the epoch in which the current
+    #: pass over the training split ends, several epochs on (one round of decisions per pass, as with whole-pass
+    #: epochs); any seed in flight, or a command at the last boundary, brings back a boundary after every epoch.
+    #: False: a boundary after every epoch throughout.
+    lengthen_settled: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps_per_epoch", "test_every", "health_every"):
@@ -83,6 +89,14 @@ class EpochRecord:
     stages: dict[str, int]
     rolled_back: bool
     epoch_seconds: float
+    #: epochs this record's round of training covered (more than 1 only while the network was settled)
+    span: int = 1
+
+
+def reaches_multiple(epoch: int, span: int, every: int) -> bool:
+    """Whether the round of ``span`` epochs that ends at ``epoch`` reached a multiple of ``every`` (per-N-epochs
+    work is due then: a round may span several epochs, see ``TrainerConfig.lengthen_settled``)."""
+    return epoch // every > (epoch - span) // every
 
 
 def seed_everything(seed: int) -> None:

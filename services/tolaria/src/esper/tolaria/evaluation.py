@@ -80,52 +80,82 @@ def measure_seed(
     )
 
 
+#: Validation rows layer health is measured on.
+HEALTH_ROWS = 256
+
+
+class LayerCapture:
+    """Holds, while entered, the outputs of each slot's host layer in the model's next forward (its first
+    ``rows`` rows), so layer health can be read off a forward that runs anyway (the validation pass).
+
+    ``layers`` maps slot ids to dotted module names of ``model.host``. Later forwards are not captured.
+    """
+
+    def __init__(self, model: nn.Module, layers: dict[str, str], rows: int = HEALTH_ROWS) -> None:
+        self.model, self.layers, self.rows = model, layers, rows
+        self.captured: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> LayerCapture:
+        modules = dict(self.model.host.named_modules())  # type: ignore[operator]
+        for slot_id, name in self.layers.items():
+
+            def hook(_module: nn.Module, _inputs: object, output: torch.Tensor, slot_id: str = slot_id) -> None:
+                if slot_id not in self.captured:
+                    self.captured[slot_id] = output.detach()[: self.rows]
+
+            self._handles.append(modules[name].register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def reports(self) -> list[LayerHealthReport]:
+        """Layer health from the captured outputs (see :func:`layer_health`)."""
+        modules = dict(self.model.host.named_modules())  # type: ignore[operator]
+        # every statistic of every layer in one tensor, read back with one host sync
+        stats = []
+        for slot_id, name in self.layers.items():
+            h = self.captured[slot_id].float()
+            variance, mean = torch.var_mean(h) if h.numel() > 1 else (torch.zeros(()), h.mean())
+            unit_max = h.amax(dim=[d for d in range(h.dim()) if d != 1]) if h.dim() > 1 else h.amax().reshape(1)
+            grads = [p.grad for p in modules[name].parameters() if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.zeros(())
+            dead = (unit_max <= 0).float().mean()
+            errors = (~torch.isfinite(h)).sum().float()
+            stats.append(torch.stack([mean, variance, dead, grad_norm.float(), errors]))
+        values = torch.stack(stats).tolist() if stats else []
+        return [
+            LayerHealthReport(
+                layer=f"{slot_id}:{name}",
+                activation_mean=mean,
+                activation_variance=variance,
+                dead_ratio=dead,
+                grad_norm=grad_norm,
+                error_count=int(errors),
+            )
+            for (slot_id, name), (mean, variance, dead, grad_norm, errors) in zip(
+                self.layers.items(), values, strict=True
+            )
+        ]
+
+
 @torch.no_grad()
 def layer_health(model: nn.Module, layers: dict[str, str], x: torch.Tensor) -> list[LayerHealthReport]:
-    """Activation statistics at each slot's host layer on inputs ``x`` (N, ...).
+    """Activation statistics at each slot's host layer on inputs ``x`` (N, ...), from a forward of its own.
 
     ``layers`` maps slot ids to dotted module names of ``model.host``. Units are
     channels (dim 1); ``dead_ratio`` is the fraction of units never positive on ``x``;
     ``grad_norm`` is the norm of the gradients left on the layer's parameters by the
     last training step (0 for parameter-free layers such as activations).
     """
-    captured: dict[str, torch.Tensor] = {}
-    modules = dict(model.host.named_modules())
-    handles = []
-    for slot_id, name in layers.items():
-
-        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor, slot_id: str = slot_id) -> None:
-            captured[slot_id] = output.detach()
-
-        handles.append(modules[name].register_forward_hook(hook))
     was_training = model.training
     model.eval()
     try:
-        model(x)
+        with LayerCapture(model, layers, len(x)) as capture:
+            model(x)
     finally:
         model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    # every statistic of every layer in one tensor, read back with one host sync
-    stats = []
-    for slot_id, name in layers.items():
-        h = captured[slot_id].float()
-        variance, mean = torch.var_mean(h) if h.numel() > 1 else (torch.zeros(()), h.mean())
-        unit_max = h.amax(dim=[d for d in range(h.dim()) if d != 1]) if h.dim() > 1 else h.amax().reshape(1)
-        grads = [p.grad for p in modules[name].parameters() if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.zeros(())
-        dead = (unit_max <= 0).float().mean()
-        errors = (~torch.isfinite(h)).sum().float()
-        stats.append(torch.stack([mean, variance, dead, grad_norm.float(), errors]))
-    values = torch.stack(stats).tolist() if stats else []
-    return [
-        LayerHealthReport(
-            layer=f"{slot_id}:{name}",
-            activation_mean=mean,
-            activation_variance=variance,
-            dead_ratio=dead,
-            grad_norm=grad_norm,
-            error_count=int(errors),
-        )
-        for (slot_id, name), (mean, variance, dead, grad_norm, errors) in zip(layers.items(), values, strict=True)
-    ]
+    return capture.reports()

@@ -21,7 +21,7 @@ from torch import nn
 from esper.kasmina import export
 from esper.leyline import TrainingJob, validate
 from esper.tolaria.runs import RunFolder
-from esper.tolaria.trainer import Trainer
+from esper.tolaria.trainer import EpochRecord, Trainer
 
 
 @dataclass
@@ -59,10 +59,10 @@ def grow(task: str, out_dir: str | Path, *, resume: bool = False, progress: bool
 
         bar = tqdm(total=trainer.config.epochs, initial=trainer.epoch, unit="epoch")
 
-    def on_epoch(_trainer: Trainer, _record: object) -> None:
+    def on_epoch(_trainer: Trainer, record: EpochRecord) -> None:
         folder.checkpoint()
         if bar is not None:
-            bar.update(1)
+            bar.update(record.span)
 
     try:
         trainer.fit(on_epoch=on_epoch)

@@ -11,6 +11,8 @@ from esper.leyline import SeedStage
 BLENDED_STAGES = frozenset({SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY})
 #: Stages whose seed optimizer steps.
 STEPPED_STAGES = frozenset({SeedStage.TRAINING, *BLENDED_STAGES, SeedStage.FOSSILIZED})
+#: Stages of a settled slot: nothing in flight (see Trainer.round_epochs).
+SETTLED_STAGES = frozenset({SeedStage.DORMANT, SeedStage.FOSSILIZED})
 #: Stages whose seed is measured counterfactually.
 MEASURED_STAGES = frozenset({SeedStage.TRAINING, *BLENDED_STAGES})
 

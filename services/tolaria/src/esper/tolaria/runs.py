@@ -23,6 +23,7 @@ from esper.kasmina.kernels import FROM_ENV, KernelLoader, process_loader
 from esper.leyline import GateThresholds, SeedStage, TrainingJob
 from esper.tamiyo.policies import POLICIES, check_policy, make_policy
 from esper.tolaria.checkpoint import CHECKPOINT_NAME, read_checkpoint, restore_checkpoint, save_checkpoint
+from esper.tolaria.config import reaches_multiple
 from esper.tolaria.distributed import DataParallel
 from esper.tolaria.governor import GovernorConfig
 from esper.tolaria.report import EVENTS_NAME, EventLog, write_report
@@ -72,6 +73,7 @@ def build_trainer(
     config = TrainerConfig(
         epochs=job.epochs,
         steps_per_epoch=job.steps_per_epoch,
+        lengthen_settled=job.lengthen_settled,
         batch_size=job.batch_size,
         lr=job.lr,
         lr_schedule=job.lr_schedule,
@@ -192,10 +194,10 @@ def run(
     every = checkpoint_every or trainer.epochs_per_pass()
 
     def on_epoch(t: Trainer, record: EpochRecord) -> None:
-        if t.epoch % every == 0 or t.epoch >= t.config.epochs or t.stop_requested:
+        if reaches_multiple(t.epoch, record.span, every) or t.epoch >= t.config.epochs or t.stop_requested:
             folder.checkpoint()
         if bar is not None:
-            bar.update(1)
+            bar.update(record.span)
             bar.set_postfix_str(epoch_line(t, record))
 
     try:

@@ -228,9 +228,10 @@ def isolated_seed_gradients(
             param.grad = grad
 
 
-def epoch_batches(trainer: Trainer) -> list[torch.Tensor]:
-    """The row indexes of this epoch's batches: the next ``trainer.steps_per_epoch()`` batches of a shuffled
-    pass over the training split, a new permutation (from the trainer's data generator) starting each pass.
+def epoch_batches(trainer: Trainer, steps: int | None = None) -> list[torch.Tensor]:
+    """The row indexes of this epoch's batches: the next ``steps`` (default ``trainer.steps_per_epoch()``)
+    batches of a shuffled pass over the training split, a new permutation (from the trainer's data
+    generator) starting each pass.
 
     With the default epoch (one pass) every epoch is one permutation; shorter or longer epochs cut the same
     sequence of batches elsewhere. Where the pass stands lives in ``trainer.data_order`` and
@@ -239,7 +240,7 @@ def epoch_batches(trainer: Trainer) -> list[torch.Tensor]:
     n, size = len(trainer.task.train), trainer.config.batch_size
     per_pass = math.ceil(n / size)
     batches = []
-    for _ in range(trainer.steps_per_epoch()):
+    for _ in range(trainer.steps_per_epoch() if steps is None else steps):
         if trainer.data_order is None or trainer.data_batch >= per_pass:
             trainer.data_order, trainer.data_batch = torch.randperm(n, generator=trainer.generator), 0
         start = trainer.data_batch * size
@@ -248,8 +249,9 @@ def epoch_batches(trainer: Trainer) -> list[torch.Tensor]:
     return batches
 
 
-def train_epoch(trainer: Trainer) -> EpochOutcome:
-    """All training steps of one epoch of ``trainer``; stops at the first step the governor trips on."""
+def train_epoch(trainer: Trainer, count: int | None = None) -> EpochOutcome:
+    """All training steps of one epoch of ``trainer`` (``count`` of them, default ``trainer.steps_per_epoch()``:
+    more when a round spans several epochs); stops at the first step the governor trips on."""
     model, cfg = trainer.model, trainer.config
     objective = trainer.task.objective
     model.train()
@@ -264,7 +266,7 @@ def train_epoch(trainer: Trainer) -> EpochOutcome:
     seen = steps = violations = 0
     monitored = plan.mode is not TrainingMode.ISOLATED  # one monitored step per epoch proves isolation
     trip = None
-    for index in epoch_batches(trainer):
+    for index in epoch_batches(trainer, count):
         x, y = trainer.task.train.x[index], trainer.task.train.y[index]
         if trainer.parallel is not None:
             x, y = trainer.parallel.shard(x, y)

@@ -12,6 +12,15 @@ for Tamiyo's commands here) -> the commands are applied -> ``model.end_epoch(e)`
 The test split is evaluated for the record only (nothing reads it back), every
 ``config.test_every`` epochs (NaN in the epochs between); layer health every
 ``config.health_every``; both default to about once per pass over the data.
+
+With ``config.steps_per_epoch`` an epoch is that many steps, and a boundary
+follows every epoch while seeds are in flight. Once the network is settled
+(every slot DORMANT or FOSSILIZED) and the policy let a boundary pass without a
+command, one round of training runs on to the epoch in which the current pass
+over the data ends (``Trainer.round_epochs``, ``config.lengthen_settled``):
+epochs keep their length and numbering, so the schedule, ``config.epochs`` and
+every per-N-epochs cadence are unchanged, but the run is not stopped for
+decisions, validation and snapshots it does not need.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -48,11 +58,11 @@ from esper.tamiyo.policy import Policy
 from esper.tamiyo.safety import SafetyMonitor
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.commands import apply_slot_command
-from esper.tolaria.config import EpochRecord, TrainerConfig, seed_everything
+from esper.tolaria.config import EpochRecord, TrainerConfig, reaches_multiple, seed_everything
 from esper.tolaria.distributed import DataParallel
-from esper.tolaria.evaluation import Evaluation, evaluate, layer_health, measure_seed
+from esper.tolaria.evaluation import HEALTH_ROWS, Evaluation, LayerCapture, evaluate, layer_health, measure_seed
 from esper.tolaria.governor import Governor, Trip, offending_slot
-from esper.tolaria.modes import MEASURED_STAGES
+from esper.tolaria.modes import MEASURED_STAGES, SETTLED_STAGES
 from esper.tolaria.schedule import lr_factor
 from esper.tolaria.steps import host_only_parameters, train_epoch
 from esper.tolaria.tasks import Task
@@ -123,6 +133,8 @@ class Trainer:
         self.events_seen = 0
         self.paused = False
         self.stop_requested = False
+        #: the last boundary applied no slot command (False before the first: a run starts with short rounds)
+        self.quiet_boundary = False
         self.wall_seconds = 0.0
         #: the newest ModelGraph published, how many were, and the structure it described
         self.graph: ModelGraph | None = None
@@ -154,13 +166,32 @@ class Trainer:
         """Training steps in one epoch: the configured number, else one pass over the training split."""
         return self.config.steps_per_epoch or math.ceil(len(self.task.train) / self.config.batch_size)
 
+    def steps_per_pass(self) -> int:
+        """Training steps in one pass over the training split."""
+        return math.ceil(len(self.task.train) / self.config.batch_size)
+
     def epochs_per_pass(self) -> int:
         """Epochs in about one pass over the training split (1 with the default epoch length)."""
-        return max(1, round(math.ceil(len(self.task.train) / self.config.batch_size) / self.steps_per_epoch()))
+        return max(1, round(self.steps_per_pass() / self.steps_per_epoch()))
+
+    def settled(self) -> bool:
+        """No seed in flight (every slot DORMANT or FOSSILIZED) and the last boundary applied no slot command."""
+        return self.quiet_boundary and all(SeedStage(s.stage) in SETTLED_STAGES for s in self.model.slots.values())
+
+    def round_epochs(self) -> int:
+        """Epochs the next round of training covers before its boundary: 1, or, with ``steps_per_epoch``
+        and ``lengthen_settled`` while :meth:`settled`, up to the epoch in which the current pass ends."""
+        cfg = self.config
+        if cfg.steps_per_epoch is None or not cfg.lengthen_settled or self.paused or not self.settled():
+            return 1
+        per_pass = self.steps_per_pass()
+        in_pass = self.data_batch if self.data_order is not None and self.data_batch < per_pass else 0
+        return max(1, min(math.ceil((per_pass - in_pass) / cfg.steps_per_epoch), cfg.epochs - self.epoch))
 
     def _due(self, every: int | None, epoch: int) -> bool:
-        """Whether per-``every``-epochs work is due at ``epoch`` (None: once per pass); always at the first."""
-        return epoch == 1 or epoch % (every or self.epochs_per_pass()) == 0
+        """Whether per-``every``-epochs work (None: once per pass) is due in the round from ``self.epoch`` to
+        ``epoch``: a multiple of ``every`` was reached in it; always at the first epoch."""
+        return self.epoch == 0 or reaches_multiple(epoch, epoch - self.epoch, every or self.epochs_per_pass())
 
     def _lr_factor(self, step: int) -> float:
         return lr_factor(self.config.lr_schedule, step, self.config.epochs * self.steps_per_epoch())
@@ -305,18 +336,23 @@ class Trainer:
         """
         if self.graph is None:
             self.publish_graph(force=True)
-        epoch = self.epoch + 1
+        span = self.round_epochs()
+        epoch = self.epoch + span
         started = time.perf_counter()
         if self.paused:
             train_loss = train_acc = math.nan
             modes, trip, norms = {}, None, {}
         else:
-            out = train_epoch(self)  # all training steps of the epoch (esper.tolaria.steps)
+            out = train_epoch(self, span * self.steps_per_epoch())  # the round's steps (esper.tolaria.steps)
             train_loss, train_acc, modes, trip, norms = out.loss, out.accuracy, out.modes, out.trip, out.norms
         if trip is not None:
             self._rollback(epoch, trip)
         score = evaluate if self.parallel is None else self.parallel.evaluate  # sharded and reduced
-        val = score(self.model, self.task.val, self.config.eval_batch_size, self.task.objective)
+        health_due = self.health is None or self._due(self.config.health_every, epoch)  # None: checkpoint without it
+        # layer health read off the validation pass when its first batch holds the rows health looks at
+        fused = health_due and self.parallel is None and self.config.eval_batch_size >= HEALTH_ROWS
+        with LayerCapture(self.model, self.task.slots) if fused else nullcontext() as capture:
+            val = score(self.model, self.task.val, self.config.eval_batch_size, self.task.objective)
         test = None
         if self._due(self.config.test_every, epoch) or epoch >= self.config.epochs:
             test = score(self.model, self.task.test, self.config.eval_batch_size, self.task.objective)
@@ -334,10 +370,13 @@ class Trainer:
             paused=self.paused,
         )
         self.publish(signals)
-        if self.health is None or self._due(self.config.health_every, epoch):  # None: a checkpoint without it
-            self.health = LayerHealth(
-                epoch=epoch, layers=layer_health(self.model, self.task.slots, self.task.val.x[:256])
+        if health_due:
+            layers = (
+                capture.reports()
+                if capture is not None
+                else layer_health(self.model, self.task.slots, self.task.val.x[:HEALTH_ROWS])
             )
+            self.health = LayerHealth(epoch=epoch, layers=layers)
             self.publish(self.health)
         to_apply: list[AdaptationCommand] = []
         if self.policy is not None:
@@ -356,7 +395,10 @@ class Trainer:
             to_apply.extend(at_boundary(signals))
         if self.parallel is not None:  # every rank applies rank 0's commands, and then holds its weights
             to_apply = self.parallel.agree(to_apply)
-        self.apply_commands(to_apply, epoch)
+        results = self.apply_commands(to_apply, epoch)
+        self.quiet_boundary = not any(
+            r.status is CommandStatus.APPLIED and r.action not in RUN_ACTIONS for r in results
+        )
         if self.parallel is not None and to_apply:
             self.parallel.broadcast_module(self.model)
         self.model.end_epoch(epoch)
@@ -381,6 +423,7 @@ class Trainer:
             stages=dict(Counter(SeedStage(s.stage).name for s in self.model.slots.values())),
             rolled_back=trip is not None,
             epoch_seconds=seconds,
+            span=span,
         )
         self.history.append(record)
         return record
@@ -388,8 +431,8 @@ class Trainer:
     def fit(
         self, *, stop_after: int | None = None, on_epoch: Callable[[Trainer, EpochRecord], Any] | None = None
     ) -> list[EpochRecord]:
-        """Train up to ``config.epochs`` (or until epoch ``stop_after``, or a STOP command);
-        ``on_epoch`` runs after each epoch (checkpointing, progress)."""
+        """Train up to ``config.epochs`` (or until a round reaches epoch ``stop_after``, or a STOP command);
+        ``on_epoch`` runs after each round (checkpointing, progress), with its record."""
         last = self.config.epochs if stop_after is None else min(stop_after, self.config.epochs)
         while self.epoch < last and not self.stop_requested:
             record = self.run_epoch()
