@@ -25,18 +25,20 @@ def _events(report: dict) -> list[tuple[int, str, str | None, str]]:
 def test_the_demo_run_reports_tamiyos_decisions_applied_by_tolaria_and_matches_esper_train(
     stack: Stack, client: StackClient, tmp_path: Path
 ) -> None:
-    # the per-slot heuristic: several decisions per boundary, each command awaited in lockstep (the harder case)
-    job = TrainingJob(**{**QUICK_JOB, "policy": "heuristic-per-slot"})
+    # the per-slot heuristic: several decisions per boundary, each command awaited in lockstep (the harder case);
+    # epochs of 2 steps (600 rows: a pass is 3 epochs), so once the seeds are fossilized a round spans a pass
+    job = TrainingJob(**{**QUICK_JOB, "policy": "heuristic-per-slot", "steps_per_epoch": 2, "epochs": 24})
     printed: list[str] = []
     report_path = run_demo(stack, job, token=TOKEN, timeout_s=150, out=printed.append)
     report = json.loads(report_path.read_text())
     run_id = report["run_id"]
     assert report_path == stack.runs_dir / run_id / "report.json"
-    assert report["epochs"] == QUICK_JOB["epochs"]
+    assert report["epochs"] == job.epochs
 
-    # Every epoch decided once, in lockstep (epochs count from 1; the last epoch's decisions may be skipped
-    # when Tamiyo learns of the finish first), each boundary whole: one decision per slot at most, indexes
-    # 0..count-1 in order, ids after the first '.<index>', commands '<run>:e<epoch>:<action>:<slot>'.
+    # Every boundary decided once, in lockstep (the last one's decisions may be skipped when Tamiyo learns
+    # of the finish first), each boundary whole: one decision per slot at most, indexes 0..count-1 in
+    # order, ids after the first '.<index>', commands '<run>:e<epoch>:<action>:<slot>'. Boundaries follow
+    # every epoch while seeds are in flight, then one per pass (a round spans several epochs).
     published = [e.payload for e in client.messages(streams.CONTROL_DECISIONS, run_id)]
     assert all(isinstance(d, AdaptationDecision) for d in published)
     boundaries: list[list[AdaptationDecision]] = []
@@ -44,8 +46,9 @@ def test_the_demo_run_reports_tamiyos_decisions_applied_by_tolaria_and_matches_e
         if d.index == 0:
             boundaries.append([])
         boundaries[-1].append(d)
-    last = QUICK_JOB["epochs"]
-    assert [b[0].epoch for b in boundaries] in (list(range(1, last)), list(range(1, last + 1)))
+    rounds = [r["epoch"] for r in report["history"]]
+    assert [b[0].epoch for b in boundaries] in (rounds[:-1], rounds)
+    assert rounds[:3] == [1, 2, 3] and any(r["span"] > 1 for r in report["history"]), rounds
     for b in boundaries:
         assert [(d.epoch, d.index, d.count) for d in b] == [(b[0].epoch, i, len(b)) for i in range(len(b))]
         assert [d.decision_id for d in b[1:]] == [f"{b[0].decision_id}.{i}" for i in range(1, len(b))]
@@ -81,12 +84,12 @@ def test_the_demo_run_reports_tamiyos_decisions_applied_by_tolaria_and_matches_e
     assert metrics[("esper_decisions_total", frozenset({run, ("action", DecisionAction.GERMINATE.value)}))] >= 1
     applied_label = frozenset({run, ("action", CommandAction.GERMINATE.value), ("status", CommandStatus.APPLIED.value)})
     assert metrics[("esper_commands_total", applied_label)] >= 1
-    assert metrics[("esper_epoch", frozenset({run}))] == QUICK_JOB["epochs"]
+    assert metrics[("esper_epoch", frozenset({run}))] == job.epochs
     assert 0.0 <= metrics[("esper_val_accuracy", frozenset({run}))] <= 1.0
 
     # Tamiyo's view agrees, and the terminal showed the progress.
     status = client.status(run_id)
-    assert status["finished"] and status["epoch"] == QUICK_JOB["epochs"]
+    assert status["finished"] and status["epoch"] == job.epochs
     assert any("epoch" in line and "val acc" in line for line in printed)
     assert any(line.startswith("report: ") for line in printed)
     assert report["mode"] == "lockstep" and any("lockstep" in line for line in printed)
@@ -95,5 +98,6 @@ def test_the_demo_run_reports_tamiyos_decisions_applied_by_tolaria_and_matches_e
     local = train_in_process(job, tmp_path / "in-process", progress=False)
     assert local["mode"] == "in-process"
     assert _events(local) == _events(report)
+    assert [r["epoch"] for r in local["history"]] == rounds
     assert local["final_test_accuracy"] == report["final_test_accuracy"]
     assert local["params_final"] == report["params_final"]
