@@ -34,6 +34,26 @@ def test_six_epochs_equal_three_plus_resume_plus_three(small_task, tmp_path):
     _assert_same(comparable(straight), comparable(resumed))
 
 
+def test_a_format_1_checkpoint_of_an_older_build_still_resumes_exactly(small_task, tmp_path):
+    straight = make_trainer(small_task, epochs=5, seed=4)
+    straight.fit()
+    first = make_trainer(small_task, epochs=5, seed=4)
+    first.fit(stop_after=2)
+    state = read_checkpoint(save_checkpoint(first, tmp_path))
+    assert state["decisions"] and state["history"]
+    # the layout format 1 wrote: one torch.save of everything, decisions as dicts
+    old = {**state, "format": 1, "decisions": [d.to_dict() for d in state["decisions"]]}
+    old.pop("quiet_boundary")  # builds of format 1 had no such field
+    torch.save(old, tmp_path / "checkpoint.pt")
+    resumed = make_trainer(small_task, epochs=5, seed=4)
+    restore_checkpoint(resumed, read_checkpoint(tmp_path))
+    resumed.fit()
+    _assert_same(comparable(straight), comparable(resumed))
+    torch.save({**old, "format": 7}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="'format'.* 7"):
+        read_checkpoint(tmp_path)
+
+
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         read_checkpoint(tmp_path / "nothing-here")
