@@ -68,7 +68,8 @@ def breakdown(task: Any, config: TrainerConfig) -> dict[str, float]:
         (trainer_module, "train_epoch", "train_steps"),
         (trainer_module, "evaluate", "evaluate_val_and_test"),
         (trainer_module, "measure_seed", "seed_measurement"),
-        (trainer_module, "layer_health", "layer_health"),
+        (trainer_module, "layer_health", "layer_health"),  # a forward of its own (small eval batches)
+        (trainer_module.LayerCapture, "reports", "layer_health"),  # read off the validation pass (the default)
         (trainer_module, "save_checkpoint", "checkpoint"),
     ]
     import growth_arms
