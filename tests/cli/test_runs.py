@@ -152,3 +152,10 @@ def test_errors_name_the_status_and_the_field(esper, monkeypatch):
 def test_an_unreachable_api_is_a_clear_error(capsys):
     code = main(["runs", "--api", f"http://127.0.0.1:{free_port()}", "list"])
     assert code == 1 and "cannot reach the control API" in capsys.readouterr().err
+
+
+def test_the_cli_starts_without_importing_torch() -> None:
+    # `esper runs ...` talks HTTP: loading torch (seconds) is for the commands that train
+    probe = "import sys, esper.cli.main; print(sorted(m for m in ('torch', 'esper.tolaria') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -40,7 +40,6 @@ from esper.leyline import (
 )
 from esper.nissa import RunArchive
 from esper.nissa.service.recorder import NISSA_STREAMS, default_archive_dir
-from esper.tolaria.report import REPORT_NAME, format_summary
 
 NARRATIVE_FILE = "narrative.md"
 #: Seconds to wait after ``run_finished`` for Tamiyo and Nissa to catch up.
@@ -99,6 +98,8 @@ def narrative_from_archive(archive_dir: Path, run_id: str) -> list[str]:
 
 def complete_report(runs_dir: Path, run_id: str, archive_dir: Path | None = None) -> Path:
     """Add ``decisions`` and ``narrative`` to ``<runs_dir>/<run_id>/report.json`` (atomically); return its path."""
+    from esper.tolaria.report import REPORT_NAME  # torch: only once a report is read
+
     archive_dir = archive_dir or default_archive_dir(runs_dir)
     path = runs_dir / run_id / REPORT_NAME
     if not path.is_file():
@@ -183,6 +184,8 @@ def run_demo(stack: Stack, job: TrainingJob, token: str, timeout_s: float, out: 
             out("esper up --demo: warning: Nissa has not caught up; the report's decisions may be incomplete")
     finally:
         client.close()
+    from esper.tolaria.report import format_summary
+
     report_path = complete_report(stack.runs_dir, run_id)
     report = json.loads(report_path.read_text())
     out("")

@@ -16,9 +16,6 @@ from esper.cli import slots as slots_command
 from esper.cli import up as up_command
 from esper.leyline import BUILTIN_TASKS, LR_SCHEDULES, TrainingJob, is_task_name, validate
 from esper.tamiyo.policies import POLICIES, check_policy, is_policy_file
-from esper.tolaria.checkpoint import read_checkpoint
-from esper.tolaria.report import format_summary, load_report
-from esper.tolaria.runs import job_from_dict, run
 
 _JOB = TrainingJob()
 
@@ -117,6 +114,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def train(args: argparse.Namespace) -> int:
+    # Tolaria (torch) is imported by the commands that train, so `esper runs ...` and the rest start fast
+    from esper.tolaria.checkpoint import read_checkpoint
+    from esper.tolaria.report import format_summary
+    from esper.tolaria.runs import job_from_dict, run
+
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
             raise ValueError(
@@ -175,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return simic_command.simic(args)
         if args.command == "slots":
             return slots_command.slots(args)
+        from esper.tolaria.report import format_summary, load_report
+
         print(format_summary(load_report(args.dir)))
         return 0
     except (FileNotFoundError, ValueError) as exc:
