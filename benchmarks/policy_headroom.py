@@ -56,12 +56,18 @@ def load_runs(path: Path | None) -> list[dict[str, Any]]:
 
 
 def measure(
-    arms: list[Arm], variants: int, seeds: int, env: EnvConfig, out: Path | None, first_seed: int = 0
+    arms: list[Arm],
+    variants: int,
+    seeds: int,
+    env: EnvConfig,
+    out: Path | None,
+    first_seed: int = 0,
+    first_variant: int = 0,
 ) -> list[dict[str, Any]]:
     """Every arm on every (training variant, seed); runs already in ``out`` are not repeated."""
     runs = load_runs(out)
     done = {(r["policy"], r["task"], r["seed"]) for r in runs}
-    for index in range(variants):
+    for index in range(first_variant, first_variant + variants):
         v = variant("train", index, samples=env.samples)
         for seed in range(first_seed, first_seed + seeds):
             shift = (index + seed) % len(arms)
@@ -157,7 +163,8 @@ def summarize(runs: list[dict[str, Any]], arms: list[str], resamples: int = 10_0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variants", type=int, default=8, help="training variants 0..N-1")
+    parser.add_argument("--variants", type=int, default=8, help="training variants FIRST..FIRST+N-1")
+    parser.add_argument("--first-variant", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--arms", default="", help="comma-separated arm names (default: all of default_arms)")
@@ -176,7 +183,7 @@ def main() -> None:
     runs = (
         load_runs(args.out)
         if args.summary_only
-        else measure(arms, args.variants, args.seeds, env, args.out, args.first_seed)
+        else measure(arms, args.variants, args.seeds, env, args.out, args.first_seed, args.first_variant)
     )
     summary = summarize(runs, [a.name for a in arms], args.resamples)
     print(
