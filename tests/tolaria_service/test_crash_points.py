@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from esper.leyline import CommandAction, CommandStatus, SeedStage, streams
-from esper.tolaria.checkpoint import CHECKPOINT_NAME
+from esper.tolaria.checkpoint import read_checkpoint
 
 from .harness import Bus, TolariaProcess, wait_until
 
@@ -65,7 +64,7 @@ def test_killed_before_the_checkpoint_the_command_is_applied_once_by_the_resumed
 ) -> None:
     crash_at_the_commands_boundary(process, bus, "before-checkpoint")
     run_dir = tmp_path / "runs" / RUN
-    saved = torch.load(run_dir / CHECKPOINT_NAME, weights_only=False)
+    saved = read_checkpoint(run_dir)
     assert COMMAND not in saved["applied_commands"]
     # the boundary never happened: nothing it produced is on the bus
     assert bus.result_of(RUN, COMMAND) == []
@@ -86,7 +85,7 @@ def test_killed_after_the_checkpoint_the_boundarys_results_are_still_published(
 ) -> None:
     crash_at_the_commands_boundary(process, bus, "after-checkpoint")
     run_dir = tmp_path / "runs" / RUN
-    saved = torch.load(run_dir / CHECKPOINT_NAME, weights_only=False)
+    saved = read_checkpoint(run_dir)
     assert COMMAND in saved["applied_commands"]
 
     process.start()

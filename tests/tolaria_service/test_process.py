@@ -8,10 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 from esper.leyline import CommandAction, CommandStatus, streams
-from esper.tolaria.checkpoint import CHECKPOINT_NAME
+from esper.tolaria.checkpoint import read_checkpoint
 
 from .harness import Bus, TolariaProcess, wait_until
 
@@ -52,7 +51,7 @@ def test_sigkill_mid_run_then_restart_resumes_from_the_checkpoint_and_finishes(
     bus.submit("run-crash", epochs=8, max_train_samples=600)
     wait_until(lambda: len(bus.signals("run-crash")) >= 3, 120, "three epochs")
     process.kill()
-    checkpoint = torch.load(tmp_path / "runs" / "run-crash" / CHECKPOINT_NAME, weights_only=False)
+    checkpoint = read_checkpoint(tmp_path / "runs" / "run-crash")
     saved = checkpoint["epoch"]
     published_before = [s.epoch for s in bus.signals("run-crash")]
     assert saved >= 2 and bus.pending(streams.CONTROL_JOBS) == 1  # the job was not acked
@@ -89,7 +88,7 @@ def test_sigterm_mid_run_leaves_the_job_pending_and_a_restart_finishes_it(
     bus.submit("run-term", epochs=6)
     wait_until(lambda: len(bus.signals("run-term")) >= 2, 120, "two epochs")
     assert process.terminate() == 0
-    saved = torch.load(tmp_path / "runs" / "run-term" / CHECKPOINT_NAME, weights_only=False)["epoch"]
+    saved = read_checkpoint(tmp_path / "runs" / "run-term")["epoch"]
     assert saved == max(s.epoch for s in bus.signals("run-term"))  # graceful: stopped at a checkpointed boundary
     assert bus.pending(streams.CONTROL_JOBS) == 1
     process.start()
