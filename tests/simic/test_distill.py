@@ -40,3 +40,21 @@ def test_the_plan_records_each_chosen_arm_and_the_heuristic_once_on_every_seed()
         ("heuristic", "mnist1d-1000", 1),
     ]
     assert plan[0][0].plan == "HBB" and plan[0][1].samples == 600
+
+
+def test_the_shipped_distilled_policy_loads_and_decides_through_make_policy():
+    from esper.leyline import TrainingJob
+    from esper.simic.distill import DISTILLED_POLICY
+    from esper.simic.env import EnvConfig, TamiyoEnv
+    from esper.tamiyo.gnn.policy import GNNTamiyo
+    from esper.tamiyo.policies import make_policy
+
+    policy = make_policy(str(DISTILLED_POLICY), TrainingJob(epochs=10, param_budget=4_000))
+    assert isinstance(policy, GNNTamiyo) and policy.slotwise
+    env = TamiyoEnv(EnvConfig(epochs=3, pool=1, samples=600, max_train_samples=200))
+    try:
+        obs, _ = env.reset(seed=0)
+        decision = policy.decide(obs.signals, graph=obs.graph, health=obs.health)
+    finally:
+        env.close()
+    assert decision.reason.startswith("gnn:") and 0.0 <= decision.confidence <= 1.0

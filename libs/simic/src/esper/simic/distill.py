@@ -41,6 +41,9 @@ from esper.simic.variants import Variant
 from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
 from esper.tamiyo.gnn.policy import GNNPolicyConfig, GNNTamiyo
 
+#: The shipped distilled policy (README: how it was trained and what it reached on held-out variants).
+DISTILLED_POLICY = Path(__file__).parent / "policies" / "distilled-per-slot.pt"
+
 
 def best_arms(runs: list[dict[str, Any]], top: int = 1) -> dict[str, list[str]]:
     """Per variant of ``runs`` (headroom JSON lines), the ``top`` arms by mean validation accuracy, best first.
