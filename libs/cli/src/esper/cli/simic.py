@@ -1,7 +1,9 @@
-"""``esper simic train`` (record heuristic runs, offline AWR, PPO) and ``esper simic compare`` (= ``esper compare``).
+"""``esper simic train`` (record heuristic runs, offline AWR, PPO; or PPO from a policy file, ``--init``),
+``esper simic distill`` (search-then-distill, :mod:`esper.simic.distill`) and ``esper simic compare``
+(= ``esper compare``).
 
 Simic, torch_geometric and gymnasium load only when the subcommand runs, so
-the rest of the CLI works without them.
+the rest of the CLI works without them (:mod:`esper.simic.distill` imports them only when its job runs).
 """
 
 from __future__ import annotations
@@ -14,14 +16,27 @@ from pathlib import Path
 
 from esper.cli import compare as compare_command
 
+try:  # torch-free at import (its job imports Simic's dependencies); esper-simic is not a CLI dependency
+    from esper.simic import distill as distill_job
+except ImportError:
+    distill_job = None  # type: ignore[assignment]
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``esper simic train`` and its flags."""
+    """Register ``esper simic train``, ``distill`` and ``compare`` and their flags."""
     simic = sub.add_parser("simic", help="train Tamiyo's learned policy (Simic)")
     jobs = simic.add_subparsers(dest="simic_command", required=True)
     train = jobs.add_parser("train", help="record heuristic runs, learn offline, fine-tune with PPO")
     train.add_argument("--out", type=Path, default=Path("runs/simic"), help="job folder (checkpoint, logs, policy)")
     train.add_argument("--resume", action="store_true", help="continue the job in --out")
+    train.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="POLICY.pt",
+        help="a fresh job that fine-tunes this policy file with PPO (its network and running statistics; "
+        "no recording, no offline phase); its network sizes must be the job's",
+    )
     train.add_argument("--episodes", type=int, default=40, help="recorded heuristic episodes")
     train.add_argument("--offline-epochs", type=int, default=30)
     train.add_argument(
@@ -33,6 +48,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     train.add_argument("--hidden", type=int, default=64, help="GNN width")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    distill = jobs.add_parser(
+        "distill", help="record the best growth behaviour found by search, clone it offline (AWR)"
+    )
+    if distill_job is not None:
+        distill_job.add_arguments(distill)
     compare_command.add_arguments(jobs.add_parser("compare", help="the same as 'esper compare'"))
 
 
@@ -49,6 +69,11 @@ def simic(args: argparse.Namespace) -> int:
 
     if args.simic_command == "compare":
         return compare_command.compare(args)
+    if args.simic_command == "distill":
+        if distill_job is None:
+            raise ValueError("field 'command': 'esper simic distill' needs the esper-simic package (not installed)")
+        print(json.dumps(distill_job.distill(args)))
+        return 0
 
     from esper.simic.env import EnvConfig
     from esper.simic.offline import OfflineConfig
@@ -56,6 +81,8 @@ def simic(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     progress = not args.no_progress
+    if args.resume and args.init is not None:
+        raise ValueError(f"field 'init': --resume continues the job in --out; --init {str(args.init)!r} starts one")
     if args.resume:
         summary = TrainingJob.resume(args.out, total_timesteps=args.timesteps, progress=progress).run()
     else:
@@ -72,6 +99,7 @@ def simic(args: argparse.Namespace) -> int:
             ppo=replace(ppo, total_timesteps=args.timesteps or 2880),
             num_envs=args.envs,
             seed=args.seed,
+            init=None if args.init is None else str(args.init),
         )
         summary = train(config, args.out, progress=progress)
     print(json.dumps(summary, default=str))

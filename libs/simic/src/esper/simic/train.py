@@ -15,6 +15,13 @@ statistics, optimizer, normalizer, configuration, phase and progress) so
 
 The trained policy is ``OUT/policy.pt`` (:meth:`GNNTamiyo.load` reads it); ``OUT/policy-offline.pt``
 is the network as offline learning left it, before PPO.
+
+With ``init`` (``esper simic train --init POLICY.pt``) a job starts at the PPO
+phase from a policy file instead: the network's weights and running statistics
+come from the file (a distilled policy, :mod:`esper.simic.distill`), unchanged in
+shape (a file whose network sizes differ from ``network`` is refused, naming the
+size), PPO gets a fresh optimizer, and ``OUT/policy-offline.pt`` is the file's
+network as it came in.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ class TrainConfig:
     num_envs: int = 2
     asynchronous: bool = True
     seed: int = 0
+    init: str | None = None  # a policy file PPO starts from (no record, no offline phase)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +162,24 @@ class TrainingJob:
         self.policy().save(self.out / POLICY)
         return path
 
+    def start_from(self, path: str | Path) -> None:
+        """Take the network (weights and running statistics) of the policy file ``path``; the job is at PPO next.
+
+        ValueError naming the field ``init`` for a missing or foreign file, or one whose network sizes are not
+        this job's (``TrainConfig.network``): fine-tuning changes no shape.
+        """
+        loaded = GNNTamiyo.load(path, field="init").network
+        ours, theirs = asdict(self.config.network), asdict(loaded.config)
+        for name, value in ours.items():
+            if theirs.get(name) != value:
+                raise ValueError(
+                    f"field 'init': {str(path)!r} holds a network with {name}={theirs.get(name)!r}, "
+                    f"this job builds {name}={value!r} (network sizes must match)"
+                )
+        self.network.load_state_dict(loaded.state_dict())
+        self.save("ppo")
+        self.policy().save(self.out / OFFLINE_POLICY)  # the network PPO starts from, as for an offline phase
+
     def policy(self) -> GNNTamiyo:
         return GNNTamiyo(self.network, GNNPolicyConfig(epochs_total=self.config.env.epochs))
 
@@ -161,6 +187,8 @@ class TrainingJob:
     def run(self) -> dict[str, Any]:
         """Run the remaining phases; returns a summary (last diagnostics of each phase run now)."""
         summary: dict[str, Any] = {"out": str(self.out)}
+        if self.config.init is not None:
+            summary["init"] = self.config.init
         if self.phase == "record":
             self._record()
         if self.phase == "offline":
@@ -249,10 +277,13 @@ class TrainingJob:
 
 
 def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """A fresh job in ``out``."""
+    """A fresh job in ``out`` (from ``config.init`` when set: PPO only)."""
     if (Path(out) / CHECKPOINT).exists():
         raise ValueError(f"field 'out': {str(out)!r} already holds a Simic job (resume it, or choose another folder)")
-    return TrainingJob(config, out, progress=progress).run()
+    job = TrainingJob(config, out, progress=progress)
+    if config.init is not None:
+        job.start_from(config.init)
+    return job.run()
 
 
 __all__ = ["CHECKPOINT", "PHASES", "POLICY", "TrainConfig", "TrainingJob", "train"]
