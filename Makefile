@@ -63,7 +63,7 @@ bench: install
 	$(BIN)/python benchmarks/tolaria_overhead.py
 
 # The growth benchmark: 25 trainings (5 seeds x 5 arms: static hosts, heuristic, its oracle, a bare loop),
-# the heuristic deciding every 4 steps; about 15-20 minutes on two quiet cores.
+# the heuristic deciding every 4 steps while seeds are in flight; about 4 minutes on two quiet cores.
 bench-growth: install
 	$(BIN)/python benchmarks/growth.py --seeds 5 --workers 2 --steps-per-epoch 4
 

@@ -27,7 +27,9 @@ see the README's "Does growing pay?" for what each one showed.
 Progress goes to stderr; the last stdout line is JSON, per arm: median final
 validation and test accuracy, median final parameters, per-seed lists,
 ``median_seconds`` and ``median_train_flops``; plus ``ratios`` (per-seed
-heuristic/oracle and static_5k/bare wall-time ratios, medians).
+heuristic/oracle and static_5k/bare wall-time ratios, medians), ``differences``
+(the same pairs' final test accuracy, paired by seed: median, bootstrap 95%
+interval, wins and losses) and ``targets`` (issue 9's three, judged on this run).
 
     .venv/bin/python benchmarks/growth.py [--seeds 5] [--epochs 158] [--workers 2] [--arms heuristic,oracle]
 """
@@ -43,6 +45,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ARMS = ("static_small", "heuristic", "static_5k", "oracle", "bare")
 HOST_CHANNELS = {"static_small": None, "heuristic": None, "static_5k": 25, "bare": 25}
@@ -217,6 +221,58 @@ def _ratios(results: list[dict[str, Any]], num: str, den: str, key: str) -> list
     return [round(by_seed[num, s] / by_seed[den, s], 3) for s in seeds if (num, s) in by_seed and (den, s) in by_seed]
 
 
+def paired_difference(
+    results: list[dict[str, Any]], num: str, den: str, key: str, *, resamples: int = 10_000
+) -> dict[str, Any] | None:
+    """``num`` minus ``den`` in ``key``, paired by seed: per seed, the median, and a bootstrap 95% interval
+    of the median (resampling seeds; fixed generator, so the same runs give the same interval)."""
+    by_seed = {(r["arm"], r["seed"]): r[key] for r in results}
+    seeds = sorted({r["seed"] for r in results if (num, r["seed"]) in by_seed and (den, r["seed"]) in by_seed})
+    if not seeds:
+        return None
+    diffs = np.array([by_seed[num, s] - by_seed[den, s] for s in seeds])
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(diffs, size=(resamples, len(diffs))), axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return {
+        "median": round(float(np.median(diffs)), 4),
+        "ci95": [round(float(low), 4), round(float(high), 4)],
+        "per_seed": [round(float(d), 4) for d in diffs],
+        "wins": int((diffs > 0).sum()),
+        "losses": int((diffs < 0).sum()),
+    }
+
+
+def read_runs(log: Path) -> list[dict[str, Any]]:
+    """The per-run records a benchmark run printed on stderr (its ``{"arm": ...}`` lines)."""
+    runs = []
+    for number, line in enumerate(log.read_text().splitlines(), 1):
+        if line.startswith('{"arm"'):
+            try:
+                runs.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"field 'summarize': {str(log)!r} line {number} is not JSON: {exc}") from None
+    if not runs:
+        raise ValueError(f"field 'summarize': {str(log)!r} holds no run records (lines starting with '{{\"arm\"')")
+    return runs
+
+
+def targets(summary: dict[str, Any]) -> dict[str, Any]:
+    """Issue 9's three targets, judged on this run's medians (only those whose arms ran)."""
+    verdicts: dict[str, Any] = {}
+    ratios = summary["ratios"]
+    if "heuristic" in summary and "oracle" in summary:
+        grown, oracle = summary["heuristic"], summary["oracle"]
+        verdicts["1_heuristic_at_least_oracle_accuracy"] = (
+            grown["median_final_test_accuracy"] >= oracle["median_final_test_accuracy"]
+            and grown["median_params_final"] <= BUDGET
+        )
+        verdicts["2_heuristic_at_most_1.1x_oracle_seconds"] = ratios["heuristic/oracle_seconds"]["median"] <= 1.1
+    if "static_5k/bare_seconds" in ratios:
+        verdicts["3_static_at_most_1.05x_bare_seconds"] = ratios["static_5k/bare_seconds"]["median"] <= 1.05
+    return verdicts
+
+
 def summarize(arms: list[str], results: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for arm in arms:
@@ -245,6 +301,11 @@ def summarize(arms: list[str], results: list[dict[str, Any]]) -> dict[str, Any]:
             summary["heuristic"]["median_train_flops"] / summary["oracle"]["median_train_flops"], 3
         )
     summary["ratios"] = {**ratios, **flops}
+    for num, den in (("heuristic", "oracle"), ("static_5k", "bare")):
+        difference = paired_difference(results, num, den, "final_test_accuracy")
+        if difference is not None:
+            summary.setdefault("differences", {})[f"{num}-{den}_final_test_accuracy"] = difference
+    summary["targets"] = targets(summary)
     return summary
 
 
@@ -311,7 +372,19 @@ def main() -> None:
         action="store_false",
         help="with --steps-per-epoch: a boundary after every epoch, also once every seed is fossilized",
     )
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        nargs="+",
+        metavar="LOG",
+        help="train nothing: summarize the per-run lines of earlier runs' stderr logs (e.g. two seed ranges)",
+    )
     args = parser.parse_args()
+    if args.summarize:
+        results = [r for log in args.summarize for r in read_runs(log)]
+        present = {r["arm"] for r in results}
+        print(json.dumps(summarize([a for a in ARMS if a in present], results)))
+        return
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
