@@ -84,4 +84,5 @@ def test_cifar10_without_data_is_a_clear_error(tmp_path, capsys):
 def test_unknown_policy_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--policy", "random"])
-    assert "must be one of heuristic, heuristic-per-slot, none or a policy file PATH.pt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "must be one of heuristic, heuristic-per-slot, none, learned or a policy file PATH.pt" in err

@@ -153,3 +153,20 @@ def test_compare_refuses_a_missing_policy_file_before_any_run(tmp_path, capsys):
 def test_compare_refuses_an_unknown_task_naming_the_field(capsys):
     assert main(["compare", "--policies", "heuristic,none", "--tasks", "imagenet-1k"]) == 2
     assert "field 'tasks'" in capsys.readouterr().err
+
+
+def test_the_shipped_learned_policy_runs_by_name_in_a_folder_named_after_it(tmp_path, monkeypatch):
+    from esper.tamiyo.policies import SHIPPED_POLICIES
+
+    assert SHIPPED_POLICIES["learned"].is_file()  # package data: installed with esper-tamiyo
+    check_policy("learned")
+    check_policy("learned?sample")
+    with pytest.raises(ValueError, match="field 'policy': unknown mode 'argmax'"):
+        check_policy("learned?argmax")
+    policy = make_policy("learned?sample", TrainingJob(epochs=7, param_budget=5000, seed=3))
+    assert isinstance(policy, GNNTamiyo) and policy.config.sample and policy.config.epochs_total == 7
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "2", "--max-train-samples", "200", "--no-progress", "--policy", "learned"]) == 0
+    run = tmp_path / "runs" / "mnist1d-learned-s0"
+    assert {d["policy"] for d in _decisions(run)} == {"gnn"}
+    assert json.loads((run / "report.json").read_text())["policy"] == "learned"

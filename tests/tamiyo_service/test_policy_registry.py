@@ -27,6 +27,7 @@ from esper.cli.redis_local import free_port
 from esper.leyline import AdaptationDecision, Envelope, TrainingJob
 from esper.leyline import streams as ls
 from esper.oona import RedisBus
+from esper.tamiyo.policies import SHIPPED_POLICIES
 from esper.tamiyo.service import registry as registry_module
 from esper.tamiyo.service.registry import PolicyRefused, PolicyRegistry
 
@@ -67,6 +68,7 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (directory / "broken.pt").write_bytes(b"this is not a policy")
     (directory / "bad name.pt").write_bytes(b"")
     (directory / "heuristic.pt").write_bytes(b"")  # a named policy wins over a file of its name
+    (directory / "learned.pt").write_bytes(b"")  # and so does the shipped learned policy
     return directory
 
 
@@ -75,22 +77,26 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_registry_lists_named_policies_and_the_directorys_files(policy_dir):
     registry = PolicyRegistry(policy_dir)
-    assert registry.names() == ("heuristic", "heuristic-per-slot", "none", "broken", "tiny")
+    assert registry.names() == ("heuristic", "heuristic-per-slot", "none", "learned", "broken", "tiny")
     assert "tiny" in registry and "bad name" not in registry and "../tiny" not in registry
-    assert PolicyRegistry(policy_dir / "missing").names() == ("heuristic", "heuristic-per-slot", "none")
+    assert PolicyRegistry(policy_dir / "missing").names() == ("heuristic", "heuristic-per-slot", "none", "learned")
     entries = {e.name: e for e in registry.entries()}
     assert entries["tiny"].kind == "learned" and entries["tiny"].available
     assert entries["tiny"].path == str(policy_dir / "tiny.pt")
     assert entries["heuristic"].kind == "named" and entries["heuristic"].path is None
+    # the learned policy that ships with Esper; a file of its name in the directory does not replace it
+    assert entries["learned"].kind == "learned" and entries["learned"].path == str(SHIPPED_POLICIES["learned"])
 
 
 def test_the_registry_builds_learned_policies_and_names_what_it_refuses(policy_dir, monkeypatch):
     registry = PolicyRegistry(policy_dir)
     policy = registry.make("tiny", TrainingJob(epochs=7))
     assert policy.name == "gnn" and policy.config.epochs_total == 7  # type: ignore[attr-defined]
+    shipped = registry.make("learned", TrainingJob(epochs=9))
+    assert shipped.name == "gnn" and shipped.config.epochs_total == 9  # type: ignore[attr-defined]
     with pytest.raises(PolicyRefused, match=r"policy 'broken'.*not a readable policy file"):
         registry.make("broken", TrainingJob())
-    known = "known: heuristic, heuristic-per-slot, none, broken, tiny"
+    known = "known: heuristic, heuristic-per-slot, none, learned, broken, tiny"
     with pytest.raises(PolicyRefused, match=rf"unknown policy 'nope'.*{known}"):
         registry.check("nope")
     monkeypatch.setattr(registry_module, "missing_gnn_extra", lambda: "torch is not installed")
@@ -197,7 +203,7 @@ def test_a_live_run_switches_to_a_registered_learned_policy(clean_redis_url, pol
     listed = httpx.get(f"{service.url}/policies", headers=AUTH).json()
     assert [(p["name"], p["kind"], p["available"]) for p in listed] == [
         ("heuristic", "named", True), ("heuristic-per-slot", "named", True), ("none", "named", True),
-        ("broken", "learned", True), ("tiny", "learned", True),
+        ("learned", "learned", True), ("broken", "learned", True), ("tiny", "learned", True),
     ]  # fmt: skip
     publish(clean_redis_url, "run-r", TrainingJob(epochs=5), graph(), signals(1))
     assert decided(service, clean_redis_url, "run-r", 1).policy == "heuristic"
@@ -232,6 +238,7 @@ def test_without_torch_the_switch_is_a_422_naming_the_policy_and_the_extra(clean
     service = start_service(clean_redis_url, policy_dir, torch_free=True)
     listed = {p["name"]: p for p in httpx.get(f"{service.url}/policies", headers=AUTH).json()}
     assert listed["tiny"]["available"] is False and "gnn extra" in listed["tiny"]["reason"]
+    assert listed["learned"]["available"] is False  # the shipped learned policy needs the extra too
     assert listed["heuristic"]["available"] is True
     publish(clean_redis_url, "run-t", TrainingJob(epochs=5), graph(), signals(1))
     assert decided(service, clean_redis_url, "run-t", 1).policy == "heuristic"

@@ -50,7 +50,7 @@ def test_a_format_1_checkpoint_of_an_older_build_still_resumes_exactly(small_tas
     resumed.fit()
     _assert_same(comparable(straight), comparable(resumed))
     torch.save({**old, "format": 7}, tmp_path / "checkpoint.pt")
-    with pytest.raises(ValueError, match="'format'.* 7"):
+    with pytest.raises(ValueError, match=r"'format'.* 7"):
         read_checkpoint(tmp_path)
 
 

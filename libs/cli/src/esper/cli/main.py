@@ -15,7 +15,7 @@ from esper.cli import simic as simic_command
 from esper.cli import slots as slots_command
 from esper.cli import up as up_command
 from esper.leyline import BUILTIN_TASKS, LR_SCHEDULES, TrainingJob, is_task_name, validate
-from esper.tamiyo.policies import POLICIES, check_policy, is_policy_file
+from esper.tamiyo.policies import POLICIES, SHIPPED_POLICIES, check_policy, is_known_policy, is_policy_file
 
 _JOB = TrainingJob()
 
@@ -34,15 +34,16 @@ def _task(value: str) -> str:
 
 
 def _policy(value: str) -> str:
-    if value not in POLICIES and not is_policy_file(value):
-        known = ", ".join(POLICIES)
+    if not is_known_policy(value):
+        known = ", ".join((*POLICIES, *SHIPPED_POLICIES))
         raise argparse.ArgumentTypeError(f"must be one of {known} or a policy file PATH.pt (value {value!r})")
     return value
 
 
 def _run_name(job: TrainingJob) -> str:
     """``TASK-POLICY-sSEED``; a policy file is named by its file name without ``.pt``."""
-    policy = Path(job.policy.partition("?")[0]).stem if is_policy_file(job.policy) else job.policy
+    base = job.policy.partition("?")[0]
+    policy = Path(base).stem if is_policy_file(job.policy) else base
     return f"{job.task.replace(':', '.')}-{policy}-s{job.seed}"
 
 
@@ -58,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
         "--policy",
         type=_policy,
         default=_JOB.policy,
-        help="heuristic, none (the static host), or a learned policy file PATH.pt from 'esper simic train' "
-        "(PATH.pt?sample draws its actions, seeded)",
+        help="heuristic, heuristic-per-slot, none (the static host), learned (the learned policy shipped with "
+        "Esper), or a learned policy file PATH.pt from 'esper simic train' (NAME?sample draws its actions, seeded)",
     )
     train.add_argument(
         "--epochs", type=_positive, default=None, help="planned epochs (default 40; with --resume: keep)"

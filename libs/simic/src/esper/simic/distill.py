@@ -40,12 +40,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from esper.tamiyo.policies import SHIPPED_POLICIES
+
 if TYPE_CHECKING:
     from esper.simic.arms import Arm
     from esper.simic.variants import Variant
 
-#: The shipped distilled policy (README: how it was trained and what it reached on held-out variants).
-DISTILLED_POLICY = Path(__file__).parent / "policies" / "distilled-per-slot.pt"
+#: The shipped distilled policy, Tamiyo's policy ``learned`` (README: how it was trained and what it reached on
+#: held-out variants). It ships with esper-tamiyo, where a job can name it without Simic.
+DISTILLED_POLICY = SHIPPED_POLICIES["learned"]
 
 
 def best_arms(runs: list[dict[str, Any]], top: int = 1) -> dict[str, list[str]]:

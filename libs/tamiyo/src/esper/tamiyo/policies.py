@@ -7,8 +7,10 @@ so a job decides the same on both paths.
 Besides the named policies a job may name a learned policy file,
 ``PATH.pt`` (``esper simic train`` writes one; ``PATH.pt?sample`` draws its
 actions with a generator seeded by the job's seed instead of taking the most
-likely one). Loading it needs the ``gnn`` extra (torch, torch_geometric),
-imported only then: this module stays torch-free.
+likely one), or a learned policy that ships with this package by its name
+(:data:`SHIPPED_POLICIES`: ``learned``, also ``learned?sample``). Loading one
+needs the ``gnn`` extra (torch, torch_geometric), imported only then: this
+module stays torch-free.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ POLICIES = ("heuristic", "heuristic-per-slot", "none")
 POLICY_FILE_SUFFIX = ".pt"
 #: Ways to decode a learned policy file's actions, after ``?``: greedy (none) or ``sample``.
 POLICY_FILE_MODES = ("", "sample")
+#: Learned policies that ship with the package, by name (the README says how each was trained and measured).
+SHIPPED_POLICIES: dict[str, Path] = {"learned": Path(__file__).parent / "gnn" / "policies" / "learned.pt"}
 #: The install that brings a learned policy's dependencies.
 GNN_EXTRA = "esper-tamiyo[gnn]"
 
@@ -77,7 +81,20 @@ def is_policy_file(name: str) -> bool:
 
 
 def _known() -> str:
-    return f"{', '.join(POLICIES)}, or a policy file PATH{POLICY_FILE_SUFFIX}"
+    return f"{', '.join((*POLICIES, *SHIPPED_POLICIES))}, or a policy file PATH{POLICY_FILE_SUFFIX}"
+
+
+def shipped_policy_file(name: str) -> str | None:
+    """The policy file ``name`` stands for when it names a shipped learned policy (``learned``,
+    ``learned?sample``), else None."""
+    base, sep, mode = name.partition("?")
+    path = SHIPPED_POLICIES.get(base)
+    return None if path is None else f"{path}{sep}{mode}"
+
+
+def is_known_policy(name: str) -> bool:
+    """Whether ``name`` is a named policy, a shipped learned one, or looks like a policy file (not checked)."""
+    return name in POLICIES or shipped_policy_file(name) is not None or is_policy_file(name)
 
 
 def check_policy(name: str) -> None:
@@ -85,6 +102,7 @@ def check_policy(name: str) -> None:
     with a known mode (cheap: nothing is loaded)."""
     if name in POLICIES:
         return
+    name = shipped_policy_file(name) or name
     if not is_policy_file(name):
         raise ValueError(f"field 'policy': unknown policy {name!r} (known: {_known()})")
     path, _, mode = name.partition("?")
@@ -122,6 +140,9 @@ def make_policy(name: str, job: TrainingJob) -> Policy:
         return HeuristicTamiyo(heuristic_config(job))
     if name == "heuristic-per-slot":  # the same rules, one decision per slot at a boundary
         return HeuristicTamiyo(replace(heuristic_config(job), per_slot=True))
+    shipped = shipped_policy_file(name)
+    if shipped is not None:
+        return load_policy_file(shipped, job)
     if is_policy_file(name):
         return load_policy_file(name, job)
     raise ValueError(f"field 'policy': unknown policy {name!r} (known: {_known()})")

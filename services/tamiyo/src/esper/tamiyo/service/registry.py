@@ -4,8 +4,10 @@
 (what ``esper simic train`` writes as ``policy.pt``) is the policy ``NAME``.
 The directory is read at each lookup, so a file copied there is usable without
 a restart, and every replica must see the same directory. The named policies
-(``heuristic``, ``none``) win over a file of the same name. Only registered
-names load: neither a job nor a switch can make the service read another path.
+(``heuristic``, ``heuristic-per-slot``, ``none``) and the learned policies
+that ship with Esper (``learned``, :data:`~esper.tamiyo.policies.SHIPPED_POLICIES`)
+win over a file of the same name. Only registered names load: neither a job
+nor a switch can make the service read another path.
 
 A learned policy needs the ``gnn`` extra (torch, torch_geometric), which the
 service's own install does not bring (it is torch-free: tests/architecture).
@@ -31,6 +33,7 @@ from esper.tamiyo.policies import (
     GNN_EXTRA,
     POLICIES,
     POLICY_FILE_SUFFIX,
+    SHIPPED_POLICIES,
     PolicyUnavailable,
     load_policy_file,
     make_policy,
@@ -89,13 +92,14 @@ class PolicyRegistry:
         return cls(os.environ.get(POLICY_DIR_ENV) or None)
 
     def files(self) -> dict[str, Path]:
-        """Learned policies by name, read from the directory now (a missing directory holds none)."""
+        """Learned policies by name: the shipped ones (:data:`SHIPPED_POLICIES`), then the directory's,
+        read now (a missing directory holds none; a file cannot take a named or shipped policy's name)."""
+        found = {name: path for name, path in SHIPPED_POLICIES.items() if path.is_file()}
         if self.directory is None or not self.directory.is_dir():
-            return {}
-        found = {}
+            return found
         for path in sorted(self.directory.glob(f"*{POLICY_FILE_SUFFIX}")):
             name = path.name[: -len(POLICY_FILE_SUFFIX)]
-            if _NAME.match(name) and name not in POLICIES and path.is_file():
+            if _NAME.match(name) and name not in POLICIES and name not in found and path.is_file():
                 found[name] = path
         return found
 
