@@ -13,7 +13,7 @@ median and a bootstrap 95% interval of it (10,000 resamples). ``beats``: the
 interval lies above zero and the learned policy's median parameters are no more
 than the heuristic's.
 
-    .venv/bin/python benchmarks/policy_vs_heuristic.py --policy runs/simic-default/policy.pt
+    .venv/bin/python benchmarks/policy_vs_heuristic.py [--policy learned | --policy runs/simic/policy.pt]
 
 Every run prints a JSON line; the last line is the summary with ``learned``,
 ``heuristic`` (``test_accuracy``, ``params``, ...), ``ci_low``, ``ci_high``,
@@ -34,7 +34,11 @@ from esper.simic.env import EnvConfig
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--policy", required=True, help="a policy file from 'esper simic train' (policy.pt)")
+    parser.add_argument(
+        "--policy",
+        default="learned",
+        help="'learned' (the policy Esper ships) or a policy file from 'esper simic train' (policy.pt)",
+    )
     parser.add_argument("--variants", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=EnvConfig().epochs)
