@@ -44,6 +44,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     train.add_argument("--timesteps", type=int, default=None, help="PPO decisions in all (default 2880)")
     train.add_argument("--envs", type=int, default=2, help="environments in subprocesses")
+    train.add_argument(
+        "--per-slot",
+        action="store_true",
+        help="PPO asks again at a boundary about the slots not acted on yet, as the deployed GNN policy is asked "
+        "(stored in the job: --resume keeps it)",
+    )
+    train.add_argument(
+        "--value-warmup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="PPO: the first N updates fit only the value head to the returns (the policy does not move)",
+    )
     train.add_argument("--epochs", type=int, default=10, help="Tolaria epochs per episode")
     train.add_argument("--hidden", type=int, default=64, help="GNN width")
     train.add_argument("--seed", type=int, default=0)
@@ -92,11 +105,11 @@ def simic(args: argparse.Namespace) -> int:
 
         ppo = _ppo_defaults()
         config = TrainConfig(
-            env=EnvConfig(epochs=args.epochs),
+            env=EnvConfig(epochs=args.epochs, per_slot=args.per_slot),
             network=NetworkConfig(hidden=args.hidden),
             record_episodes=args.episodes,
             offline=OfflineConfig(epochs=args.offline_epochs, balance=not args.no_balance, seed=args.seed),
-            ppo=replace(ppo, total_timesteps=args.timesteps or 2880),
+            ppo=replace(ppo, total_timesteps=args.timesteps or 2880, value_warmup_updates=args.value_warmup),
             num_envs=args.envs,
             seed=args.seed,
             init=None if args.init is None else str(args.init),

@@ -14,6 +14,20 @@ Observation: a :class:`~esper.tamiyo.gnn.observation.GraphObservation`.
 Action: ``(operation, slot, option)`` integers (see :mod:`esper.tamiyo.gnn.network`);
 an action that names no slot or option of this host is taken as WAIT.
 
+Per slot (``EnvConfig.per_slot``): the regime the deployed GNN policy decides in.
+The environment's policy is then slotwise, so Tamiyo's decide step
+(:func:`esper.tamiyo.decide.decide_boundary`) asks it again at a boundary about
+the slots it has not acted on, on the run as the accepted commands will leave it,
+until it waits, a decision is refused, it names a slot already acted on, or
+every slot has a decision; only then does the next epoch train. Every
+observation is a :class:`SlotQuestion`: what :class:`~esper.tamiyo.gnn.policy.GNNTamiyo`
+decides on when asked (the decide step's view of the signals, the same graph,
+health and histories, nothing folded twice) and the slots it must leave alone
+(``exclude``, empty on a boundary's first question). Rewards: a question that
+does not end its boundary earns 0; the one that ends it earns the whole epoch's
+reward (from the boundary's first observation to the next epoch's), so an
+episode's undiscounted return is the once-per-epoch mode's for the same decisions.
+
 Reward per step (``RewardConfig``): validation-accuracy gain over the epoch,
 minus a parameter rent (``rent`` x the fraction of parameters grown beyond the
 initial host), plus potential-based shaping ``gamma * phi(s') - phi(s)`` with
@@ -29,7 +43,7 @@ import math
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -45,7 +59,7 @@ from esper.leyline import (
 )
 from esper.leyline.observation import HISTORY_LENGTH
 from esper.simic.variants import Variant, load_variant, variant
-from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation, legal_actions
+from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation, LegalActions, legal_actions
 from esper.tamiyo.policy import Policy, decision_id, wait
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.runs import KASMINA
@@ -97,12 +111,40 @@ class EnvConfig:
     param_budget_ratio: float | None = 4.0
     max_active_seeds: int = 3
     reward: RewardConfig = field(default_factory=RewardConfig)
+    per_slot: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 2:
             raise ValueError(f"field 'epochs': an episode needs at least 2 epochs (value {self.epochs!r})")
         if self.pool < 1:
             raise ValueError(f"field 'pool': must be >= 1 (value {self.pool!r})")
+        if not isinstance(self.per_slot, bool):
+            raise ValueError(f"field 'per_slot': must be true or false (value {self.per_slot!r})")
+
+
+class SlotQuestion(NamedTuple):
+    """A per-slot environment's observation: the question and the slots already acted on at this boundary.
+
+    ``observation`` is what :class:`~esper.tamiyo.gnn.policy.GNNTamiyo` builds when asked: on a repeated
+    question its signals are the decide step's view (each slot in ``exclude`` at the stage its command
+    leads to, a germination's parameters added). ``exclude`` names slots (``slot_id``) the answer must
+    leave alone, as the deployed policy's ``exclude``.
+    """
+
+    observation: GraphObservation
+    exclude: frozenset[str] = frozenset()
+
+
+def legal_for(obs: GraphObservation, exclude: frozenset[str], *, max_active_seeds: int = 3) -> LegalActions:
+    """:func:`legal_actions` with the slots in ``exclude`` allowing nothing (a repeated question's mask)."""
+    legal = legal_actions(obs, max_active_seeds=max_active_seeds)
+    if not exclude:
+        return legal
+    rows = [
+        [False] * len(row) if slot.slot_id in exclude else row
+        for slot, row in zip(obs.graph.slots, legal.slot_ops, strict=True)
+    ]
+    return LegalActions(slot_ops=rows, options=legal.options)
 
 
 class _Abandoned(Exception):
@@ -117,11 +159,24 @@ class _SteppedPolicy:
     def __init__(self, env: TamiyoEnv) -> None:
         self.env = env
 
+    @property
+    def slotwise(self) -> bool:
+        """Per slot, the decide step asks again at a boundary (see the module docstring)."""
+        return self.env.config.per_slot
+
     def decide(
-        self, signals: TrainingSignals, *, graph: ModelGraph | None = None, health: LayerHealth | None = None
+        self,
+        signals: TrainingSignals,
+        *,
+        graph: ModelGraph | None = None,
+        health: LayerHealth | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> AdaptationDecision:
         final = signals.epoch >= self.env.config.epochs
-        self.env._outbox.put(("epoch", (signals, graph, health, final)))
+        if exclude:  # the same boundary asked again: ``signals`` is the decide step's view
+            self.env._outbox.put(("again", (signals, graph, health, exclude)))
+        else:
+            self.env._outbox.put(("epoch", (signals, graph, health, final)))
         if final:
             return wait(self.name, signals.epoch, "episode over")
         action = self.env._inbox.get()
@@ -137,12 +192,16 @@ class _SteppedPolicy:
 
 
 class GraphObservationSpace(gym.Space[GraphObservation]):
-    """Observations are :class:`GraphObservation` values (vector envs batch them as tuples)."""
+    """Observations are :class:`GraphObservation` values, or per slot :class:`SlotQuestion` values
+    (vector envs batch them as tuples)."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_slot: bool = False) -> None:
         super().__init__(shape=None, dtype=None)
+        self.per_slot = per_slot
 
     def contains(self, x: Any) -> bool:
+        if self.per_slot:
+            return isinstance(x, SlotQuestion) and isinstance(x.observation, GraphObservation)
         return isinstance(x, GraphObservation)
 
     def sample(self, mask: Any = None, probability: Any = None) -> GraphObservation:
@@ -153,10 +212,10 @@ class GraphObservationSpace(gym.Space[GraphObservation]):
         return False
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, GraphObservationSpace)
+        return isinstance(other, GraphObservationSpace) and other.per_slot == self.per_slot
 
     def __hash__(self) -> int:
-        return hash(GraphObservationSpace)
+        return hash((GraphObservationSpace, self.per_slot))
 
 
 class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):
@@ -171,7 +230,7 @@ class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):
             variant(self.config.split, i, samples=self.config.samples) for i in range(self.config.pool)
         ]
         self.max_slots, self.max_options = self._action_bounds()
-        self.observation_space = GraphObservationSpace()
+        self.observation_space = GraphObservationSpace(per_slot=self.config.per_slot)
         self.action_space = gym.spaces.MultiDiscrete([len(OPERATIONS), self.max_slots, self.max_options])
         self.trainer: Trainer | None = None
         self.variant: Variant | None = None
@@ -179,6 +238,8 @@ class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):
         self._inbox: queue.Queue[np.ndarray | None] = queue.Queue()
         self._outbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._obs: GraphObservation | None = None
+        self._start: GraphObservation | None = None  # the boundary's first observation (rewards run from it)
+        self._exclude: frozenset[str] = frozenset()
         self._losses: list[float] = []
         self._accuracies: list[float] = []
         self.last_decision: AdaptationDecision | None = None
@@ -188,7 +249,9 @@ class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):
         return 3, 8
 
     # -- the episode ----------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[GraphObservation, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[GraphObservation | SlotQuestion, dict]:
         super().reset(seed=seed)
         self._stop_thread()
         options = options or {}
@@ -213,18 +276,22 @@ class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):
         self._inbox, self._outbox = queue.Queue(), queue.Queue()
         self._thread = threading.Thread(target=self._train, name="simic-trainer", daemon=True)
         self._thread.start()
-        obs, _ = self._next()
-        self._obs = obs
-        return obs, self._info(obs)
+        obs, _, _ = self._next()
+        self._obs = self._start = obs
+        self._exclude = frozenset()
+        return self._observed(obs), self._info(obs)
 
-    def step(self, action: np.ndarray) -> tuple[GraphObservation, float, bool, bool, dict]:
-        if self._obs is None or self.trainer is None:
+    def step(self, action: np.ndarray) -> tuple[GraphObservation | SlotQuestion, float, bool, bool, dict]:
+        if self._obs is None or self._start is None or self.trainer is None:
             raise RuntimeError("step() before reset(): call reset() first")
-        before = self._obs
         self._inbox.put(np.asarray(action))
-        obs, final = self._next()
+        obs, final, exclude = self._next()
         self._obs = obs
-        reward = self.reward(before, obs, final)
+        if exclude is not None:  # the same boundary asked again: its reward comes with the step that ends it
+            reward, self._exclude = 0.0, exclude
+        else:
+            reward = self.reward(self._start, obs, final)
+            self._start, self._exclude = obs, frozenset()
         info = self._info(obs)
         if self.last_decision is not None:
             info["decision"] = self.last_decision.action.value
@@ -239,7 +306,10 @@ class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):
                 "wall_seconds": self.trainer.wall_seconds,
                 "variant": self.variant.variant_id if self.variant else None,
             }
-        return obs, reward, final, False, info
+        return self._observed(obs), reward, final, False, info
+
+    def _observed(self, obs: GraphObservation) -> GraphObservation | SlotQuestion:
+        return SlotQuestion(obs, self._exclude) if self.config.per_slot else obs
 
     def close(self) -> None:
         self._stop_thread()
@@ -256,16 +326,24 @@ class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):
         except BaseException as exc:  # surfaced in the caller's thread by _next
             self._outbox.put(("error", exc))
 
-    def _next(self) -> tuple[GraphObservation, bool]:
+    def _next(self) -> tuple[GraphObservation, bool, frozenset[str] | None]:
+        """The next question: its observation, whether the episode is over, and the slots to leave alone
+        (None for an epoch's first question; asked again, the epoch is already in the histories)."""
         kind, payload = self._outbox.get()
         if kind == "error":
             raise RuntimeError(f"training run of variant {self.variant} failed: {payload}") from payload
+        if kind == "again":
+            signals, graph, health, exclude = payload
+            return self._observation(signals, graph, health), False, frozenset(exclude)
         if kind != "epoch":
             raise RuntimeError("training run ended without a final epoch")
         signals, graph, health, final = payload
         self._losses = [*self._losses, signals.val_loss][-HISTORY_LENGTH:]
         self._accuracies = [*self._accuracies, signals.val_accuracy][-HISTORY_LENGTH:]
-        obs = GraphObservation(
+        return self._observation(signals, graph, health), final, None
+
+    def _observation(self, signals: TrainingSignals, graph: ModelGraph, health: LayerHealth | None) -> GraphObservation:
+        return GraphObservation(
             graph=graph,
             signals=signals,
             health=health,
@@ -275,7 +353,6 @@ class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):
             epochs_total=self.config.epochs,
             param_budget=self.param_budget,
         )
-        return obs, final
 
     def _stop_thread(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -333,7 +410,7 @@ class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):
         return float(reward) if math.isfinite(reward) else -1.0
 
     def _info(self, obs: GraphObservation) -> dict[str, Any]:
-        legal = legal_actions(obs, max_active_seeds=self.config.max_active_seeds)
+        legal = legal_for(obs, self._exclude, max_active_seeds=self.config.max_active_seeds)
         return {
             "epoch": obs.signals.epoch,
             "val_accuracy": obs.signals.val_accuracy,

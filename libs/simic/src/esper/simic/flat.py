@@ -6,7 +6,9 @@ global features, loss and accuracy histories, one block per slot for the first
 option)`` as the graph environment. ``info["action_mask"]`` says which parts
 are legal: ``ops`` (5,), ``slot_ops`` (slots, 5), ``options`` (slots, options).
 For MLP baselines and tools that need a Box observation; the GNN policy uses
-the graph environment.
+the graph environment. Per slot (``EnvConfig.per_slot``) the vector is the
+question's observation and the mask leaves the slots already acted on at this
+boundary with nothing legal.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import numpy as np
 
 from esper.leyline import SeedStage
 from esper.leyline.observation import OBSERVATION_SIZE, OBSERVATION_SLOTS, SlotFeatures, write_observation
-from esper.simic.env import EnvConfig, TamiyoEnv
+from esper.simic.env import EnvConfig, SlotQuestion, TamiyoEnv, legal_for
 from esper.tamiyo.gnn.features import observation_parts
-from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation, legal_actions, seed_reports
+from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation, seed_reports
 
 _BOUND = 1e6
 
@@ -49,9 +51,12 @@ def flat_observation(obs: GraphObservation) -> np.ndarray:
     return np.clip(np.nan_to_num(buffer, nan=0.0, posinf=_BOUND, neginf=-_BOUND), -_BOUND, _BOUND)
 
 
-def action_mask(obs: GraphObservation, slots: int, options: int, max_active_seeds: int) -> dict[str, np.ndarray]:
-    """The legal parts of an action on ``obs``, padded to the action space's ``slots`` x ``options``."""
-    legal = legal_actions(obs, max_active_seeds=max_active_seeds)
+def action_mask(
+    obs: GraphObservation, slots: int, options: int, max_active_seeds: int, exclude: frozenset[str] = frozenset()
+) -> dict[str, np.ndarray]:
+    """The legal parts of an action on ``obs`` (nothing at the slots in ``exclude``), padded to the action
+    space's ``slots`` x ``options``."""
+    legal = legal_for(obs, exclude, max_active_seeds=max_active_seeds)
     slot_ops = np.zeros((slots, len(OPERATIONS)), dtype=bool)
     option_mask = np.zeros((slots, options), dtype=bool)
     for s, (row, fits) in enumerate(zip(legal.slot_ops[:slots], legal.options[:slots], strict=True)):
@@ -69,17 +74,20 @@ class FlatTamiyoEnv(gym.Wrapper):
         self.observation_space = gym.spaces.Box(-_BOUND, _BOUND, (OBSERVATION_SIZE,), np.float32)
         self.action_space = env.action_space
 
-    def _mask(self, obs: GraphObservation, info: dict[str, Any]) -> dict[str, Any]:
+    def _flat(self, obs: GraphObservation | SlotQuestion, info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
         env: TamiyoEnv = self.env  # type: ignore[assignment]
+        question = obs if isinstance(obs, SlotQuestion) else SlotQuestion(obs)
         info = dict(info)
         info.pop("legal_ops", None)
-        info["action_mask"] = action_mask(obs, env.max_slots, env.max_options, env.config.max_active_seeds)
-        return info
+        info["action_mask"] = action_mask(
+            question.observation, env.max_slots, env.max_options, env.config.max_active_seeds, question.exclude
+        )
+        return flat_observation(question.observation), info
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
-        obs, info = self.env.reset(**kwargs)
-        return flat_observation(obs), self._mask(obs, info)
+        return self._flat(*self.env.reset(**kwargs))
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return flat_observation(obs), reward, terminated, truncated, self._mask(obs, info)
+        flat, info = self._flat(obs, info)
+        return flat, reward, terminated, truncated, info

@@ -6,9 +6,12 @@ env, GAE, and the clipped-surrogate update with the details the reference
 implementations have: optional value clipping, per-minibatch advantage
 normalization, a linear entropy-coefficient schedule, Adam with eps 1e-5,
 gradient-norm clipping at 0.5, learning-rate annealing and a target-KL early
-stop. Every update logs approximate KL, clip fraction, entropy and explained
-variance (:mod:`esper.simic.diagnostics`), the numbers that tell whether
-learning happens at all.
+stop, and optionally a critic warm-up (``value_warmup_updates``: the first
+updates fit only the agent's ``value_parameters()`` to the returns, so the
+policy starts moving on advantages from a critic that fits them). Every
+update logs approximate KL, clip fraction, entropy and explained variance
+(:mod:`esper.simic.diagnostics`), the numbers that tell whether learning
+happens at all.
 
 Observations are whatever the env returns: the agent's ``encode`` turns one
 vector step's observations into either a tensor ``(num_envs, ...)`` or a list
@@ -60,12 +63,17 @@ class PPOConfig:
     target_kl: float | None = None
     adam_eps: float = 1e-5
     seed: int = 0
+    value_warmup_updates: int = 0
 
     def __post_init__(self) -> None:
         for name in ("total_timesteps", "num_steps", "num_minibatches", "update_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"field {name!r}: must be a positive integer (value {value!r})")
+        if not isinstance(self.value_warmup_updates, int) or self.value_warmup_updates < 0:
+            raise ValueError(
+                f"field 'value_warmup_updates': must be a non-negative integer (value {self.value_warmup_updates!r})"
+            )
         for name in ("gamma", "gae_lambda"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -96,6 +104,9 @@ class Agent(Protocol):
         ...
 
     def parameters(self) -> Any: ...
+
+    # optional, for ``PPOConfig.value_warmup_updates``: ``value_parameters()``, the weights only the value
+    # estimate depends on (training them leaves the policy's probabilities as they are)
 
 
 def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
@@ -166,6 +177,14 @@ class PPO:
         self.minibatch_size = max(1, self.batch_size // config.num_minibatches)
         self.num_updates = max(1, config.total_timesteps // self.batch_size)
         self.optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=config.adam_eps)
+        self._value_parameters: set[int] = set()
+        if config.value_warmup_updates > 0:
+            if not hasattr(agent, "value_parameters"):
+                raise ValueError(
+                    f"field 'value_warmup_updates': the agent ({type(agent).__name__}) has no value_parameters() "
+                    f"to warm up (value {config.value_warmup_updates!r})"
+                )
+            self._value_parameters = {id(p) for p in agent.value_parameters()}
         self.log = UpdateLog(log_dir) if log_dir is not None else None
         self.global_step = 0
         self.update = 0
@@ -249,6 +268,7 @@ class PPO:
         b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
         b_values = rollout["values"].reshape(-1)
         ent_coef = cfg.ent_coef_at(fraction_done)
+        value_only = self.update < cfg.value_warmup_updates  # critic warm-up: the policy does not move
         clipfracs: list[float] = []
         stats: dict[str, float] = {}
         epochs_run = 0
@@ -277,10 +297,19 @@ class PPO:
                 else:
                     v_loss = 0.5 * ((newvalue - b_returns[mb]) ** 2).mean()
                 entropy_loss = entropy.mean()
-                loss = pg_loss - ent_coef * entropy_loss + cfg.vf_coef * v_loss
+                if value_only:
+                    loss = cfg.vf_coef * v_loss
+                else:
+                    loss = pg_loss - ent_coef * entropy_loss + cfg.vf_coef * v_loss
                 self.optimizer.zero_grad()
                 loss.backward()
-                grad_norm = float(nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm))
+                trained = list(agent.parameters())
+                if value_only:  # shared layers get gradients from the value loss too; only the critic's own move
+                    for p in trained:
+                        if id(p) not in self._value_parameters:
+                            p.grad = None
+                    trained = [p for p in trained if id(p) in self._value_parameters]
+                grad_norm = float(nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm))
                 self.optimizer.step()
                 stats = {
                     "policy_loss": pg_loss.item(),

@@ -13,6 +13,12 @@ statistics, optimizer, normalizer, configuration, phase and progress) so
    fraction, entropy, explained variance per update), checkpointed after every
    update.
 
+With ``env.per_slot`` (``esper simic train --per-slot``) PPO trains in the regime the
+policy is deployed in: the environment asks again at a boundary about the slots not
+acted on yet (:class:`~esper.simic.env.SlotQuestion`), and :class:`GraphAgent` masks
+those slots as :class:`GNNTamiyo` does, so the probabilities PPO updates are the ones
+the deployed policy decides with.
+
 The trained policy is ``OUT/policy.pt`` (:meth:`GNNTamiyo.load` reads it); ``OUT/policy-offline.pt``
 is the network as offline learning left it, before PPO.
 
@@ -34,11 +40,13 @@ from typing import Any
 
 import torch
 
-from esper.simic.env import EnvConfig, RewardConfig
+from esper.simic.env import EnvConfig, RewardConfig, SlotQuestion
 from esper.simic.offline import OfflineConfig, load_transitions, record_episodes, save_transitions, train_offline
 from esper.simic.ppo import PPO, PPOConfig
 from esper.simic.vector import make_vector_env
+from esper.tamiyo.gnn.features import TamiyoGraph
 from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
+from esper.tamiyo.gnn.observation import GraphObservation
 from esper.tamiyo.gnn.policy import GNNPolicyConfig, GNNTamiyo
 
 CHECKPOINT = "checkpoint.pt"
@@ -107,6 +115,46 @@ _NESTED: dict[tuple[Any, str], Any] = {
     (TrainConfig, "ppo"): PPOConfig,
     (EnvConfig, "reward"): RewardConfig,
 }
+
+
+def question_graph(network: TamiyoNetwork, obs: GraphObservation | SlotQuestion) -> TamiyoGraph:
+    """``obs`` featurized, a question's ``exclude`` slots masked as :meth:`GNNTamiyo.decision_for` masks them
+    (no operation at those slots; an operation stays legal while some other slot allows it)."""
+    question = obs if isinstance(obs, SlotQuestion) else SlotQuestion(obs)
+    graph = network.encode([question.observation])[0]
+    if question.exclude:
+        rows = [i for i, slot in enumerate(question.observation.graph.slots) if slot.slot_id in question.exclude]
+        slot_ops = graph.slot_ops.clone()
+        slot_ops[rows] = False
+        graph.slot_ops = slot_ops
+        graph.op_mask = torch.cat([torch.ones(1, 1, dtype=torch.bool), slot_ops[:, 1:].any(0, keepdim=True)], 1)
+    return graph
+
+
+class GraphAgent:
+    """PPO's agent (:class:`~esper.simic.ppo.Agent`) over the Simic environment: ``network`` deciding on
+    :class:`GraphObservation` or :class:`SlotQuestion` values (:func:`question_graph`)."""
+
+    def __init__(self, network: TamiyoNetwork) -> None:
+        self.network = network
+
+    def encode(self, obs: Any, *, update_stats: bool = False) -> list[TamiyoGraph]:
+        return self.network.encode([question_graph(self.network, o) for o in obs], update_stats=update_stats)
+
+    def get_value(self, x: Any) -> torch.Tensor:
+        return self.network.get_value(x)
+
+    def get_action_and_value(
+        self, x: Any, action: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.network.get_action_and_value(x, action)
+
+    def parameters(self) -> Any:
+        return self.network.parameters()
+
+    def value_parameters(self) -> Any:
+        """The weights only the value estimate depends on (what a critic warm-up trains)."""
+        return self.network.value_head.parameters()
 
 
 class TrainingJob:
@@ -253,7 +301,7 @@ class TrainingJob:
         envs = make_vector_env(cfg.num_envs, cfg.env, asynchronous=cfg.asynchronous)
         try:
             self.network.train()
-            ppo = PPO(self.network, envs, replace(cfg.ppo, seed=cfg.seed), log_dir=self.out)
+            ppo = PPO(GraphAgent(self.network), envs, replace(cfg.ppo, seed=cfg.seed), log_dir=self.out)
             if self.ppo_state is not None:
                 ppo.load_state_dict(self.ppo_state)
             bar = self._bar(ppo.num_updates, "ppo", initial=ppo.update)
@@ -286,4 +334,4 @@ def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> dic
     return job.run()
 
 
-__all__ = ["CHECKPOINT", "PHASES", "POLICY", "TrainConfig", "TrainingJob", "train"]
+__all__ = ["CHECKPOINT", "PHASES", "POLICY", "GraphAgent", "TrainConfig", "TrainingJob", "question_graph", "train"]
