@@ -122,7 +122,15 @@ class Streams:
         return [e.payload.command_id for e in self.envelopes(streams.CONTROL_COMMANDS, run_id)]  # type: ignore[attr-defined]
 
     def applied(self, run_id: str) -> Counter[str]:
-        return Counter(r.command_id for r in self.results(run_id) if r.status is CommandStatus.APPLIED)
+        """APPLIED results per command, counted by message id: the at-least-once bus may carry one result
+        twice under one id (Tolaria republishes a boundary's sealed results on resume), which is one
+        application, not two."""
+        ids = {
+            (e.payload.command_id, e.message_id)
+            for e in self.envelopes(streams.CONTROL_RESULTS, run_id)
+            if isinstance(e.payload, CommandResult) and e.payload.status is CommandStatus.APPLIED
+        }
+        return Counter(command_id for command_id, _ in ids)
 
     def owner(self, group: str, run_id: str) -> str | None:
         value = self.redis.get(f"{streams.OWNERSHIP_PREFIX}:{group}:lease:{run_id}")

@@ -186,6 +186,9 @@ def _spawned(rank: int, world: int, port: int, target: Callable[..., Any], args:
     parallel = init_from_env()
     try:
         target(parallel, *args)
+        # every rank past its last collective before any tears the group down: a gloo rank whose peer had
+        # already closed its pairs was seen to abort at exit ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
