@@ -30,12 +30,15 @@ def meaningful(action: tuple[int, ...]) -> tuple[int, ...]:
     return action[:1] if action[0] == 0 else action if action[0] == 1 else action[:2]
 
 
-def run(env: TamiyoEnv, actions: list[list[int]]) -> tuple[list[float], object, bool]:
-    rewards, done, obs = [], False, None
+def run(env: TamiyoEnv, actions: list[list[int]], gamma: float = 0.9) -> tuple[float, float, bool]:
+    """The episode's undiscounted and discounted returns (discounted by ``gamma ** info["discount_steps"]``)."""
+    total, discounted, weight, done = 0.0, 0.0, 1.0, False
     for action in actions:
-        obs, reward, done, _, _ = env.step(np.array(action))
-        rewards.append(reward)
-    return rewards, obs, done
+        _, reward, done, _, info = env.step(np.array(action))
+        total += reward
+        discounted += weight * reward
+        weight *= gamma ** info["discount_steps"]
+    return total, discounted, done
 
 
 def test_per_slot_one_boundary_germinates_every_slot_before_the_next_epoch_trains():
@@ -46,6 +49,7 @@ def test_per_slot_one_boundary_germinates_every_slot_before_the_next_epoch_train
         start_params = question.observation.signals.params_total
 
         question, reward, done, _, info = env.step(np.array(germinate(0)))
+        assert info["discount_steps"] == 0  # no time passed: the same boundary
         assert (question.exclude, question.observation.signals.epoch, reward, done) == (
             frozenset({"s1"}),
             1,
@@ -59,7 +63,8 @@ def test_per_slot_one_boundary_germinates_every_slot_before_the_next_epoch_train
         question, reward, _, _, _ = env.step(np.array(germinate(1)))
         assert question.exclude == frozenset({"s1", "s2"}) and reward == 0.0
 
-        question, reward, done, _, _ = env.step(np.array(germinate(2)))  # every slot acted on: epoch 2 trains
+        question, reward, done, _, info = env.step(np.array(germinate(2)))  # every slot acted on: epoch 2 trains
+        assert info["discount_steps"] == 1
         assert question.exclude == frozenset() and question.observation.signals.epoch == 2 and reward != 0.0
         assert all(r.stage is not SeedStage.DORMANT for r in question.observation.signals.seeds)
         first = [d for d in env.trainer.decisions if d.epoch == 1]
@@ -88,19 +93,21 @@ def test_per_slot_a_wait_ends_the_boundary_and_an_excluded_slot_allows_nothing()
 def test_per_slot_returns_equal_the_once_per_epoch_returns_for_the_same_decisions():
     per_epoch = [germinate(0), germinate(1), WAIT]
     per_slot = [germinate(0), WAIT, germinate(1), WAIT, WAIT]
-    totals, finals = [], []
+    totals, discounted, finals = [], [], []
     for config, actions in ((SMALL, per_epoch), (PER_SLOT, per_slot)):
         env = TamiyoEnv(config)
         try:
             env.reset(seed=5, options={"variant": 0, "run_seed": 11})
-            rewards, _, done = run(env, actions)
+            total, discounted_total, done = run(env, actions)
             assert done
-            totals.append(sum(rewards))
+            totals.append(total)
+            discounted.append(discounted_total)
             finals.append(env.trainer.history[-1].val_accuracy)
         finally:
             env.close()
     assert finals[0] == finals[1]  # the same run
     assert totals[1] == pytest.approx(totals[0], abs=1e-9)
+    assert discounted[1] == pytest.approx(discounted[0], abs=1e-9)  # time passes per epoch, not per question
 
 
 def test_a_repeated_question_gets_the_deployed_policys_answer():

@@ -13,7 +13,7 @@ from gymnasium import spaces
 from esper.cli.main import parser
 from esper.simic.env import EnvConfig
 from esper.simic.mlp_agent import MLPAgent
-from esper.simic.ppo import PPO, PPOConfig
+from esper.simic.ppo import PPO, PPOConfig, compute_gae
 from esper.simic.train import CHECKPOINT, TrainConfig, TrainingJob, train
 from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
 from esper.tamiyo.gnn.policy import GNNTamiyo
@@ -103,3 +103,16 @@ def test_a_critic_warmup_needs_an_agent_that_names_its_value_weights():
         PPO(MLPAgent(1, 2), vec(), PPOConfig(total_timesteps=64, num_steps=16, value_warmup_updates=1))
     with pytest.raises(ValueError, match=r"field 'value_warmup_updates': .*value -1"):
         PPOConfig(value_warmup_updates=-1)
+
+
+def test_gae_lets_no_time_pass_over_a_step_of_zero_discount_steps():
+    rewards = torch.tensor([[0.0], [1.0]])
+    values = torch.tensor([[0.3], [0.6]])
+    dones = torch.zeros(2, 1)
+    spans = torch.tensor([[0.0], [1.0]])  # step 0: a question asked again at the same boundary
+    advantages, returns = compute_gae(rewards, values, dones, torch.tensor([0.5]), torch.tensor([1.0]), 0.9, 0.5, spans)
+    assert advantages[1, 0] == pytest.approx(1.0 - 0.6)
+    assert advantages[0, 0] == pytest.approx(0.6 - 0.3 + (1.0 - 0.6))  # no discount, full trace into step 1
+    assert returns[0, 0] == pytest.approx(1.0)
+    plain, _ = compute_gae(rewards, values, dones, torch.tensor([0.5]), torch.tensor([1.0]), 0.9, 0.5)
+    assert plain[0, 0] == pytest.approx(0.9 * 0.6 - 0.3 + 0.45 * (1.0 - 0.6))

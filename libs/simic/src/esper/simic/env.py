@@ -27,6 +27,12 @@ health and histories, nothing folded twice) and the slots it must leave alone
 does not end its boundary earns 0; the one that ends it earns the whole epoch's
 reward (from the boundary's first observation to the next epoch's), so an
 episode's undiscounted return is the once-per-epoch mode's for the same decisions.
+Time passes only when an epoch trains: ``info["discount_steps"]`` is 0 for a
+question asked again and 1 for the step that ends a boundary, and Simic's PPO
+discounts by ``gamma ** discount_steps`` (:func:`esper.simic.ppo.compute_gae`),
+so the discounted returns are the once-per-epoch mode's too (with a discount
+per question, every action but the last at a boundary would cost ``1 - gamma``
+of the value still to come, a bias against acting).
 
 Reward per step (``RewardConfig``): validation-accuracy gain over the epoch,
 minus a parameter rent (``rent`` x the fraction of parameters grown beyond the
@@ -58,6 +64,7 @@ from esper.leyline import (
     TrainingSignals,
 )
 from esper.leyline.observation import HISTORY_LENGTH
+from esper.simic.ppo import DISCOUNT_STEPS
 from esper.simic.variants import Variant, load_variant, variant
 from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation, LegalActions, legal_actions
 from esper.tamiyo.policy import Policy, decision_id, wait
@@ -293,6 +300,7 @@ class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):
             reward = self.reward(self._start, obs, final)
             self._start, self._exclude = obs, frozenset()
         info = self._info(obs)
+        info[DISCOUNT_STEPS] = 0 if exclude is not None else 1
         if self.last_decision is not None:
             info["decision"] = self.last_decision.action.value
         if final:

@@ -19,7 +19,10 @@ of ``num_envs`` items (graphs), and ``get_action_and_value`` takes a batch of
 the same kind. Episode ends follow Gymnasium's ``SAME_STEP`` autoreset: the
 observation after a done step is the next episode's first, and a truncated
 episode is bootstrapped from ``info["final_obs"]`` so a time limit is not
-mistaken for a terminal state.
+mistaken for a terminal state. An env whose steps do not all take the same time
+(Simic's per-slot environment: several questions at one epoch boundary) reports
+``info["discount_steps"]``, the discount steps the transition spans (missing: 1),
+and the step is discounted by ``gamma ** discount_steps`` (a semi-MDP discount).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from torch import nn
 from esper.simic.diagnostics import UpdateLog, UpdateStats
 
 Encoded = torch.Tensor | list[Any]
+
+#: The info key through which an env says how many discount steps a transition spans (default 1).
+DISCOUNT_STEPS = "discount_steps"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +130,19 @@ def compute_gae(
     next_done: torch.Tensor,
     gamma: float,
     gae_lambda: float,
+    discount_steps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation over a rollout.
 
     ``rewards``, ``values``, ``dones``: ``(T, N)``, where ``dones[t]`` says the
     observation at step ``t`` starts a new episode. ``next_value``/``next_done``:
-    ``(N,)`` for the observation after the last step. Returns
-    ``(advantages, returns)``, both ``(T, N)``.
+    ``(N,)`` for the observation after the last step. ``discount_steps`` ``(T, N)``
+    (default all 1): step ``t`` is discounted by ``gamma ** k`` and its trace by
+    ``(gamma * gae_lambda) ** k`` (k = 0: no time passes, as for a question asked
+    again at one epoch boundary). Returns ``(advantages, returns)``, both ``(T, N)``.
     """
     steps = rewards.shape[0]
+    k = torch.ones_like(rewards) if discount_steps is None else discount_steps.to(rewards.dtype)
     advantages = torch.zeros_like(rewards)
     last = torch.zeros_like(next_value)
     for t in reversed(range(steps)):
@@ -140,8 +150,8 @@ def compute_gae(
             nonterminal, following = 1.0 - next_done, next_value
         else:
             nonterminal, following = 1.0 - dones[t + 1], values[t + 1]
-        delta = rewards[t] + gamma * following * nonterminal - values[t]
-        last = delta + gamma * gae_lambda * nonterminal * last
+        delta = rewards[t] + gamma ** k[t] * following * nonterminal - values[t]
+        last = delta + (gamma * gae_lambda) ** k[t] * nonterminal * last
         advantages[t] = last
     return advantages, advantages + values
 
@@ -150,6 +160,16 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     """1 - Var(target - predicted) / Var(target); NaN when the target does not vary."""
     var = float(target.var())
     return math.nan if var == 0 else 1.0 - float((target - predicted).var()) / var
+
+
+def _discount_steps(info: dict[str, Any], num_envs: int) -> torch.Tensor:
+    """``info[DISCOUNT_STEPS]`` of one vector step, ``(num_envs,)``; 1 where an env did not report it."""
+    spans = torch.ones(num_envs)
+    if DISCOUNT_STEPS in info:
+        reported = np.asarray(info.get("_" + DISCOUNT_STEPS, np.ones(num_envs, dtype=bool)), dtype=bool)
+        values = torch.as_tensor(np.asarray(info[DISCOUNT_STEPS], dtype=np.float32))
+        spans = torch.where(torch.as_tensor(reported), values, spans)
+    return spans
 
 
 def _take(encoded: Encoded, index: torch.Tensor) -> Encoded:
@@ -200,7 +220,7 @@ class PPO:
         if self._next_obs is None:
             self._next_obs, _ = self.envs.reset(seed=cfg.seed)
         obs_parts: list[Encoded] = []
-        actions, logprobs, rewards, dones, values = [], [], [], [], []
+        actions, logprobs, rewards, dones, values, spans = [], [], [], [], [], []
         for _ in range(cfg.num_steps):
             encoded = agent.encode(self._next_obs, update_stats=True)
             obs_parts.append(encoded)
@@ -214,6 +234,7 @@ class PPO:
             self.global_step += self.num_envs
             reward = torch.as_tensor(reward, dtype=torch.float32)
             rewards.append(self._bootstrap_truncated(reward, terminated, truncated, info))
+            spans.append(_discount_steps(info, self.num_envs))
             done = np.logical_or(terminated, truncated)
             self._running_return += reward.numpy()
             for i in np.flatnonzero(done):
@@ -229,6 +250,7 @@ class PPO:
             "rewards": torch.stack(rewards),
             "dones": torch.stack(dones),
             "values": torch.stack(values),
+            "discount_steps": torch.stack(spans),
             "next_value": next_value,
             "next_done": self._next_done,
         }
@@ -261,6 +283,7 @@ class PPO:
             rollout["next_done"],
             cfg.gamma,
             cfg.gae_lambda,
+            rollout.get("discount_steps"),
         )
         b_obs = rollout["obs"]
         b_actions = rollout["actions"].reshape(self.batch_size, *rollout["actions"].shape[2:])
