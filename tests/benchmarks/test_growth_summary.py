@@ -1,4 +1,5 @@
-"""The growth benchmark's verdicts: paired accuracy differences, the targets, re-summarizing logs."""
+"""The growth benchmark's verdicts (``benchmarks/growth_summary.py``): paired accuracy differences, the
+targets, re-summarizing logs."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _growth():
-    sys.path.insert(0, str(BENCHMARKS))  # growth.py imports growth_arms from beside it (lazily)
-    spec = importlib.util.spec_from_file_location("growth_benchmark", BENCHMARKS / "growth.py")
+    spec = importlib.util.spec_from_file_location("growth_summary_under_test", BENCHMARKS / "growth_summary.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
