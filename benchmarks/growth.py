@@ -77,6 +77,9 @@ class Settings:
     governor_min_ratio: float = 3.0
     cull_needs_loss_harm: bool = True
     per_slot: bool = False
+    #: the growing arm's policy: the benchmark's heuristic (with the flags above), or any policy a job may
+    #: name (``learned``, ``heuristic-per-slot``, ``PATH.pt``), built as ``esper train`` builds it
+    policy: str = "heuristic"
     #: while no seed is in flight and the heuristic waited, the round runs on to the end of the pass
     lengthen_settled: bool = True
 
@@ -142,6 +145,17 @@ def _heuristic(config: Any, per_slot: bool) -> Any:
     return HeuristicTamiyo(replace(config, per_slot=per_slot))
 
 
+def _growing_policy(settings: Settings, heuristic: Any, seed: int) -> Any:
+    """The policy that grows the ``heuristic`` arm: the benchmark's heuristic, or ``settings.policy``."""
+    if settings.policy == "heuristic":
+        return _heuristic(heuristic, settings.per_slot)
+    from esper.leyline import TrainingJob
+    from esper.tamiyo.policies import make_policy
+
+    epochs = _trainer_config(settings, seed, growing=True).epochs
+    return make_policy(settings.policy, TrainingJob(epochs=epochs, param_budget=BUDGET, seed=seed))
+
+
 def _seed_init_hook(kind: str) -> Any:
     """``default``: each new seed's last layer drawn by PyTorch at germination (not the identity); the
     other choices are the trainer's own ``seed_init``."""
@@ -198,7 +212,7 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
             _trainer_config(settings, seed, growing=True),
             Path(out),
             kasmina=kasmina,
-            policy=lambda _model: _heuristic(heuristic, settings.per_slot),
+            policy=lambda _model: _growing_policy(settings, heuristic, seed),
             param_budget=BUDGET,
             on_trainer=_seed_init_hook(settings.seed_init),
         )
@@ -271,6 +285,12 @@ def main() -> None:
         "--per-slot", action="store_true", help="the heuristic decides once per slot at a boundary (not once)"
     )
     ablation.add_argument(
+        "--policy",
+        default="heuristic",
+        help="the growing arm's policy: the heuristic (default, with the flags above) or a policy a job may name "
+        "(learned, heuristic-per-slot, PATH.pt)",
+    )
+    ablation.add_argument(
         "--no-lengthen-settled",
         dest="lengthen_settled",
         action="store_false",
@@ -293,6 +313,13 @@ def main() -> None:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"unknown arms {unknown} (known: {', '.join(ARMS)})")
+    if args.policy != "heuristic":
+        from esper.tamiyo.policies import check_policy
+
+        try:
+            check_policy(args.policy)
+        except ValueError as exc:
+            parser.error(str(exc))
     if "oracle" in arms and "heuristic" not in arms:
         parser.error("the oracle arm is built from the heuristic arm's runs: add 'heuristic' to --arms")
     settings = Settings(
@@ -315,6 +342,7 @@ def main() -> None:
         governor_min_ratio=args.governor_min_ratio,
         cull_needs_loss_harm=args.cull_needs_loss_harm,
         per_slot=args.per_slot,
+        policy=args.policy,
         lengthen_settled=args.lengthen_settled,
     )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
