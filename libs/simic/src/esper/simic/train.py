@@ -44,7 +44,7 @@ from esper.simic.env import EnvConfig, RewardConfig, SlotQuestion
 from esper.simic.offline import OfflineConfig, load_transitions, record_episodes, save_transitions, train_offline
 from esper.simic.ppo import PPO, PPOConfig
 from esper.simic.vector import make_vector_env
-from esper.tamiyo.gnn.features import TamiyoGraph
+from esper.tamiyo.gnn.features import TamiyoGraph, exclude_slots
 from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
 from esper.tamiyo.gnn.observation import GraphObservation
 from esper.tamiyo.gnn.policy import GNNPolicyConfig, GNNTamiyo
@@ -119,16 +119,10 @@ _NESTED: dict[tuple[Any, str], Any] = {
 
 def question_graph(network: TamiyoNetwork, obs: GraphObservation | SlotQuestion) -> TamiyoGraph:
     """``obs`` featurized, a question's ``exclude`` slots masked as :meth:`GNNTamiyo.decision_for` masks them
-    (no operation at those slots; an operation stays legal while some other slot allows it)."""
+    (:func:`esper.tamiyo.gnn.features.exclude_slots`)."""
     question = obs if isinstance(obs, SlotQuestion) else SlotQuestion(obs)
     graph = network.encode([question.observation])[0]
-    if question.exclude:
-        rows = [i for i, slot in enumerate(question.observation.graph.slots) if slot.slot_id in question.exclude]
-        slot_ops = graph.slot_ops.clone()
-        slot_ops[rows] = False
-        graph.slot_ops = slot_ops
-        graph.op_mask = torch.cat([torch.ones(1, 1, dtype=torch.bool), slot_ops[:, 1:].any(0, keepdim=True)], 1)
-    return graph
+    return exclude_slots(graph, question.observation, question.exclude)
 
 
 class GraphAgent:

@@ -308,3 +308,17 @@ class RunningNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
+
+
+def exclude_slots(graph: TamiyoGraph, obs: GraphObservation, exclude: frozenset[str]) -> TamiyoGraph:
+    """``graph`` (featurized from ``obs``) with no operation at the slots in ``exclude``: the question a
+    slotwise policy is asked again at a boundary (:func:`esper.tamiyo.decide.decide_boundary`). An operation
+    stays legal while some other slot allows it; WAIT always does. Changes ``graph`` in place and returns it."""
+    if not exclude:
+        return graph
+    rows = [i for i, slot in enumerate(obs.graph.slots) if slot.slot_id in exclude]
+    slot_ops = graph.slot_ops.clone()
+    slot_ops[rows] = False
+    graph.slot_ops = slot_ops
+    graph.op_mask = torch.cat([torch.ones(1, 1, dtype=torch.bool), slot_ops[:, 1:].any(0, keepdim=True)], 1)
+    return graph

@@ -25,6 +25,7 @@ import torch
 
 from esper.leyline import AdaptationDecision, DecisionAction, LayerHealth, ModelGraph, TrainingSignals
 from esper.leyline.observation import HISTORY_LENGTH
+from esper.tamiyo.gnn.features import exclude_slots
 from esper.tamiyo.gnn.inference import LoopedEdges, decide_one
 from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
 from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation
@@ -124,13 +125,7 @@ class GNNTamiyo:
     def decision_for(self, obs: GraphObservation, *, exclude: frozenset[str] = frozenset()) -> AdaptationDecision:
         """The decision on ``obs`` (greedy, or drawn with ``config.sample``), with its reason and confidence;
         slots in ``exclude`` are not acted on."""
-        graph = self.network.encode([obs])[0]
-        if exclude:
-            rows = [i for i, slot in enumerate(obs.graph.slots) if slot.slot_id in exclude]
-            slot_ops = graph.slot_ops.clone()
-            slot_ops[rows] = False
-            graph.slot_ops = slot_ops
-            graph.op_mask = torch.cat([torch.ones(1, 1, dtype=torch.bool), slot_ops[:, 1:].any(0, keepdim=True)], 1)
+        graph = exclude_slots(self.network.encode([obs])[0], obs, exclude)
         if self.config.sample:
             with torch.random.fork_rng(devices=[]), torch.inference_mode():
                 torch.manual_seed(self.config.sample_seed * 100_003 + obs.signals.epoch + 7_919 * len(exclude))
