@@ -10,9 +10,10 @@ import torch
 
 from esper.leyline import SeedStage
 from esper.simic.distill import DISTILLED_POLICY
-from esper.simic.env import EnvConfig, SlotQuestion, TamiyoEnv
+from esper.simic.env import EnvConfig, TamiyoEnv
 from esper.simic.flat import FlatTamiyoEnv
 from esper.simic.offline import action_for
+from esper.simic.spaces import SlotQuestion
 from esper.simic.train import GraphAgent
 from esper.tamiyo.gnn.policy import GNNPolicyConfig, GNNTamiyo
 

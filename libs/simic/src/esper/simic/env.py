@@ -49,7 +49,7 @@ import math
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -65,8 +65,9 @@ from esper.leyline import (
 )
 from esper.leyline.observation import HISTORY_LENGTH
 from esper.simic.ppo import DISCOUNT_STEPS
+from esper.simic.spaces import GraphObservationSpace, SlotQuestion, legal_for
 from esper.simic.variants import Variant, load_variant, variant
-from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation, LegalActions, legal_actions
+from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation
 from esper.tamiyo.policy import Policy, decision_id, wait
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.runs import KASMINA
@@ -129,31 +130,6 @@ class EnvConfig:
             raise ValueError(f"field 'per_slot': must be true or false (value {self.per_slot!r})")
 
 
-class SlotQuestion(NamedTuple):
-    """A per-slot environment's observation: the question and the slots already acted on at this boundary.
-
-    ``observation`` is what :class:`~esper.tamiyo.gnn.policy.GNNTamiyo` builds when asked: on a repeated
-    question its signals are the decide step's view (each slot in ``exclude`` at the stage its command
-    leads to, a germination's parameters added). ``exclude`` names slots (``slot_id``) the answer must
-    leave alone, as the deployed policy's ``exclude``.
-    """
-
-    observation: GraphObservation
-    exclude: frozenset[str] = frozenset()
-
-
-def legal_for(obs: GraphObservation, exclude: frozenset[str], *, max_active_seeds: int = 3) -> LegalActions:
-    """:func:`legal_actions` with the slots in ``exclude`` allowing nothing (a repeated question's mask)."""
-    legal = legal_actions(obs, max_active_seeds=max_active_seeds)
-    if not exclude:
-        return legal
-    rows = [
-        [False] * len(row) if slot.slot_id in exclude else row
-        for slot, row in zip(obs.graph.slots, legal.slot_ops, strict=True)
-    ]
-    return LegalActions(slot_ops=rows, options=legal.options)
-
-
 class _Abandoned(Exception):
     """Raised inside the trainer's thread when the environment resets or closes mid-episode."""
 
@@ -196,33 +172,6 @@ class _SteppedPolicy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
-
-
-class GraphObservationSpace(gym.Space[GraphObservation]):
-    """Observations are :class:`GraphObservation` values, or per slot :class:`SlotQuestion` values
-    (vector envs batch them as tuples)."""
-
-    def __init__(self, per_slot: bool = False) -> None:
-        super().__init__(shape=None, dtype=None)
-        self.per_slot = per_slot
-
-    def contains(self, x: Any) -> bool:
-        if self.per_slot:
-            return isinstance(x, SlotQuestion) and isinstance(x.observation, GraphObservation)
-        return isinstance(x, GraphObservation)
-
-    def sample(self, mask: Any = None, probability: Any = None) -> GraphObservation:
-        raise NotImplementedError("graph observations come from training runs, they cannot be sampled")
-
-    @property
-    def is_np_flattenable(self) -> bool:
-        return False
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, GraphObservationSpace) and other.per_slot == self.per_slot
-
-    def __hash__(self) -> int:
-        return hash((GraphObservationSpace, self.per_slot))
 
 
 class TamiyoEnv(gym.Env[GraphObservation, np.ndarray]):

@@ -20,7 +20,8 @@ import numpy as np
 
 from esper.leyline import SeedStage
 from esper.leyline.observation import OBSERVATION_SIZE, OBSERVATION_SLOTS, SlotFeatures, write_observation
-from esper.simic.env import EnvConfig, SlotQuestion, TamiyoEnv, legal_for
+from esper.simic.env import EnvConfig, TamiyoEnv
+from esper.simic.spaces import SlotQuestion, legal_for
 from esper.tamiyo.gnn.features import observation_parts
 from esper.tamiyo.gnn.observation import OPERATIONS, GraphObservation, seed_reports
 

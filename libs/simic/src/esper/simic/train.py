@@ -15,7 +15,7 @@ statistics, optimizer, normalizer, configuration, phase and progress) so
 
 With ``env.per_slot`` (``esper simic train --per-slot``) PPO trains in the regime the
 policy is deployed in: the environment asks again at a boundary about the slots not
-acted on yet (:class:`~esper.simic.env.SlotQuestion`), and :class:`GraphAgent` masks
+acted on yet (:class:`~esper.simic.spaces.SlotQuestion`), and :class:`GraphAgent` masks
 those slots as :class:`GNNTamiyo` does, so the probabilities PPO updates are the ones
 the deployed policy decides with.
 
@@ -40,9 +40,10 @@ from typing import Any
 
 import torch
 
-from esper.simic.env import EnvConfig, RewardConfig, SlotQuestion
+from esper.simic.env import EnvConfig, RewardConfig
 from esper.simic.offline import OfflineConfig, load_transitions, record_episodes, save_transitions, train_offline
 from esper.simic.ppo import PPO, PPOConfig
+from esper.simic.spaces import SlotQuestion
 from esper.simic.vector import make_vector_env
 from esper.tamiyo.gnn.features import TamiyoGraph, exclude_slots
 from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
