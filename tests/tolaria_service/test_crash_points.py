@@ -25,6 +25,10 @@ pytestmark = pytest.mark.slow
 
 RUN = "run-crash-point"
 COMMAND = "op-germ"
+#: Long enough that the command reaches the run mid-run: tiny epochs take tens of milliseconds on a quiet
+#: machine, so a short run could finish between "two epochs seen" and the command (which then finds no
+#: boundary to crash at).
+EPOCHS = 30
 
 
 @pytest.fixture
@@ -40,7 +44,7 @@ def process(clean_redis_url: str, tmp_path: Path) -> Iterator[TolariaProcess]:
 def crash_at_the_commands_boundary(process: TolariaProcess, bus: Bus, point: str) -> None:
     """Train a few epochs, send a germination, let the process kill itself at ``point`` of its boundary."""
     process.start(crash=f"{point}:{COMMAND}")
-    bus.submit(RUN, epochs=6)
+    bus.submit(RUN, epochs=EPOCHS)
     wait_until(lambda: len(bus.signals(RUN)) >= 2, 120, "two epochs")
     bus.command(RUN, COMMAND, CommandAction.GERMINATE, slot_id="s1", blueprint="conv_light")
     process.wait_crashed()

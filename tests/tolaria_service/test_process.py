@@ -16,6 +16,11 @@ from .harness import Bus, TolariaProcess, wait_until
 
 pytestmark = pytest.mark.slow
 
+# Runs long enough that the test's signal (a kill, SIGTERM) lands mid-run: tiny epochs take tens of
+# milliseconds on a quiet machine, so a short run could finish between "two epochs seen" and the signal.
+KILL_EPOCHS = 30
+TERM_EPOCHS = 30
+
 
 @pytest.fixture
 def process(clean_redis_url: str, tmp_path: Path) -> Iterator[TolariaProcess]:
@@ -48,7 +53,7 @@ def test_sigkill_mid_run_then_restart_resumes_from_the_checkpoint_and_finishes(
     process: TolariaProcess, bus: Bus, tmp_path: Path
 ) -> None:
     process.start()
-    bus.submit("run-crash", epochs=8, max_train_samples=600)
+    bus.submit("run-crash", epochs=KILL_EPOCHS, max_train_samples=600)
     wait_until(lambda: len(bus.signals("run-crash")) >= 3, 120, "three epochs")
     process.kill()
     checkpoint = read_checkpoint(tmp_path / "runs" / "run-crash")
@@ -65,18 +70,18 @@ def test_sigkill_mid_run_then_restart_resumes_from_the_checkpoint_and_finishes(
     assert germ.status is CommandStatus.APPLIED and germ.epoch > saved
 
     epochs = [s.epoch for s in bus.signals("run-crash")]
-    assert sorted(set(epochs)) == list(range(1, 9))  # the epoch numbers continue to the end
+    assert sorted(set(epochs)) == list(range(1, KILL_EPOCHS + 1))  # the epoch numbers continue to the end
     for epoch in range(1, saved + 1):
         assert epochs.count(epoch) == 1  # checkpointed epochs never run again
     assert epochs.count(saved + 1) <= 2  # only the epoch in flight at the kill may be published twice
-    assert all(epochs.count(e) == 1 for e in range(saved + 2, 9))
+    assert all(epochs.count(e) == 1 for e in range(saved + 2, KILL_EPOCHS + 1))
     assert set(published_before) <= set(range(1, saved + 2))
 
     report = json.loads(Path(str(finished.attributes["report"])).read_text())
-    assert [r["epoch"] for r in report["history"]] == list(range(1, 9))
+    assert [r["epoch"] for r in report["history"]] == list(range(1, KILL_EPOCHS + 1))
     events = (tmp_path / "runs" / "run-crash" / "events.jsonl").read_text().splitlines()
     logged = [json.loads(line)["epoch"] for line in events if json.loads(line)["type"] == "training_signals"]
-    assert logged == list(range(1, 9))  # the run's own event log holds each epoch once
+    assert logged == list(range(1, KILL_EPOCHS + 1))  # the run's own event log holds each epoch once
     wait_until(lambda: bus.pending(streams.CONTROL_JOBS) == 0, 10, "the job to be acked after the resumed run")
     assert process.terminate() == 0
 
@@ -85,7 +90,7 @@ def test_sigterm_mid_run_leaves_the_job_pending_and_a_restart_finishes_it(
     process: TolariaProcess, bus: Bus, tmp_path: Path
 ) -> None:
     process.start()
-    bus.submit("run-term", epochs=6)
+    bus.submit("run-term", epochs=TERM_EPOCHS)
     wait_until(lambda: len(bus.signals("run-term")) >= 2, 120, "two epochs")
     assert process.terminate() == 0
     saved = read_checkpoint(tmp_path / "runs" / "run-term")["epoch"]
@@ -94,4 +99,4 @@ def test_sigterm_mid_run_leaves_the_job_pending_and_a_restart_finishes_it(
     process.start()
     bus.wait_finished("run-term", timeout_s=180)
     epochs = [s.epoch for s in bus.signals("run-term")]
-    assert epochs == list(range(1, 7))
+    assert epochs == list(range(1, TERM_EPOCHS + 1))
