@@ -5,31 +5,14 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
 
 from esper.simic.diagnostics import CSV_NAME, PNG_NAME, UpdateLog
 from esper.simic.mlp_agent import MLPAgent
 from esper.simic.ppo import PPO, PPOConfig, compute_gae, explained_variance
 
-
-class GuessTheSign(gym.Env):
-    """One-step episodes: the observation is +-1 and the action that matches its sign earns 1."""
-
-    observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-    action_space = spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.sign = int(self.np_random.integers(2))
-        return np.array([2.0 * self.sign - 1.0], np.float32), {}
-
-    def step(self, action):
-        reward = 1.0 if int(action) == self.sign else 0.0
-        obs, _ = self.reset()
-        return obs, reward, True, False, {}
+from .tiny import GuessTheSign
 
 
 def vec(n: int = 4) -> gym.vector.VectorEnv:

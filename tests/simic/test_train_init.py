@@ -9,23 +9,12 @@ import torch
 
 from esper.cli.main import main
 from esper.simic.diagnostics import UpdateLog
-from esper.simic.env import EnvConfig
-from esper.simic.offline import OfflineConfig
-from esper.simic.ppo import PPOConfig
-from esper.simic.train import CHECKPOINT, POLICY, RECORDED, TrainConfig, TrainingJob, train
+from esper.simic.train import CHECKPOINT, POLICY, RECORDED, TrainingJob, train
 from esper.tamiyo.gnn.features import GLOBAL_FEATURES
 from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
 from esper.tamiyo.gnn.policy import GNNTamiyo
 
-TINY = TrainConfig(
-    env=EnvConfig(epochs=2, pool=1, max_train_samples=100, samples=600),
-    network=NetworkConfig(hidden=16),
-    record_episodes=2,
-    offline=OfflineConfig(epochs=2),
-    ppo=PPOConfig(total_timesteps=2, num_steps=1, num_minibatches=1, update_epochs=2, ent_coef_final=0.0),
-    num_envs=2,
-    asynchronous=False,
-)
+from .tiny import TINY
 
 
 def saved_policy(path, hidden: int = 16):

@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
 
 from esper.cli.main import parser
 from esper.simic.env import EnvConfig
@@ -18,6 +16,8 @@ from esper.simic.train import CHECKPOINT, TrainConfig, TrainingJob, train
 from esper.tamiyo.gnn.network import NetworkConfig, TamiyoNetwork
 from esper.tamiyo.gnn.policy import GNNTamiyo
 
+from .tiny import GuessTheSign
+
 PER_SLOT = TrainConfig(
     env=EnvConfig(epochs=2, pool=1, max_train_samples=100, samples=600, per_slot=True),
     network=NetworkConfig(hidden=16),
@@ -25,23 +25,6 @@ PER_SLOT = TrainConfig(
     num_envs=2,
     asynchronous=False,
 )
-
-
-class GuessTheSign(gym.Env):
-    """One-step episodes: the observation is +-1 and the action that matches its sign earns 1."""
-
-    observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-    action_space = spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.sign = int(self.np_random.integers(2))
-        return np.array([2.0 * self.sign - 1.0], np.float32), {}
-
-    def step(self, action):
-        reward = 1.0 if int(action) == self.sign else 0.0
-        obs, _ = self.reset()
-        return obs, reward, True, False, {}
 
 
 def vec() -> gym.vector.VectorEnv:
