@@ -239,3 +239,25 @@ def test_the_service_consumer_decides_from_the_telemetry_stream(clean_redis_url)
     assert all(isinstance(c, AdaptationCommand) for c in commands) and len(commands) == 2
     assert metrics.decision_latency._sum.get() > 0 and metrics.policy_seconds._sum.get() > 0
     assert all(isinstance(d.payload, AdaptationDecision) for d in decisions)
+
+
+def test_adopting_a_held_run_keeps_an_operators_pause_saved_while_it_read(clean_redis_url):
+    """The API registers a run, its first message has the replica adopt it, and a pause is in flight: the
+    adoption waits for the pause's save and reads it back (it once put the state saved before it back)."""
+
+    async def go():
+        s = await stack(clean_redis_url)
+        await s.control.submit(JOB, RUN)
+        run = s.collector.get(RUN)
+        async with run.lock:  # a pause in flight: it holds the run's lock until it has saved
+            adopting = asyncio.create_task(s.loop.adopt(RUN))
+            await asyncio.sleep(0.2)
+            run.paused = True
+            await s.collector.save(run)
+        await adopting
+        held = s.collector.get(RUN)
+        await s.aclose()
+        return run, held
+
+    run, held = asyncio.run(go())
+    assert held is run and held.paused and held.policy is not None

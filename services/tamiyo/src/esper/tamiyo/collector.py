@@ -23,7 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import msgspec
@@ -264,6 +264,17 @@ class HealthCollector:
         run = self.runs[run_id] = RunState(run_id=run_id, job=job, policy_name=name)
         self._prepare(run)
         return run, True
+
+    def take_over(self, run: RunState, saved: RunState) -> None:
+        """Make ``run`` (held, its lock taken by the caller) what ``saved`` says, keeping the object and its
+        lock and the newest layer health (not saved); its policy is rebuilt from the saved policy state."""
+        if run.prepared is not None:
+            run.prepared.cancel()
+        for f in fields(RunState):
+            if f.name not in ("lock", "prepared", "policy", "health"):
+                setattr(run, f.name, getattr(saved, f.name))
+        run.policy, run.prepared = None, None
+        self._prepare(run)
 
     def forget(self, run_id: str) -> None:
         """Drop ``run_id`` from memory (a submission that never reached the jobs stream)."""

@@ -123,24 +123,43 @@ class DecisionLoop:
 
     async def adopt(self, run_id: str) -> None:
         """This replica decides ``run_id`` from now on: take its newest saved state (another replica may have
-        decided on it since this one last saw it) and build its policy before its next message."""
+        decided on it since this one last saw it) and build its policy before its next message.
+
+        A run this replica already holds is updated in place under its lock, so an operator's pause or
+        policy switch in flight on this replica (which holds the lock until it has saved) is read back
+        with the rest, never overwritten by the state saved before it.
+        """
         store = self.collector.store
         if store is None:
             return
-        raw = await store.client.get(KEY_PREFIX + run_id)
-        if raw is None:
+        held = self.collector.get(run_id)
+        if held is None:
+            saved = await self._saved(run_id)
+            if saved is None or self.collector.get(run_id) is not None:
+                return  # nothing saved, or registered here (by the API) meanwhile: that state is newer
+            self.collector.runs[run_id] = saved
+            await self.collector.policy_for(saved)
+            log.info("tamiyo: adopted run %s at decided epoch %d", run_id, saved.last_decided_epoch)
             return
+        async with held.lock:
+            saved = await self._saved(run_id)
+            if saved is None:
+                return
+            self.collector.take_over(held, saved)
+            await self.collector.policy_for(held)
+        log.info("tamiyo: adopted run %s at decided epoch %d", run_id, held.last_decided_epoch)
+
+    async def _saved(self, run_id: str) -> RunState | None:
+        """``run_id``'s state as saved in Redis (None when absent or unreadable, logged)."""
+        assert self.collector.store is not None
+        raw = await self.collector.store.client.get(KEY_PREFIX + run_id)
+        if raw is None:
+            return None
         try:
-            saved = RunState.from_dict(msgspec.json.decode(raw))
+            return RunState.from_dict(msgspec.json.decode(raw))
         except (KeyError, TypeError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             log.error("tamiyo: unreadable saved state of run %s: %s", run_id, exc)
-            return
-        held = self.collector.get(run_id)
-        if held is not None and held.prepared is not None:
-            held.prepared.cancel()
-        self.collector.runs[run_id] = saved
-        await self.collector.policy_for(saved)
-        log.info("tamiyo: adopted run %s at decided epoch %d", run_id, saved.last_decided_epoch)
+            return None
 
     def _run_for(self, run_id: str) -> RunState:
         run = self.collector.get(run_id)
