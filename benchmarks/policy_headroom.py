@@ -26,6 +26,10 @@ them, so an interrupted measurement resumes. Every run prints a JSON line; the l
 line is the summary.
 
     .venv/bin/python benchmarks/policy_headroom.py --variants 8 --seeds 3 --out /tmp/headroom.jsonl
+
+``--samples`` (MNIST-1D rows per variant), ``--batch-size`` and ``--epochs`` set the
+episodes' regime; ``--out`` keys runs by (arm, variant, seed), so give each regime a
+file of its own.
 """
 
 from __future__ import annotations
@@ -170,6 +174,10 @@ def main() -> None:
     parser.add_argument("--arms", default="", help="comma-separated arm names (default: all of default_arms)")
     parser.add_argument("--epochs", type=int, default=EnvConfig().epochs)
     parser.add_argument("--budget-ratio", type=float, default=EnvConfig().param_budget_ratio)
+    parser.add_argument(
+        "--samples", type=int, default=EnvConfig().samples, help="MNIST-1D rows generated per variant (digits: fixed)"
+    )
+    parser.add_argument("--batch-size", type=int, default=EnvConfig().batch_size)
     parser.add_argument("--out", type=Path, default=None, help="JSON lines of every run (resumes from it)")
     parser.add_argument("--summary-only", action="store_true", help="summarize --out without running anything")
     parser.add_argument("--resamples", type=int, default=10_000)
@@ -178,7 +186,13 @@ def main() -> None:
     arms = [arm_named(n) for n in args.arms.split(",") if n] or default_arms()
     if BASELINE not in [a.name for a in arms]:
         arms.insert(0, arm_named(BASELINE))
-    env = EnvConfig(epochs=args.epochs, param_budget_ratio=args.budget_ratio, split="train")
+    env = EnvConfig(
+        epochs=args.epochs,
+        param_budget_ratio=args.budget_ratio,
+        split="train",
+        samples=args.samples,
+        batch_size=args.batch_size,
+    )
     started = time.perf_counter()
     runs = (
         load_runs(args.out)
@@ -194,6 +208,8 @@ def main() -> None:
                 "variants": args.variants,
                 "seeds": args.seeds,
                 "epochs": args.epochs,
+                "samples": args.samples,
+                "batch_size": args.batch_size,
                 "seconds": round(time.perf_counter() - started, 1),
                 **summary,
             }
