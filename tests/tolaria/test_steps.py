@@ -13,7 +13,14 @@ from esper.tolaria.checkpoint import read_checkpoint, restore_checkpoint, save_c
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.modes import TrainingMode
-from esper.tolaria.steps import host_only_parameters, merge_fossilized_optimizers, plan_epoch, train_epoch
+from esper.tolaria.objective import CLASSIFICATION, Regression
+from esper.tolaria.steps import (
+    DeferredScore,
+    host_only_parameters,
+    merge_fossilized_optimizers,
+    plan_epoch,
+    train_epoch,
+)
 
 from .conftest import FAST_KASMINA, make_trainer
 
@@ -213,3 +220,27 @@ def test_a_germinated_seed_is_initialized_by_gradmax_and_stays_the_identity(smal
 def test_an_unknown_seed_init_is_named():
     with pytest.raises(ValueError, match="seed_init"):
         TrainerConfig(seed_init="net2net")
+
+
+@pytest.mark.parametrize("limit", [1, 50, 1 << 20], ids=["every-step", "every-few-steps", "at-the-end"])
+def test_a_deferred_score_equals_scoring_every_step(limit):
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(16, 5, generator=gen), torch.randint(0, 5, (16,), generator=gen)) for _ in range(9)]
+    score = DeferredScore(CLASSIFICATION, limit=limit)
+    for logits, y in batches:
+        score.add(logits.requires_grad_(), y)
+        assert score.held < limit or limit == 1 << 20  # flushed once the limit is reached
+    assert score.total() == sum(int((logits.argmax(1) == y).sum()) for logits, y in batches)
+    assert score.outputs == [] and score.total() == score.sum  # flushed, and a second total adds nothing
+
+
+def test_a_deferred_r2_is_summed_in_float64():
+    gen = torch.Generator().manual_seed(4)
+    targets = torch.randn(4000, generator=gen)
+    objective = Regression.fitted(targets)
+    score = DeferredScore(objective, limit=1_000)
+    outputs = targets + 0.1 * torch.randn(4000, generator=gen)
+    for start in range(0, 4000, 100):
+        score.add(outputs[start : start + 100], targets[start : start + 100])
+    exact = float((1.0 - (outputs.double() - targets.double()) ** 2 / objective.variance).sum())
+    assert score.total() == pytest.approx(exact, rel=1e-12)

@@ -5,8 +5,9 @@ about the slots (the training mode, which seeds are isolated, which optimizers
 step over which parameters) is worked out once per epoch in a :class:`StepPlan`.
 The hot path then holds only what a plain PyTorch loop does plus the governor's
 check: one host sync per step (``loss.item()``, which the governor must judge
-before the step is taken); gradient norms, loss sums and accuracy stay on the
-device until the end of the epoch.
+before the step is taken); gradient norms and loss sums stay on the device
+until the end of the epoch, and the training score is computed over many steps'
+outputs at once (:class:`DeferredScore`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,41 @@ class EpochOutcome:
     modes: dict[str, int]
     trip: Trip | None
     norms: dict[str, float]
+
+
+class DeferredScore:
+    """An epoch's summed training score (correct predictions, or R²), computed a few times an epoch.
+
+    Scoring every step costs four small operations per step (argmax, compare,
+    sum, add), which on a small model is a visible share of the step. The steps'
+    outputs are kept instead (detached: no graph stays alive) and scored together
+    once ``limit`` values are held, and at the end; in float64, so counts are exact
+    and R² sums carry no float32 rounding.
+    """
+
+    def __init__(self, objective: Objective, limit: int = 1 << 20) -> None:
+        self.objective, self.limit = objective, limit
+        self.outputs: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.held = 0
+        self.sum = 0.0
+
+    def add(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        self.outputs.append(output.detach())
+        self.targets.append(target)
+        self.held += output.numel()
+        if self.held >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.outputs:
+            outputs, targets = torch.cat(self.outputs).double(), torch.cat(self.targets)
+            self.sum += float(self.objective.score_sum(outputs, targets))
+            self.outputs, self.targets, self.held = [], [], 0
+
+    def total(self) -> float:
+        self.flush()
+        return self.sum
 
 
 def host_only_parameters(model: MorphogeneticModel, separate: Collection[str]) -> list[torch.nn.Parameter]:
@@ -262,7 +298,7 @@ def train_epoch(trainer: Trainer, count: int | None = None) -> EpochOutcome:
     plan = plan_epoch(model, trainer.optimizers, trainer.host_parameters(), isolated_seed_pass=cfg.isolated_seed_pass)
     modes: Counter[str] = Counter()
     norm_sums: dict[str, torch.Tensor] = {}
-    loss_sum, correct = 0.0, torch.zeros((), dtype=torch.float64)  # float64: exact counts, and R² sums
+    loss_sum, score = 0.0, DeferredScore(objective)
     seen = steps = violations = 0
     monitored = plan.mode is not TrainingMode.ISOLATED  # one monitored step per epoch proves isolation
     trip = None
@@ -292,13 +328,15 @@ def train_epoch(trainer: Trainer, count: int | None = None) -> EpochOutcome:
         for name, norm in norms.items():
             norm_sums[name] = norm_sums[name] + norm if name in norm_sums else norm
         loss_sum += value * len(y)
-        correct += objective.score_sum(logits, y)
+        score.add(logits, y)
         seen += len(y)
     if trainer.parallel is not None:  # the epoch's sums over every rank's shards
-        loss_sum, total_correct, seen_all = trainer.parallel.sums(loss_sum, float(correct), seen)
-        correct, seen = torch.tensor(total_correct, dtype=torch.float64), int(seen_all)
+        loss_sum, correct, seen_all = trainer.parallel.sums(loss_sum, score.total(), seen)
+        seen = int(seen_all)
+    else:
+        correct = score.total()
     means = {name: float(total) / max(steps, 1) for name, total in norm_sums.items()}
     means["isolation_violations"] = violations
     if seen == 0:
         return EpochOutcome(math.nan, math.nan, dict(modes), trip, means)
-    return EpochOutcome(loss_sum / seen, float(correct) / seen, dict(modes), trip, means)
+    return EpochOutcome(loss_sum / seen, correct / seen, dict(modes), trip, means)
