@@ -71,6 +71,8 @@ class Settings:
     max_active_seeds: int | None = None
     slot_order: tuple[str, ...] | None = None
     oracle_init: str = "default"
+    #: each of the oracle's seed modules stays out of its forward until the step its seed began blending
+    oracle_late: bool = False
     #: the heuristic arm's epoch length in steps (None: one pass); its epochs are the same total steps
     steps_per_epoch: int | None = None
     health_every: int | None = None
@@ -191,7 +193,7 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
     import torch
 
     torch.set_num_threads(1)
-    from growth_arms import bare_run, oracle_host, oracle_task, tolaria_run, warm_up
+    from growth_arms import bare_run, blend_steps, late_seeds, oracle_host, oracle_task, tolaria_run, warm_up
 
     from esper.tamiyo.policy import StaticPolicy
     from esper.tolaria.runs import KASMINA
@@ -219,9 +221,15 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
         results = [_record(arm, seed, run)]
     if with_oracle:
         build = oracle_host(trainer.model, zero_seed_outputs=settings.oracle_init == "zero")
+        late = late_seeds(blend_steps(trainer)) if settings.oracle_late else None
         with tempfile.TemporaryDirectory() as out:
             _, oracle = tolaria_run(
-                oracle_task(task, build), config, Path(out), kasmina=KASMINA, policy=lambda _m: StaticPolicy()
+                oracle_task(task, build),
+                config,
+                Path(out),
+                kasmina=KASMINA,
+                policy=lambda _m: StaticPolicy(),
+                on_trainer=late,
             )
         results.append(_record("oracle", seed, oracle))
     return results
@@ -264,6 +272,11 @@ def main() -> None:
     ablation.add_argument("--max-active-seeds", type=int, help="seeds live at once")
     ablation.add_argument("--slot-order", help="comma-separated slots in the order the heuristic fills them")
     ablation.add_argument("--oracle-init", choices=ORACLE_INITS, default="default", help="the oracle's seed layers")
+    ablation.add_argument(
+        "--oracle-late",
+        action="store_true",
+        help="each of the oracle's seeds joins its forward at the step its seed began blending in the grown run",
+    )
     ablation.add_argument(
         "--steps-per-epoch",
         type=int,
@@ -337,6 +350,7 @@ def main() -> None:
         max_active_seeds=args.max_active_seeds,
         slot_order=tuple(args.slot_order.split(",")) if args.slot_order else None,
         oracle_init=args.oracle_init,
+        oracle_late=args.oracle_late,
         steps_per_epoch=args.steps_per_epoch,
         health_every=args.health_every,
         governor_min_ratio=args.governor_min_ratio,

@@ -209,6 +209,44 @@ def oracle_host(grown: MorphogeneticModel, *, zero_seed_outputs: bool = False) -
     return build
 
 
+def blend_steps(grown: Trainer) -> dict[str, int]:
+    """For each fossilized seed of a grown run, by its module's name in ``export`` of the model: the training
+    step from which it reached the forward (its BLENDING transition; before it the seed was absent or
+    isolated, and the network computed the host's function)."""
+    step_after = {record.epoch: record.step for record in grown.history}
+    fossilized = {
+        sid: f"{slot.module_name}.1"
+        for sid, slot in grown.model.slots.items()
+        if slot.seed is not None and SeedStage(slot.stage) is SeedStage.FOSSILIZED
+    }
+    steps: dict[str, int] = {}
+    for event in grown.model.events:  # the last blending of the slot is the seed that was kept
+        if event.slot_id in fossilized and SeedStage(event.to_stage) is SeedStage.BLENDING:
+            steps[fossilized[event.slot_id]] = step_after.get(event.epoch, 0)
+    return steps
+
+
+def late_seeds(steps: dict[str, int]) -> Callable[[Trainer], None]:
+    """An ``on_trainer`` hook for an oracle run: each merged seed (module names from :func:`blend_steps`)
+    is absent until the trainer reaches its step: its last layer outputs zeros, so its residual branch adds
+    nothing and none of its layers gets a gradient (exact for residual blueprints whose last layer's output
+    is added to the host's features, as every conv and dense blueprint's is).
+
+    The oracle then has the grown run's timing (each seed joins when it did in the grown run) and
+    everything else of training from scratch (PyTorch's init, one optimizer, no isolation, no blend ramp).
+    """
+
+    def hook(trainer: Trainer) -> None:
+        host = trainer.model.host
+        for name, step in steps.items():
+            last = [m for m in host.get_submodule(name).modules() if list(m.parameters(recurse=False))][-1]
+            last.register_forward_hook(
+                lambda _m, _inputs, output, step=step: torch.zeros_like(output) if trainer.step < step else output
+            )
+
+    return hook
+
+
 def oracle_task(task: Task, build_host: Callable[[], nn.Module]) -> Task:
     """``task`` with a fixed host and no slots (a static run of that host)."""
     return replace(task, build_host=build_host, slots={})
