@@ -48,6 +48,8 @@ from typing import Any
 from growth_summary import BUDGET, read_runs, summarize
 
 ARMS = ("static_small", "heuristic", "static_5k", "oracle", "bare")
+#: what the oracle arm is recorded as with ``--oracle-late`` (not the baseline of the targets)
+ORACLE_LATE = "oracle_late"
 HOST_CHANNELS = {"static_small": None, "heuristic": None, "static_5k": 25, "bare": 25}
 SEED_INITS = ("gradmax", "zero", "default")
 ORACLE_INITS = ("default", "zero")
@@ -231,8 +233,27 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
                 policy=lambda _m: StaticPolicy(),
                 on_trainer=late,
             )
-        results.append(_record("oracle", seed, oracle))
+        results.append(_record(ORACLE_LATE if settings.oracle_late else "oracle", seed, oracle))
     return results
+
+
+def read_renamed(item: str) -> list[dict[str, Any]]:
+    """``LOG`` or ``LOG:ARM=NAME,...``: the log's run records, arms renamed as asked."""
+    path, _, spec = item.partition(":")
+    renames = {}
+    for part in filter(None, spec.split(",")):
+        arm, eq, name = part.partition("=")
+        if not eq or not arm or not name:
+            raise ValueError(f"field 'summarize': {part!r} in {item!r} is not ARM=NAME")
+        renames[arm] = name
+    return [{**r, "arm": renames.get(r["arm"], r["arm"])} for r in read_runs(Path(path))]
+
+
+def _pair(text: str) -> tuple[str, str]:
+    num, comma, den = text.partition(",")
+    if not comma or not num or not den or "," in den:
+        raise ValueError(f"field 'pair': {text!r} is not NUM,DEN")
+    return num, den
 
 
 def main() -> None:
@@ -311,16 +332,28 @@ def main() -> None:
     )
     parser.add_argument(
         "--summarize",
-        type=Path,
         nargs="+",
-        metavar="LOG",
-        help="train nothing: summarize the per-run lines of earlier runs' stderr logs (e.g. two seed ranges)",
+        metavar="LOG[:ARM=NAME,...]",
+        help="train nothing: summarize the per-run lines of earlier runs' stderr logs (e.g. two seed ranges); "
+        "ARM=NAME renames that log's arm (an ablation's heuristic runs beside the defaults')",
+    )
+    parser.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="NUM,DEN",
+        help="with --summarize: also report NUM - DEN, paired by seed (repeatable)",
     )
     args = parser.parse_args()
     if args.summarize:
-        results = [r for log in args.summarize for r in read_runs(log)]
+        try:
+            results = [r for item in args.summarize for r in read_renamed(item)]
+            pairs = [_pair(p) for p in args.pair]
+        except ValueError as exc:
+            parser.error(str(exc))
         present = {r["arm"] for r in results}
-        print(json.dumps(summarize([a for a in ARMS if a in present], results)))
+        known = [a for a in (*ARMS, ORACLE_LATE) if a in present]
+        print(json.dumps(summarize([*known, *sorted(present - set(known))], results, pairs=pairs)))
         return
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
@@ -368,7 +401,8 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = [pool.submit(one, arm, seed, settings, with_oracle) for arm, seed in jobs]
         results = [r for f in futures for r in f.result()]
-    print(json.dumps(summarize(arms, results)))
+    recorded = [ORACLE_LATE if a == "oracle" and settings.oracle_late else a for a in arms]
+    print(json.dumps(summarize(recorded, results)))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,22 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
     return verdicts
 
 
-def summarize(arms: list[str], results: list[dict[str, Any]]) -> dict[str, Any]:
+#: pairs whose paired accuracy difference the summary reports, when both arms ran (num - den)
+DIFFERENCES = (("heuristic", "oracle"), ("static_5k", "bare"), ("oracle_late", "oracle"), ("heuristic", "oracle_late"))
+
+
+def summarize(
+    arms: list[str], results: list[dict[str, Any]], pairs: list[tuple[str, str]] | tuple[()] = ()
+) -> dict[str, Any]:
+    """Per arm medians and per-seed lists, the time ratios, the paired differences and the targets.
+
+    A run that appears twice (the same arm and seed in two logs: the heuristic runs of a ``--oracle-late``
+    run beside the run they repeat) counts once, the first time. ``pairs``: more (num, den) differences.
+    """
+    unique: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in results:
+        unique.setdefault((r["arm"], r["seed"]), r)
+    results = list(unique.values())
     summary: dict[str, Any] = {}
     for arm in arms:
         runs = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
@@ -101,7 +116,7 @@ def summarize(arms: list[str], results: list[dict[str, Any]]) -> dict[str, Any]:
             summary["heuristic"]["median_train_flops"] / summary["oracle"]["median_train_flops"], 3
         )
     summary["ratios"] = {**ratios, **flops}
-    for num, den in (("heuristic", "oracle"), ("static_5k", "bare")):
+    for num, den in (*DIFFERENCES, *pairs):
         difference = paired_difference(results, num, den, "final_test_accuracy")
         if difference is not None:
             summary.setdefault("differences", {})[f"{num}-{den}_final_test_accuracy"] = difference

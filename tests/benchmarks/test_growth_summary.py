@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,3 +101,34 @@ def test_read_runs_takes_the_run_lines_of_a_log(tmp_path):
     broken.write_text('{"arm": "heuristic", \n')
     with pytest.raises(ValueError, match="line 1 is not JSON"):
         growth.read_runs(broken)
+
+
+def test_a_late_oracle_run_beside_its_main_run_splits_the_gap_and_counts_repeated_runs_once():
+    main = [_run("heuristic", s, 0.95, 10) for s in range(3)] + [_run("oracle", s, 0.96, 10) for s in range(3)]
+    late = [_run("heuristic", s, 0.95, 10) for s in range(3)] + [_run("oracle_late", s, 0.955, 10) for s in range(3)]
+    summary = growth.summarize(["heuristic", "oracle", "oracle_late"], main + late)
+    assert len(summary["heuristic"]["final_test_accuracies"]) == 3  # the repeated heuristic runs count once
+    differences = summary["differences"]
+    assert differences["oracle_late-oracle_final_test_accuracy"]["median"] == -0.005
+    assert differences["heuristic-oracle_late_final_test_accuracy"]["median"] == -0.005
+    assert differences["heuristic-oracle_final_test_accuracy"]["median"] == -0.01
+    # a late run alone has no oracle: it judges no target
+    assert growth.summarize(["heuristic", "oracle_late"], late)["targets"] == {}
+
+
+def test_summarize_renames_a_logs_arms_and_reports_the_pairs_asked_for(tmp_path):
+    defaults, ablation = tmp_path / "defaults.err", tmp_path / "ablation.err"
+    defaults.write_text("\n".join(json.dumps(_run("heuristic", s, 0.95, 10)) for s in range(3)) + "\n")
+    ablation.write_text("\n".join(json.dumps(_run("heuristic", s, 0.96, 10)) for s in range(3)) + "\n")
+    command = [sys.executable, str(BENCHMARKS / "growth.py"), "--summarize", str(defaults)]
+    done = subprocess.run(
+        [*command, f"{ablation}:heuristic=ablation", "--pair", "ablation,heuristic"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert summary["ablation"]["median_final_test_accuracy"] == 0.96
+    assert summary["differences"]["ablation-heuristic_final_test_accuracy"]["median"] == 0.01
+    bad = subprocess.run([*command, f"{ablation}:heuristic"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "'heuristic' in" in bad.stderr and "is not ARM=NAME" in bad.stderr
