@@ -39,7 +39,7 @@ def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
         if t.pattern:  # the regex alone can draw strings longer than the field allows
             lo, hi = t.min_length or 0, t.max_length if t.max_length is not None else float("inf")
             return st.from_regex(t.pattern, fullmatch=True).filter(lambda s: lo <= len(s) <= hi)
-        return st.text(min_size=t.min_length or 0, max_size=24)
+        return st.text(min_size=t.min_length or 0, max_size=max(t.min_length or 0, min(24, t.max_length or 24)))
     if isinstance(t, mi.BytesType):
         return st.binary(max_size=64)
     if isinstance(t, mi.NoneType):
