@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from growth_summary import BUDGET, read_runs, summarize
+from growth_summary import BUDGET, pair, read_renamed, summarize
 
 ARMS = ("static_small", "heuristic", "static_5k", "oracle", "bare")
 #: what the oracle arm is recorded as with ``--oracle-late`` (not the baseline of the targets)
@@ -237,25 +237,6 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
     return results
 
 
-def read_renamed(item: str) -> list[dict[str, Any]]:
-    """``LOG`` or ``LOG:ARM=NAME,...``: the log's run records, arms renamed as asked."""
-    path, _, spec = item.partition(":")
-    renames = {}
-    for part in filter(None, spec.split(",")):
-        arm, eq, name = part.partition("=")
-        if not eq or not arm or not name:
-            raise ValueError(f"field 'summarize': {part!r} in {item!r} is not ARM=NAME")
-        renames[arm] = name
-    return [{**r, "arm": renames.get(r["arm"], r["arm"])} for r in read_runs(Path(path))]
-
-
-def _pair(text: str) -> tuple[str, str]:
-    num, comma, den = text.partition(",")
-    if not comma or not num or not den or "," in den:
-        raise ValueError(f"field 'pair': {text!r} is not NUM,DEN")
-    return num, den
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -348,7 +329,7 @@ def main() -> None:
     if args.summarize:
         try:
             results = [r for item in args.summarize for r in read_renamed(item)]
-            pairs = [_pair(p) for p in args.pair]
+            pairs = [pair(p) for p in args.pair]
         except ValueError as exc:
             parser.error(str(exc))
         present = {r["arm"] for r in results}

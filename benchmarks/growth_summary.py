@@ -57,6 +57,26 @@ def read_runs(log: Path) -> list[dict[str, Any]]:
     return runs
 
 
+def read_renamed(item: str) -> list[dict[str, Any]]:
+    """``LOG`` or ``LOG:ARM=NAME,...``: the log's run records, arms renamed as asked."""
+    path, _, spec = item.partition(":")
+    renames = {}
+    for part in filter(None, spec.split(",")):
+        arm, eq, name = part.partition("=")
+        if not eq or not arm or not name:
+            raise ValueError(f"field 'summarize': {part!r} in {item!r} is not ARM=NAME")
+        renames[arm] = name
+    return [{**r, "arm": renames.get(r["arm"], r["arm"])} for r in read_runs(Path(path))]
+
+
+def pair(text: str) -> tuple[str, str]:
+    """``NUM,DEN`` (``--pair``): the two arm names."""
+    num, comma, den = text.partition(",")
+    if not comma or not num or not den or "," in den:
+        raise ValueError(f"field 'pair': {text!r} is not NUM,DEN")
+    return num, den
+
+
 def targets(summary: dict[str, Any]) -> dict[str, Any]:
     """Issue 9's three targets, judged on this run's medians (only those whose arms ran)."""
     verdicts: dict[str, Any] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,22 +15,21 @@ from esper.tamiyo.policies import PolicyUnavailable, check_policy, make_policy
 
 pytest.importorskip("torch_geometric")
 
-from esper.simic.env import EnvConfig
-from esper.simic.offline import OfflineConfig
-from esper.simic.ppo import PPOConfig
-from esper.simic.train import POLICY, TrainConfig, train
-from esper.tamiyo.gnn.network import NetworkConfig
+from esper.simic.train import POLICY, train
 from esper.tamiyo.gnn.policy import GNNTamiyo
 
-TINY = TrainConfig(
-    env=EnvConfig(epochs=2, pool=1, max_train_samples=100, samples=600),
-    network=NetworkConfig(hidden=16),
-    record_episodes=2,
-    offline=OfflineConfig(epochs=2),
-    ppo=PPOConfig(total_timesteps=2, num_steps=1, num_minibatches=1, update_epochs=2, ent_coef_final=0.0),
-    num_envs=2,
-    asynchronous=False,
-)
+
+def _simic_tiny():
+    """``tests/simic/tiny.py`` (another test directory: loaded by path, as the import mode has no ``tests``
+    package)."""
+    spec = importlib.util.spec_from_file_location("simic_tiny_for_cli", Path(__file__).parents[1] / "simic" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: The tiny Simic job the Simic tests train (seconds).
+TINY = _simic_tiny().TINY
 
 
 @pytest.fixture(scope="module")
