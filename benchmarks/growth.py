@@ -86,6 +86,9 @@ class Settings:
     policy: str = "heuristic"
     #: while no seed is in flight and the heuristic waited, the round runs on to the end of the pass
     lengthen_settled: bool = True
+    #: (shrink, noise): once every slot holds a fossilized seed, every parameter p becomes
+    #: shrink * p + noise * (a fresh init of p), once (Ash & Adams' shrink and perturb)
+    shrink_perturb: tuple[float, float] | None = None
 
 
 #: steps of one pass over MNIST-1D's 3,800 training rows in batches of 100
@@ -160,26 +163,13 @@ def _growing_policy(settings: Settings, heuristic: Any, seed: int) -> Any:
     return make_policy(settings.policy, TrainingJob(epochs=epochs, param_budget=BUDGET, seed=seed))
 
 
-def _seed_init_hook(kind: str) -> Any:
-    """``default``: each new seed's last layer drawn by PyTorch at germination (not the identity); the
-    other choices are the trainer's own ``seed_init``."""
-    if kind != "default":
-        return None
-    from growth_arms import default_init_last_layer
+def _growing_hooks(settings: Settings) -> Any:
+    """The heuristic arm's ``on_trainer`` hooks (the seed-init and shrink-and-perturb ablations), as one."""
+    from growth_arms import chain_hooks, default_init_hook, shrink_perturb_once_grown
 
-    def hook(trainer: Any) -> None:
-        make_optimizer = trainer.new_seed_optimizer
-
-        def new_seed_optimizer(params: list[Any]) -> Any:
-            ids = {id(p) for p in params}
-            for slot_id, slot in trainer.model.slots.items():
-                if slot.seed is not None and ids & {id(p) for p in slot.seed.parameters()}:
-                    default_init_last_layer(trainer, slot_id)
-            return make_optimizer(params)
-
-        trainer.new_seed_optimizer = new_seed_optimizer
-
-    return hook
+    init = default_init_hook() if settings.seed_init == "default" else None  # else: the trainer's seed_init
+    sp = shrink_perturb_once_grown(*settings.shrink_perturb) if settings.shrink_perturb is not None else None
+    return chain_hooks(init, sp)
 
 
 def _record(arm: str, seed: int, run: Any) -> dict[str, Any]:
@@ -218,7 +208,7 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
             kasmina=kasmina,
             policy=lambda _model: _growing_policy(settings, heuristic, seed),
             param_budget=BUDGET,
-            on_trainer=_seed_init_hook(settings.seed_init),
+            on_trainer=_growing_hooks(settings),
         )
         results = [_record(arm, seed, run)]
     if with_oracle:
@@ -235,6 +225,18 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
             )
         results.append(_record(ORACLE_LATE if settings.oracle_late else "oracle", seed, oracle))
     return results
+
+
+def _shrink_perturb(parser: argparse.ArgumentParser, value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        shrink, noise = (float(v) for v in value.split(","))
+    except ValueError:
+        parser.error(f"--shrink-perturb: expected SHRINK,NOISE, two numbers (value {value!r})")
+    if not (0.0 < shrink <= 1.0 and noise >= 0.0):
+        parser.error(f"--shrink-perturb: SHRINK must be in (0, 1] and NOISE >= 0 (value {value!r})")
+    return shrink, noise
 
 
 def main() -> None:
@@ -278,6 +280,12 @@ def main() -> None:
         "--oracle-late",
         action="store_true",
         help="each of the oracle's seeds joins its forward at the step its seed began blending in the grown run",
+    )
+    ablation.add_argument(
+        "--shrink-perturb",
+        metavar="SHRINK,NOISE",
+        help="once every slot holds a fossilized seed, shrink every parameter by SHRINK and add NOISE times a "
+        "fresh init of it (Ash & Adams), once",
     )
     ablation.add_argument(
         "--steps-per-epoch",
@@ -372,6 +380,7 @@ def main() -> None:
         per_slot=args.per_slot,
         policy=args.policy,
         lengthen_settled=args.lengthen_settled,
+        shrink_perturb=_shrink_perturb(parser, args.shrink_perturb),
     )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     # heuristic runs first: each carries its oracle, so they are the longest jobs

@@ -318,9 +318,72 @@ def bare_run(task: Task, config: TrainerConfig) -> ArmRun:
 
 
 # -- seed initialization ablations ----------------------------------------------------
+def chain_hooks(*hooks: Callable[[Trainer], None] | None) -> Callable[[Trainer], None] | None:
+    """One ``on_trainer`` hook calling each of ``hooks`` that is not None, in order (None if none is)."""
+    present = [h for h in hooks if h is not None]
+    if not present:
+        return None
+
+    def hook(trainer: Trainer) -> None:
+        for h in present:
+            h(trainer)
+
+    return hook
+
+
+def default_init_hook() -> Callable[[Trainer], None]:
+    """An ``on_trainer`` hook: each new seed's last layer drawn by PyTorch at germination (not the identity)."""
+
+    def hook(trainer: Trainer) -> None:
+        make_optimizer = trainer.new_seed_optimizer
+
+        def new_seed_optimizer(params: list[Any]) -> Any:
+            ids = {id(p) for p in params}
+            for slot_id, slot in trainer.model.slots.items():
+                if slot.seed is not None and ids & {id(p) for p in slot.seed.parameters()}:
+                    default_init_last_layer(trainer, slot_id)
+            return make_optimizer(params)
+
+        trainer.new_seed_optimizer = new_seed_optimizer  # type: ignore[method-assign]
+
+    return hook
+
+
 def default_init_last_layer(trainer: Trainer, slot_id: str) -> None:
     """Draw the new seed's last layer with PyTorch's default init: the seed no longer starts as the identity."""
     seed = trainer.model.slots[slot_id].seed
     assert seed is not None
     layers = [m for m in seed.modules() if list(m.parameters(recurse=False))]
     layers[-1].reset_parameters()
+
+
+# -- shrink and perturb ---------------------------------------------------------------
+def shrink_perturb(model: nn.Module, shrink: float, noise: float) -> None:
+    """Ash & Adams' shrink and perturb (NeurIPS 2020): every parameter ``p`` becomes ``shrink * p + noise * q``,
+    ``q`` the same parameter of a freshly initialized copy (each layer's own init)."""
+    fresh = reinitialize(copy.deepcopy(model))
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
+            p.mul_(shrink).add_(q, alpha=noise)
+
+
+def shrink_perturb_once_grown(shrink: float, noise: float) -> Callable[[Trainer], None]:
+    """An ``on_trainer`` hook: the first time the run is settled with a seed fossilized in every slot
+    (growth has ended), shrink and perturb the whole network once, after that round. The training step it
+    happened before is left in ``trainer.shrunk_at_step``."""
+
+    def hook(trainer: Trainer) -> None:
+        run_epoch = trainer.run_epoch
+        trainer.shrunk_at_step = None  # type: ignore[attr-defined]
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            record = run_epoch(*args, **kwargs)
+            grown = all(SeedStage(s.stage) is SeedStage.FOSSILIZED for s in trainer.model.slots.values())
+            if trainer.shrunk_at_step is None and grown and trainer.settled():  # type: ignore[attr-defined]
+                shrink_perturb(trainer.model, shrink, noise)
+                trainer.shrunk_at_step = trainer.step  # type: ignore[attr-defined]
+            return record
+
+        trainer.run_epoch = wrapped  # type: ignore[method-assign]
+
+    return hook
