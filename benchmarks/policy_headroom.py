@@ -48,7 +48,7 @@ import torch
 from esper.simic.arms import Arm, arm_named, default_arms
 from esper.simic.compare import bootstrap_median, run_with
 from esper.simic.env import EnvConfig
-from esper.simic.variants import variant
+from esper.simic.variants import ALL_FAMILIES, FAMILIES, Variant, label_noise, variant
 
 BASELINE = "heuristic"
 
@@ -67,12 +67,13 @@ def measure(
     out: Path | None,
     first_seed: int = 0,
     first_variant: int = 0,
+    families: tuple[str, ...] = FAMILIES,
 ) -> list[dict[str, Any]]:
     """Every arm on every (training variant, seed); runs already in ``out`` are not repeated."""
     runs = load_runs(out)
     done = {(r["policy"], r["task"], r["seed"]) for r in runs}
     for index in range(first_variant, first_variant + variants):
-        v = variant("train", index, samples=env.samples)
+        v = variant("train", index, samples=env.samples, families=families)
         for seed in range(first_seed, first_seed + seeds):
             shift = (index + seed) % len(arms)
             for arm in [*arms[shift:], *arms[:shift]]:
@@ -135,7 +136,9 @@ def summarize(runs: list[dict[str, Any]], arms: list[str], resamples: int = 10_0
         mine = [p for p in pairs if p[0] == task]
         means = {a: float(np.mean([table[p][a]["test_accuracy"] for p in mine])) for a in arms}
         ranked = sorted(arms, key=lambda a: -means[a])
+        family, _, seed = task.rpartition("-")
         per_variant[task] = {
+            "label_noise": round(label_noise(Variant(family, int(seed))), 3),
             "heuristic": round(means[BASELINE], 4),
             "best": ranked[0],
             "best_margin": round(means[ranked[0]] - means[BASELINE], 4),
@@ -181,7 +184,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON lines of every run (resumes from it)")
     parser.add_argument("--summary-only", action="store_true", help="summarize --out without running anything")
     parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument(
+        "--families",
+        default=",".join(FAMILIES),
+        help=f"comma-separated variant families, alternating by variant (of {', '.join(ALL_FAMILIES)})",
+    )
     args = parser.parse_args()
+    families = tuple(f for f in args.families.split(",") if f)
+    unknown = [f for f in families if f not in ALL_FAMILIES]
+    if unknown or not families:
+        parser.error(f"--families: unknown or no families {unknown or families} (known: {', '.join(ALL_FAMILIES)})")
     torch.set_num_threads(1)
     arms = [arm_named(n) for n in args.arms.split(",") if n] or default_arms()
     if BASELINE not in [a.name for a in arms]:
@@ -197,7 +209,7 @@ def main() -> None:
     runs = (
         load_runs(args.out)
         if args.summary_only
-        else measure(arms, args.variants, args.seeds, env, args.out, args.first_seed, args.first_variant)
+        else measure(arms, args.variants, args.seeds, env, args.out, args.first_seed, args.first_variant, families)
     )
     summary = summarize(runs, [a.name for a in arms], args.resamples)
     print(
@@ -209,6 +221,7 @@ def main() -> None:
                 "seeds": args.seeds,
                 "epochs": args.epochs,
                 "samples": args.samples,
+                "families": list(families),
                 "batch_size": args.batch_size,
                 "seconds": round(time.perf_counter() - started, 1),
                 **summary,

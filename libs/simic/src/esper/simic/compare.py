@@ -24,7 +24,7 @@ import numpy as np
 
 from esper.leyline import TrainingJob, is_task_name
 from esper.simic.env import EnvConfig
-from esper.simic.variants import FAMILIES, Variant, load_variant, variant
+from esper.simic.variants import ALL_FAMILIES, Variant, load_variant, variant
 from esper.tamiyo.policies import check_policy, make_policy
 from esper.tamiyo.policy import Policy
 from esper.tolaria.config import TrainerConfig
@@ -61,7 +61,7 @@ def resolve_tasks(spec: Sequence[str], samples: int = 2_000) -> list[CompareTask
             out += [variant("heldout", i, samples=samples) for i in range(int(count))]
             continue
         family, _, seed = item.rpartition("-")
-        if family in FAMILIES and seed.isdigit():
+        if family in ALL_FAMILIES and seed.isdigit():
             out.append(Variant(family, int(seed), samples))
         elif is_task_name(item):
             out.append(item)

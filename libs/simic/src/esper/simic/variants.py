@@ -14,6 +14,12 @@ Families:
   6 or 8 channels.
 * ``digits``: scikit-learn's bundled 8x8 digits with a per-variant split,
   pixel shift and additive noise; ConvHost1D over the 64 pixels.
+* ``mnist1d-noisy``: an ``mnist1d`` variant whose training labels (and so the
+  validation rows carved from them) are wrong for a fraction drawn per variant
+  in [0, 0.5] (each wrong label another class, uniformly); the test labels stay
+  right. Capacity that memorizes the wrong labels can hurt here, so whether to
+  grow depends on the variant. Not in the default :data:`FAMILIES`, which keep
+  the variants (and the measurements) of earlier policies; name it to use it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from esper.kasmina.hosts import ConvHost1D
 from esper.tolaria.tasks import Split, Task, carve
 
 FAMILIES = ("mnist1d", "digits")
+#: every family a :class:`Variant` may name (:data:`FAMILIES` is what ``variant`` alternates by default)
+ALL_FAMILIES = (*FAMILIES, "mnist1d-noisy")
+#: the largest share of wrong training labels an ``mnist1d-noisy`` variant draws
+MAX_LABEL_NOISE = 0.5
 TRAIN_SEEDS = range(1_000, 100_000)
 HELDOUT_SEEDS = range(900_000, 1_000_000)
 SPLITS = ("train", "heldout")
@@ -43,8 +53,10 @@ class Variant:
     samples: int = 2_000
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"field 'family': unknown variant family {self.family!r} (known: {', '.join(FAMILIES)})")
+        if self.family not in ALL_FAMILIES:
+            raise ValueError(
+                f"field 'family': unknown variant family {self.family!r} (known: {', '.join(ALL_FAMILIES)})"
+            )
 
     @property
     def variant_id(self) -> str:
@@ -56,7 +68,7 @@ class Variant:
 
 
 def variant(split: str, index: int, *, samples: int = 2_000, families: tuple[str, ...] = FAMILIES) -> Variant:
-    """The ``index``-th variant of ``split`` (families alternate)."""
+    """The ``index``-th variant of ``split`` (``families`` alternate)."""
     if split not in SPLITS:
         raise ValueError(f"field 'split': must be one of {', '.join(SPLITS)} (value {split!r})")
     seeds = TRAIN_SEEDS if split == "train" else HELDOUT_SEEDS
@@ -82,6 +94,27 @@ def _mnist1d(v: Variant) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     return data["x"], data["y"], data["x_test"], data["y_test"], channels
 
 
+def label_noise(v: Variant) -> float:
+    """The share of ``v``'s training labels that are wrong (0 but for ``mnist1d-noisy``)."""
+    if v.family != "mnist1d-noisy":
+        return 0.0
+    return float(np.random.default_rng([v.seed, 1]).uniform(0.0, MAX_LABEL_NOISE))
+
+
+def _mislabel(y: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """``y`` with ``round(share * len(y))`` labels, chosen at random, moved to another class uniformly."""
+    rng = np.random.default_rng([seed, 2])
+    y = y.copy()
+    wrong = rng.choice(len(y), size=round(share * len(y)), replace=False)
+    y[wrong] = (y[wrong] + rng.integers(1, 10, size=len(wrong))) % 10
+    return y
+
+
+def _noisy(v: Variant) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    x, y, x_test, y_test, channels = _mnist1d(v)
+    return x, _mislabel(y, label_noise(v), v.seed), x_test, y_test, channels
+
+
 def _digits(v: Variant) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     from sklearn.datasets import load_digits
 
@@ -96,7 +129,7 @@ def _digits(v: Variant) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
 
 @functools.lru_cache(maxsize=16)
 def _generated(v: Variant) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    return _mnist1d(v) if v.family == "mnist1d" else _digits(v)
+    return {"mnist1d": _mnist1d, "digits": _digits, "mnist1d-noisy": _noisy}[v.family](v)
 
 
 def load_variant(v: Variant, *, max_train_samples: int | None = None, val_fraction: float = 0.1) -> Task:
