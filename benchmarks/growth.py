@@ -89,6 +89,9 @@ class Settings:
     #: (shrink, noise): once every slot holds a fossilized seed, every parameter p becomes
     #: shrink * p + noise * (a fresh init of p), once (Ash & Adams' shrink and perturb)
     shrink_perturb: tuple[float, float] | None = None
+    #: the grown run's host does not learn until every slot's seed is in the forward, for up to this many
+    #: steps from the start (``TrainerConfig.host_wait_steps``; 0: never)
+    host_wait_steps: int = 0
 
 
 #: steps of one pass over MNIST-1D's 3,800 training rows in batches of 100
@@ -114,6 +117,7 @@ def _trainer_config(settings: Settings, seed: int, *, growing: bool = False) -> 
         merge_fossilized=settings.merge_fossilized,
         seed_init="zero" if settings.seed_init == "default" else settings.seed_init,
         checkpoint_every=settings.checkpoint_every,
+        host_wait_steps=settings.host_wait_steps if growing else 0,
     )
 
 
@@ -288,6 +292,13 @@ def main() -> None:
         "fresh init of it (Ash & Adams), once",
     )
     ablation.add_argument(
+        "--host-wait-steps",
+        type=int,
+        default=0,
+        help="the grown run's host does not learn until every slot's seed is in the forward, for up to this many "
+        "steps from the start (TrainerConfig.host_wait_steps; 76 = two passes)",
+    )
+    ablation.add_argument(
         "--steps-per-epoch",
         type=int,
         help="the heuristic arm's epoch (decision round) in steps; the same total steps (other arms: one pass)",
@@ -381,6 +392,7 @@ def main() -> None:
         policy=args.policy,
         lengthen_settled=args.lengthen_settled,
         shrink_perturb=_shrink_perturb(parser, args.shrink_perturb),
+        host_wait_steps=args.host_wait_steps,
     )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     # heuristic runs first: each carries its oracle, so they are the longest jobs

@@ -101,3 +101,45 @@ def test_a_run_stopped_inside_a_lengthened_round_resumes_exactly(small_task, tmp
     a, b = comparable(straight), comparable(resumed)
     assert a["history"] == b["history"] and [r["epoch"] for r in a["history"]] == [1, 4, 8, 10]
     assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+
+
+def test_the_host_waits_for_its_seeds_while_they_learn_then_learns_with_them(small_task) -> None:
+    from esper.leyline import SeedStage
+    from esper.tolaria.modes import JOINED_STAGES
+
+    trainer = make_trainer(small_task, epochs=30, steps_per_epoch=1, host_wait_steps=25)
+    host = trainer.model.host
+    first = next(p for p in host.parameters())  # a host layer: never a seed's
+    rows = []
+
+    def after(t, record) -> None:
+        stages = [SeedStage(s.stage) for s in t.model.slots.values()]
+        seeds = [p.detach().clone() for s in t.model.slots.values() if s.seed is not None for p in s.seed.parameters()]
+        rows.append((record.step, first.detach().clone(), all(s in JOINED_STAGES for s in stages), seeds))
+
+    before = first.detach().clone()
+    trainer.fit(on_epoch=after)
+    previous = [before] + [r[1] for r in rows[:-1]]
+    waited = [torch.equal(row[1], last) for row, last in zip(rows, previous, strict=True)]
+    # a round trains under the stages of the boundary before it: the host sits out every step before step 25
+    # while a slot has no seed in the forward
+    expected = [row[0] <= 25 and not (i > 0 and rows[i - 1][2]) for i, row in enumerate(rows)]
+    assert waited == expected and sum(expected) >= 3
+    seeds_learned = [r[3] for r, wait in zip(rows, expected, strict=True) if wait and r[3]]
+    assert len(seeds_learned) >= 2 and not all(
+        torch.equal(a, b) for a, b in zip(seeds_learned[0], seeds_learned[-1], strict=False)
+    )  # the seeds learn while the host waits
+    # the same run without waiting trains its host from the first step
+    eager = make_trainer(small_task, epochs=1, steps_per_epoch=1)
+    weight = next(p for p in eager.model.host.parameters()).detach().clone()
+    eager.fit()
+    assert not torch.equal(next(p for p in eager.model.host.parameters()), weight)
+
+
+def test_host_wait_steps_must_not_be_negative() -> None:
+    import pytest
+
+    from esper.tolaria.config import TrainerConfig
+
+    with pytest.raises(ValueError, match=r"field 'host_wait_steps'.*-1"):
+        TrainerConfig(host_wait_steps=-1)

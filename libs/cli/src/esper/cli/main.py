@@ -27,6 +27,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (value {value!r})")
+    return number
+
+
 def _task(value: str) -> str:
     if not is_task_name(value):
         raise argparse.ArgumentTypeError(f"must be one of {', '.join(BUILTIN_TASKS)} or package.module:function")
@@ -77,6 +84,13 @@ def parser() -> argparse.ArgumentParser:
         default=True,
         help="with --steps-per-epoch: while no seed is in flight and the policy waited, decide once per pass "
         "instead of every epoch (default: on)",
+    )
+    train.add_argument(
+        "--host-wait-steps",
+        type=_non_negative,
+        default=_JOB.host_wait_steps,
+        help="for up to this many steps from the start the host does not learn until every slot holds a seed in "
+        "the forward: it waits for its seeds instead of learning ahead of them (default: 0, never)",
     )
     train.add_argument("--seed", type=int, default=_JOB.seed, help="global seed: the same seed reproduces the run")
     train.add_argument("--out", type=Path, default=None, help="run folder (default runs/TASK-POLICY-sSEED)")
@@ -142,6 +156,7 @@ def train(args: argparse.Namespace) -> int:
                 epochs=args.epochs or _JOB.epochs,
                 steps_per_epoch=args.steps_per_epoch,
                 lengthen_settled=args.lengthen_settled,
+                host_wait_steps=args.host_wait_steps,
                 seed=args.seed,
                 data_dir=args.data_dir,
                 max_train_samples=args.max_train_samples,

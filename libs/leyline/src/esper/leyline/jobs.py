@@ -29,6 +29,7 @@ _TASK = re.compile(TASK_PATTERN)
 
 Epochs = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 Steps = Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+WaitSteps = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
 Seed = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 TaskName = Annotated[str, msgspec.Meta(max_length=200, pattern=TASK_PATTERN)]
@@ -61,7 +62,10 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     pass over the training split): shorter epochs let seeds move through their
     lifecycle sooner; with ``lengthen_settled`` (the default) a round runs on
     to the end of the current pass while no seed is in flight and the policy
-    waited (one round of decisions per pass then). ``max_train_samples`` trims the training
+    waited (one round of decisions per pass then). ``host_wait_steps``: for up
+    to that many steps from the start the host does not learn until every slot
+    holds a seed in the forward (it waits for the seeds it will carry; 0, the
+    default: it never waits). ``max_train_samples`` trims the training
     split (tests, quick demos); ``spike_sigma`` is the governor's loss-spike
     threshold in standard deviations. ``world_size`` processes train the run
     together with ``torch.distributed`` (data parallel: each takes a shard of
@@ -75,6 +79,7 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     epochs: Epochs = 40
     steps_per_epoch: Steps | None = None
     lengthen_settled: bool = True
+    host_wait_steps: WaitSteps = 0
     seed: Seed = 0
     data_dir: Path | None = None
     max_train_samples: Samples | None = None

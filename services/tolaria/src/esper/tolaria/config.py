@@ -55,11 +55,18 @@ class TrainerConfig:
     #: epochs); any seed in flight, or a command at the last boundary, brings back a boundary after every epoch.
     #: False: a boundary after every epoch throughout.
     lengthen_settled: bool = True
+    #: for up to this many steps from the start of the run the host does not learn (its learning rate is 0)
+    #: until every slot holds a seed in the forward (BLENDING or later): the host waits for the seeds it will
+    #: carry instead of learning ahead of them, while seeds are still isolated and unproven. The seeds learn
+    #: at the schedule's rate. 0: the host never waits
+    host_wait_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps_per_epoch", "test_every", "health_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"field {name!r}: must be >= 1 (value {getattr(self, name)!r})")
+        if self.host_wait_steps < 0:
+            raise ValueError(f"field 'host_wait_steps': must be >= 0 (value {self.host_wait_steps!r})")
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"field {name!r}: must be >= 1 (value {getattr(self, name)!r})")

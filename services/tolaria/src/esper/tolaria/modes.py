@@ -13,6 +13,8 @@ BLENDED_STAGES = frozenset({SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.P
 STEPPED_STAGES = frozenset({SeedStage.TRAINING, *BLENDED_STAGES, SeedStage.FOSSILIZED})
 #: Stages of a settled slot: nothing in flight (see Trainer.round_epochs).
 SETTLED_STAGES = frozenset({SeedStage.DORMANT, SeedStage.FOSSILIZED})
+#: Stages whose seed is in the network's forward for good unless culled (see TrainerConfig.host_wait_steps).
+JOINED_STAGES = frozenset({*BLENDED_STAGES, SeedStage.FOSSILIZED})
 #: Stages whose seed is measured counterfactually.
 MEASURED_STAGES = frozenset({SeedStage.TRAINING, *BLENDED_STAGES})
 

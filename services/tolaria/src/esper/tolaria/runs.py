@@ -74,6 +74,7 @@ def build_trainer(
         epochs=job.epochs,
         steps_per_epoch=job.steps_per_epoch,
         lengthen_settled=job.lengthen_settled,
+        host_wait_steps=job.host_wait_steps,
         batch_size=job.batch_size,
         lr=job.lr,
         lr_schedule=job.lr_schedule,

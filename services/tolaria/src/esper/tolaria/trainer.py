@@ -62,7 +62,7 @@ from esper.tolaria.config import EpochRecord, TrainerConfig, reaches_multiple, s
 from esper.tolaria.distributed import DataParallel
 from esper.tolaria.evaluation import HEALTH_ROWS, Evaluation, LayerCapture, evaluate, layer_health, measure_seed
 from esper.tolaria.governor import Governor, Trip, offending_slot
-from esper.tolaria.modes import MEASURED_STAGES, SETTLED_STAGES
+from esper.tolaria.modes import JOINED_STAGES, MEASURED_STAGES, SETTLED_STAGES
 from esper.tolaria.schedule import lr_factor
 from esper.tolaria.steps import host_only_parameters, train_epoch
 from esper.tolaria.tasks import Task
@@ -196,11 +196,19 @@ class Trainer:
     def _lr_factor(self, step: int) -> float:
         return lr_factor(self.config.lr_schedule, step, self.config.epochs * self.steps_per_epoch())
 
+    def host_waits(self) -> bool:
+        """Whether the host sits this step out (``config.host_wait_steps``): early in the run, while a slot
+        has no seed in the forward yet."""
+        return self.step < self.config.host_wait_steps and not all(
+            SeedStage(s.stage) in JOINED_STAGES for s in self.model.slots.values()
+        )
+
     def set_lr(self) -> float:
-        """Set every optimizer's rate for the current step; returns the host's rate."""
+        """Set every optimizer's rate for the current step; returns the schedule's rate for the host."""
         factor = self._lr_factor(self.step)
+        host = 0.0 if self.host_waits() else 1.0
         for name, opt in self.optimizers.items():
-            base = self.config.lr if name == "host" else (self.config.seed_lr or self.config.lr)
+            base = self.config.lr * host if name == "host" else (self.config.seed_lr or self.config.lr)
             for group in opt.param_groups:
                 group["lr"] = base * factor
         return self.config.lr * factor
