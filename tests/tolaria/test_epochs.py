@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from esper.tamiyo.policy import StaticPolicy
@@ -27,14 +28,16 @@ def test_short_epochs_cut_the_same_sequence_of_batches_as_whole_passes(small_tas
     )
 
 
-def test_a_run_of_short_epochs_resumes_mid_pass_exactly(small_task, tmp_path) -> None:
-    straight = make_trainer(small_task, epochs=8, seed=2, steps_per_epoch=3)
+@pytest.mark.parametrize("wait", [0, 15])  # 15: the host still waits for its seeds when the run resumes
+def test_a_run_of_short_epochs_resumes_mid_pass_exactly(small_task, tmp_path, wait) -> None:
+    straight = make_trainer(small_task, epochs=8, seed=2, steps_per_epoch=3, host_wait_steps=wait)
     straight.fit()
-    first = make_trainer(small_task, epochs=8, seed=2, steps_per_epoch=3)
+    first = make_trainer(small_task, epochs=8, seed=2, steps_per_epoch=3, host_wait_steps=wait)
     first.fit(stop_after=3)  # 9 steps: the third pass is 1 batch in
     assert first.data_batch == 1
+    assert first.host_waits() is bool(wait)
     save_checkpoint(first, tmp_path)
-    resumed = make_trainer(small_task, epochs=8, seed=2, steps_per_epoch=3)
+    resumed = make_trainer(small_task, epochs=8, seed=2, steps_per_epoch=3, host_wait_steps=wait)
     restore_checkpoint(resumed, read_checkpoint(tmp_path))
     resumed.fit()
     a, b = comparable(straight), comparable(resumed)
@@ -137,8 +140,6 @@ def test_the_host_waits_for_its_seeds_while_they_learn_then_learns_with_them(sma
 
 
 def test_host_wait_steps_must_not_be_negative() -> None:
-    import pytest
-
     from esper.tolaria.config import TrainerConfig
 
     with pytest.raises(ValueError, match=r"field 'host_wait_steps'.*-1"):
