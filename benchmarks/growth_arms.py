@@ -369,19 +369,19 @@ def shrink_perturb(model: nn.Module, shrink: float, noise: float) -> None:
 
 def shrink_perturb_once_grown(shrink: float, noise: float) -> Callable[[Trainer], None]:
     """An ``on_trainer`` hook: the first time the run is settled with a seed fossilized in every slot
-    (growth has ended), shrink and perturb the whole network once, after that round. The training step it
-    happened before is left in ``trainer.shrunk_at_step``."""
+    (growth has ended), shrink and perturb the whole network once, after that round."""
 
     def hook(trainer: Trainer) -> None:
         run_epoch = trainer.run_epoch
-        trainer.shrunk_at_step = None  # type: ignore[attr-defined]
+        done = False
 
         def wrapped(*args: Any, **kwargs: Any) -> Any:
+            nonlocal done
             record = run_epoch(*args, **kwargs)
             grown = all(SeedStage(s.stage) is SeedStage.FOSSILIZED for s in trainer.model.slots.values())
-            if trainer.shrunk_at_step is None and grown and trainer.settled():  # type: ignore[attr-defined]
+            if not done and grown and trainer.settled():
                 shrink_perturb(trainer.model, shrink, noise)
-                trainer.shrunk_at_step = trainer.step  # type: ignore[attr-defined]
+                done = True
             return record
 
         trainer.run_epoch = wrapped  # type: ignore[method-assign]

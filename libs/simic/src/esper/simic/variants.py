@@ -17,8 +17,9 @@ Families:
 * ``mnist1d-noisy``: an ``mnist1d`` variant whose training labels (and so the
   validation rows carved from them) are wrong for a fraction drawn per variant
   in [0, 0.5] (each wrong label another class, uniformly); the test labels stay
-  right. Capacity that memorizes the wrong labels can hurt here, so whether to
-  grow depends on the variant. Not in the default :data:`FAMILIES`, which keep
+  right. Capacity that memorizes the wrong labels could make growing hurt here
+  (measured in ``libs/simic/README.md``: on these hosts it did not, they
+  underfit even so). Not in the default :data:`FAMILIES`, which keep
   the variants (and the measurements) of earlier policies; name it to use it.
 """
 
