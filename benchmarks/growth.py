@@ -92,6 +92,8 @@ class Settings:
     #: the grown run's host does not learn until every slot's seed is in the forward, for up to this many
     #: steps from the start (``TrainerConfig.host_wait_steps``; 0: never)
     host_wait_steps: int = 0
+    #: False: seeds learn jointly with the host from TRAINING on (``KasminaConfig.isolate_seeds``)
+    isolate_seeds: bool = True
 
 
 #: steps of one pass over MNIST-1D's 3,800 training rows in batches of 100
@@ -146,7 +148,7 @@ def _growth_configs(settings: Settings) -> tuple[Any, Any]:
     if settings.slot_order is not None:
         heuristic = replace(heuristic, slot_order=settings.slot_order)
     heuristic = replace(heuristic, cull_needs_loss_harm=settings.cull_needs_loss_harm)
-    return kasmina, heuristic
+    return replace(kasmina, isolate_seeds=settings.isolate_seeds), heuristic
 
 
 def _heuristic(config: Any, per_slot: bool) -> Any:
@@ -299,6 +301,13 @@ def main() -> None:
         "steps from the start (TrainerConfig.host_wait_steps; 76 = two passes)",
     )
     ablation.add_argument(
+        "--joint",
+        dest="isolate_seeds",
+        action="store_false",
+        help="seeds learn jointly with the host from TRAINING on, in the forward at full weight "
+        "(KasminaConfig.isolate_seeds off; no isolation, no ramp)",
+    )
+    ablation.add_argument(
         "--steps-per-epoch",
         type=int,
         help="the heuristic arm's epoch (decision round) in steps; the same total steps (other arms: one pass)",
@@ -393,6 +402,7 @@ def main() -> None:
         lengthen_settled=args.lengthen_settled,
         shrink_perturb=_shrink_perturb(parser, args.shrink_perturb),
         host_wait_steps=args.host_wait_steps,
+        isolate_seeds=args.isolate_seeds,
     )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     # heuristic runs first: each carries its oracle, so they are the longest jobs

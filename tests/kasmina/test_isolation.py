@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 
@@ -128,3 +129,52 @@ def test_fossilized_seed_replaces_the_features(conv_model, drive_to) -> None:
     assert torch.equal(slot(h), slot.seed(h))
     assert set(map(id, slot.seed.parameters())) <= set(map(id, conv_model.host_parameters()))
     assert conv_model.seed_parameters() == []
+
+
+# -- joint seeds (KasminaConfig.isolate_seeds off) ----------------------------------------------------------------
+@pytest.fixture
+def joint_model(fast_config: KasminaConfig) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = wrap(
+        ConvHost1D(channels=8), ConvHost1D.DEFAULT_SLOTS, config=dataclasses.replace(fast_config, isolate_seeds=False)
+    )
+    model.probe(torch.randn(2, 40))
+    return model
+
+
+def test_a_joint_training_seed_is_in_the_forward_and_the_host_learns_through_it(joint_model, drive_to) -> None:
+    bare = copy.deepcopy(joint_model.host)
+    drive_to(joint_model, "s2", SeedStage.TRAINING, blueprint="conv_heavy")  # perturbed: no longer the identity
+    x, y = torch.randn(16, 40), torch.randint(0, 10, (16,))
+    slot = joint_model.slot("s2")
+    seed = slot.seed
+    with torch.no_grad():
+        h = torch.randn(4, *slot.feature_shape)
+        assert not torch.allclose(seed(h), h)
+        assert torch.equal(slot(h), seed(h))
+    with GradientIsolationMonitor(joint_model) as monitor:
+        got = _host_grads(joint_model.host, x, y)
+    assert monitor.violations == 0, "a joint seed is meant to pass gradient to the host: nothing to flag"
+    expected = _host_grads(bare, x, y)
+    assert not torch.equal(got["conv1.weight"], expected["conv1.weight"]), "the host learns through the seed"
+    assert all(p.grad is not None and float(p.grad.norm()) > 0 for p in seed.parameters() if p.dim() > 1)
+
+
+def test_a_fresh_joint_seed_changes_nothing_and_stays_at_full_weight_when_it_blends(joint_model, drive_to) -> None:
+    x = torch.randn(8, 40)
+    with torch.no_grad():
+        before = joint_model(x)
+    drive_to(joint_model, "s1", SeedStage.TRAINING, perturb=False)
+    with torch.no_grad():
+        assert torch.equal(joint_model(x), before), "a seed starts as the identity"
+    joint_model.record_metrics("s1", improvement=0.1, contribution=0.02, seed_grad_norm=1.0)
+    joint_model.advance("s1", epoch=1, reason="test")
+    slot = joint_model.slot("s1")
+    assert slot.stage is SeedStage.BLENDING and slot.alpha == 1.0
+    joint_model.end_epoch(1)
+    assert slot.alpha == 1.0
+
+
+def test_isolate_seeds_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match=r"isolate_seeds.*'no'"):
+        KasminaConfig(isolate_seeds="no")  # type: ignore[arg-type]

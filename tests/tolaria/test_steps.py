@@ -1,5 +1,6 @@
 """The training step's hot path: governor statistics, cheap snapshots, the isolated seed pass."""
 
+import dataclasses
 import math
 import random
 import statistics
@@ -21,8 +22,9 @@ from esper.tolaria.steps import (
     plan_epoch,
     train_epoch,
 )
+from esper.tolaria.trainer import Trainer
 
-from .conftest import FAST_KASMINA, make_trainer
+from .conftest import FAST_KASMINA, eager_heuristic, make_trainer
 
 
 def _reference_trips(losses, config):
@@ -244,3 +246,30 @@ def test_a_deferred_r2_is_summed_in_float64():
         score.add(outputs[start : start + 100], targets[start : start + 100])
     exact = float((1.0 - (outputs.double() - targets.double()) ** 2 / objective.variance).sum())
     assert score.total() == pytest.approx(exact, rel=1e-12)
+
+
+def test_a_joint_seed_trains_in_the_forward_with_the_host_in_one_pass_and_fossilizes(small_task):
+    kasmina = dataclasses.replace(FAST_KASMINA, isolate_seeds=False)
+    trainer = Trainer(small_task, eager_heuristic(), TrainerConfig(epochs=20, seed=0), kasmina=kasmina)
+    while trainer.model.slot("s1").stage is not SeedStage.TRAINING:
+        trainer.run_epoch()
+    plan = plan_epoch(trainer.model, trainer.optimizers, trainer.host_parameters())
+    assert plan.isolated == () and plan.mode is TrainingMode.BLENDED and set(plan.stepped) >= {"host", "s1"}
+    forwards = []
+    handle = trainer.model.host.register_forward_hook(lambda *_: forwards.append(1))
+    host_before = [p.clone() for p in trainer.model.host.parameters()]
+    seed_before = [p.clone() for p in trainer.model.slot("s1").seed.parameters()]
+    outcome = train_epoch(trainer)
+    handle.remove()
+    assert outcome.modes == {"blended": trainer.steps_per_epoch()}
+    assert len(forwards) == trainer.steps_per_epoch(), "no extra pass: the seed learns from the step's own loss"
+    assert any(not torch.equal(a, b) for a, b in zip(host_before, trainer.model.host.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(seed_before, trainer.model.slot("s1").seed.parameters(), strict=True)
+    )
+    while trainer.epoch < 20 and trainer.model.slot("s1").stage is not SeedStage.FOSSILIZED:
+        trainer.run_epoch()
+    slot = trainer.model.slot("s1")
+    assert slot.stage is SeedStage.FOSSILIZED and slot.metrics.isolation_violations == 0
+    blending = [e for e in trainer.model.events if SeedStage(e.to_stage) is SeedStage.BLENDING]
+    assert blending, "the joint seed went through the same gates"

@@ -22,6 +22,11 @@ class KasminaConfig:
     alpha_schedule: str = "linear"
     #: epochs a culled slot stays EMBARGOED before it may germinate again
     embargo_epochs: int = 3
+    #: True: a TRAINING seed reads detached host features and stays out of the forward value (the host is
+    #: untouched until the seed is proven). False ("joint"): it is in the forward from TRAINING on, at full
+    #: weight, and learns together with the host, as growth methods without isolation train; a seed starts
+    #: as the identity, so germinating changes nothing, but a culled seed leaves a host that adapted to it.
+    isolate_seeds: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.thresholds, GateThresholds):
@@ -34,6 +39,8 @@ class KasminaConfig:
             )
         if isinstance(self.embargo_epochs, bool) or not isinstance(self.embargo_epochs, int) or self.embargo_epochs < 0:
             raise ValueError(f"KasminaConfig.embargo_epochs must be an integer >= 0, got {self.embargo_epochs!r}")
+        if not isinstance(self.isolate_seeds, bool):
+            raise ValueError(f"KasminaConfig.isolate_seeds must be true or false, got {self.isolate_seeds!r}")
 
 
 def alpha_progress(schedule: str, t: float) -> float:

@@ -73,7 +73,9 @@ class MorphogeneticModel(nn.Module):
             taken[module_name] = slot_id
             in_sequence = within_sequence_model(host, module_name)
             layout = (layouts or {}).get(slot_id)
-            self.slots[slot_id] = SeedSlot(slot_id, module_name, modules[module_name], in_sequence, layout)
+            self.slots[slot_id] = SeedSlot(
+                slot_id, module_name, modules[module_name], in_sequence, layout, isolate=self.config.isolate_seeds
+            )
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The host's forward with every slot acting at its layer."""
@@ -204,7 +206,9 @@ class MorphogeneticModel(nn.Module):
         event = self._event(slot, target, epoch, _with_verdict(result.reason, reason))
         self._enter(slot, target, event)
         if target is SeedStage.BLENDING:
-            slot.alpha, slot.ramp_from, slot.ramp_epochs = 0.0, 0.0, 0
+            # A joint seed has been in the forward at full weight since TRAINING: its ramp is already done.
+            start = 0.0 if slot.isolate else 1.0
+            slot.alpha, slot.ramp_from, slot.ramp_epochs = start, start, 0
         elif target in BLENDED_STAGES or target is SeedStage.FOSSILIZED:
             slot.alpha = 1.0
         return event

@@ -18,7 +18,7 @@ from torch.utils.hooks import RemovableHandle
 
 from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
-from esper.leyline import ACTIVE_STAGES, ISOLATED_STAGES
+from esper.leyline import ACTIVE_STAGES
 
 
 class GradientIsolationMonitor:
@@ -119,7 +119,7 @@ class GradientIsolationMonitor:
 
     def _seed_input_hook(self, slot: SeedSlot) -> Any:
         def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            if slot.stage not in ISOLATED_STAGES or slot._override is not None:
+            if not slot.isolated or slot._override is not None:
                 return None
             seed_input = args[0] if args else None
             if isinstance(seed_input, torch.Tensor) and seed_input.requires_grad:

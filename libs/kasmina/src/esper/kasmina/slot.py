@@ -53,6 +53,7 @@ class SeedSlot(nn.Module):
     - DORMANT, GERMINATED, CULLED, EMBARGOED, RESETTING: ``h`` unchanged;
     - TRAINING: ``h + (s - s.detach())`` with ``s = seed(h.detach())``: the value is
       ``h``, the seed learns from the downstream loss, the host gets nothing via the seed;
+      a joint slot (``isolate=False``) gives ``seed(h)`` instead: seed and host learn together;
     - BLENDING, SHADOWING, PROBATIONARY: ``alpha * seed(h) + (1 - alpha) * h``;
     - FOSSILIZED: ``seed(h)``.
     """
@@ -64,9 +65,12 @@ class SeedSlot(nn.Module):
         target: nn.Module,
         in_sequence_model: bool = False,
         layout: str | None = None,
+        isolate: bool = True,
     ) -> None:
         super().__init__()
         self.slot_id = slot_id
+        #: False: a TRAINING seed is in the forward value and the host learns through it (KasminaConfig.isolate_seeds)
+        self.isolate = isolate
         self.module_name = module_name
         self.stage = SeedStage.DORMANT
         self.seed: nn.Module | None = None
@@ -101,7 +105,7 @@ class SeedSlot(nn.Module):
         stage = self.stage
         if stage is SeedStage.TRAINING:
             s = self.seed(self._seed_input(h))  # type: ignore[misc]
-            return h + (s - s.detach())
+            return h + (s - s.detach()) if self.isolate else s
         if stage in BLENDED_STAGES:
             s = self.seed(h)  # type: ignore[misc]
             if self.alpha == 1.0:
@@ -112,15 +116,20 @@ class SeedSlot(nn.Module):
         return h
 
     def _seed_input(self, h: torch.Tensor) -> torch.Tensor:
-        """What an isolated seed reads: a detached copy of the host features."""
-        return h.detach()
+        """What a TRAINING seed reads: a detached copy of the host features (the features themselves when joint)."""
+        return h.detach() if self.isolate else h
+
+    @property
+    def isolated(self) -> bool:
+        """Whether the seed now learns apart from the host (an isolating slot in GERMINATED or TRAINING)."""
+        return self.isolate and self.stage in ISOLATED_STAGES
 
     def _forward_override(self, h: torch.Tensor) -> torch.Tensor:
         assert self._override is not None
         mode, alpha = self._override
         if mode == _OFF or self.seed is None:
             return h
-        s = self.seed(self._seed_input(h) if self.stage in ISOLATED_STAGES else h)
+        s = self.seed(self._seed_input(h) if self.isolated else h)
         if alpha == 1.0:
             return s
         return alpha * s + (1.0 - alpha) * h

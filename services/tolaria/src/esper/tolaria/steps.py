@@ -182,12 +182,19 @@ def plan_epoch(
 ) -> StepPlan:
     """The :class:`StepPlan` for ``model``'s stages now."""
     stages = {sid: SeedStage(slot.stage) for sid, slot in model.slots.items()}
-    isolated = tuple(sid for sid, st in stages.items() if st is SeedStage.TRAINING and sid in optimizers)
+    isolated = tuple(
+        sid for sid, st in stages.items() if st is SeedStage.TRAINING and model.slots[sid].isolate and sid in optimizers
+    )
     stepped: dict[str, list[torch.nn.Parameter]] = {"host": host_parameters}
     for sid, stage in stages.items():
         if stage in STEPPED_STAGES and sid in optimizers:
             stepped[sid] = list(model.slots[sid].seed.parameters())  # type: ignore[union-attr]
-    return StepPlan(training_mode(stages.values()), isolated if isolated_seed_pass else (), stepped)
+    # A joint TRAINING seed (KasminaConfig.isolate_seeds off) is in the forward value, as a blending one is.
+    mode = training_mode(
+        SeedStage.BLENDING if st is SeedStage.TRAINING and not model.slots[sid].isolate else st
+        for sid, st in stages.items()
+    )
+    return StepPlan(mode, isolated if isolated_seed_pass else (), stepped)
 
 
 def train_step(
