@@ -3,6 +3,7 @@ import json
 import pytest
 
 from esper.cli.main import main
+from esper.tolaria.checkpoint import read_checkpoint
 
 
 def _train(out, *extra):
@@ -24,8 +25,9 @@ def test_policy_none_trains_the_static_host(tmp_path):
     assert report["params_initial"] == report["params_final"] == 858 and report["seed_events"] == []
 
 
-def test_resume_continues_to_the_same_numbers(tmp_path):
-    common = ["--lr-schedule", "constant"]
+@pytest.mark.parametrize("extra", [[], ["--no-isolate-seeds"]], ids=["isolated", "joint"])
+def test_resume_continues_to_the_same_numbers(tmp_path, extra):
+    common = ["--lr-schedule", "constant", *extra]
     assert (
         main(
             [
@@ -59,6 +61,7 @@ def test_resume_continues_to_the_same_numbers(tmp_path):
         == 0
     )
     assert main(["train", "--resume", str(tmp_path / "split"), "--epochs", "4", "--no-progress"]) == 0
+    assert read_checkpoint(tmp_path / "split")["meta"]["isolate_seeds"] is not bool(extra)
     a = json.loads((tmp_path / "straight" / "report.json").read_text())
     b = json.loads((tmp_path / "split" / "report.json").read_text())
     strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]  # noqa: E731

@@ -100,6 +100,15 @@ def test_submit_list_show(esper):
     assert code == 0 and json.loads(out)["job"]["lockstep"] is True and json.loads(out)["epochs"] == 7
 
 
+def test_submit_passes_the_run_shape_a_local_run_takes(esper):
+    shape = ["--steps-per-epoch", "4", "--no-lengthen-settled", "--host-wait-steps", "8", "--no-isolate-seeds"]
+    assert esper("submit", "--run-id", "cli-shape", "--task", "digits", *shape)[0] == 0
+    job = json.loads(esper("--json", "show", "cli-shape")[1])["job"]
+    assert (job["steps_per_epoch"], job["lengthen_settled"], job["host_wait_steps"], job["isolate_seeds"]) == (
+        4, False, 8, False
+    )  # fmt: skip
+
+
 def test_pause_resume_stop_and_policy(esper):
     esper("submit", "--run-id", "cli-b", "--task", "digits")
     code, out, _ = esper("pause", "cli-b", "--reason", "look at it")

@@ -29,3 +29,14 @@ def test_default_heuristic_germinates_nothing_past_the_budget():
     trainer = build_trainer(TrainingJob(epochs=3, max_train_samples=200, param_budget=900))
     trainer.fit()
     assert trainer.model.events == [] and trainer.model.param_count() == 858
+
+
+def test_a_job_without_isolation_builds_joint_slots_and_its_seeds_never_take_the_isolated_pass():
+    joint = build_trainer(TrainingJob(epochs=4, max_train_samples=200, param_budget=5210, isolate_seeds=False))
+    assert not any(slot.isolate for slot in joint.model.slots.values())
+    joint.fit()
+    records = joint.history
+    assert not any(r.modes.get("isolated") for r in records) and any(r.modes.get("blended") for r in records)
+    isolated = build_trainer(TrainingJob(epochs=4, max_train_samples=200, param_budget=5210))
+    isolated.fit()
+    assert any(r.modes.get("isolated") for r in isolated.history)

@@ -92,6 +92,13 @@ def parser() -> argparse.ArgumentParser:
         help="for up to this many steps from the start the host does not learn until every slot holds a seed in "
         "the forward: it waits for its seeds instead of learning ahead of them (default: 0, never)",
     )
+    train.add_argument(
+        "--isolate-seeds",
+        action=argparse.BooleanOptionalAction,
+        default=_JOB.isolate_seeds,
+        help="a new seed trains isolated on detached host features before it blends in (default: on); "
+        "--no-isolate-seeds: it learns jointly with the host from the start, in the forward at full weight",
+    )
     train.add_argument("--seed", type=int, default=_JOB.seed, help="global seed: the same seed reproduces the run")
     train.add_argument("--out", type=Path, default=None, help="run folder (default runs/TASK-POLICY-sSEED)")
     train.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR")
@@ -157,6 +164,7 @@ def train(args: argparse.Namespace) -> int:
                 steps_per_epoch=args.steps_per_epoch,
                 lengthen_settled=args.lengthen_settled,
                 host_wait_steps=args.host_wait_steps,
+                isolate_seeds=args.isolate_seeds,
                 seed=args.seed,
                 data_dir=args.data_dir,
                 max_train_samples=args.max_train_samples,

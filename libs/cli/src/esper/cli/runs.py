@@ -59,6 +59,12 @@ def add_parser(sub: Any) -> None:
     submit.add_argument("--task", default=None)
     submit.add_argument("--policy", default=None)
     submit.add_argument("--epochs", type=int, default=None)
+    submit.add_argument("--steps-per-epoch", type=int, default=None, help="an epoch's steps (default: one pass)")
+    submit.add_argument("--lengthen-settled", action=argparse.BooleanOptionalAction, default=None)
+    submit.add_argument("--host-wait-steps", type=int, default=None)
+    submit.add_argument(
+        "--isolate-seeds", action=argparse.BooleanOptionalAction, default=None, help="default: seeds train isolated"
+    )
     submit.add_argument("--seed", type=int, default=None)
     submit.add_argument("--data-dir", default=None)
     submit.add_argument("--max-train-samples", type=int, default=None)
@@ -176,7 +182,8 @@ def format_policies(policies: list[dict[str, Any]]) -> str:
 
 
 def _submit_body(args: argparse.Namespace) -> dict[str, Any]:
-    names = ["run_id", "task", "policy", "epochs", "seed", "data_dir", "max_train_samples", "host_channels"]
+    names = ["run_id", "task", "policy", "epochs", "steps_per_epoch", "lengthen_settled", "host_wait_steps"]
+    names += ["isolate_seeds", "seed", "data_dir", "max_train_samples", "host_channels"]
     names += ["batch_size", "lr", "lr_schedule", "param_budget", "lockstep", "lockstep_timeout_ms"]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 

@@ -65,7 +65,11 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     waited (one round of decisions per pass then). ``host_wait_steps``: for up
     to that many steps from the start the host does not learn until every slot
     holds a seed in the forward (it waits for the seeds it will carry; 0, the
-    default: it never waits). ``max_train_samples`` trims the training
+    default: it never waits). With ``isolate_seeds`` off a seed learns jointly
+    with the host from the start of its TRAINING stage, in the forward at full
+    weight, instead of isolated on detached host features (it still passes the
+    same gates; a culled seed then leaves a host that adapted to it).
+    ``max_train_samples`` trims the training
     split (tests, quick demos); ``spike_sigma`` is the governor's loss-spike
     threshold in standard deviations. ``world_size`` processes train the run
     together with ``torch.distributed`` (data parallel: each takes a shard of
@@ -80,6 +84,7 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     steps_per_epoch: Steps | None = None
     lengthen_settled: bool = True
     host_wait_steps: WaitSteps = 0
+    isolate_seeds: bool = True
     seed: Seed = 0
     data_dir: Path | None = None
     max_train_samples: Samples | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def build_trainer(
         task,
         policy,
         config,
-        kasmina=KASMINA,
+        kasmina=replace(KASMINA, isolate_seeds=job.isolate_seeds),
         sinks=sinks,
         run_id=run_id,
         param_budget=job.param_budget,
