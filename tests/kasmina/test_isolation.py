@@ -178,3 +178,35 @@ def test_a_fresh_joint_seed_changes_nothing_and_stays_at_full_weight_when_it_ble
 def test_isolate_seeds_must_be_a_bool() -> None:
     with pytest.raises(ValueError, match=r"isolate_seeds.*'no'"):
         KasminaConfig(isolate_seeds="no")  # type: ignore[arg-type]
+
+
+def test_culling_a_joint_seed_puts_the_host_back_as_it_was_when_the_seed_joined(joint_model, drive_to) -> None:
+    drive_to(joint_model, "s1", SeedStage.TRAINING)
+    joined = copy.deepcopy(joint_model.host.state_dict())
+    params = list(joint_model.host.parameters())
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)  # the host learns with the seed
+    event = joint_model.cull("s1", epoch=3, reason="hurts validation")
+    assert "host restored" in event.reason and "s1" not in joint_model.joint_marks
+    for name, value in joint_model.host.state_dict().items():
+        assert torch.equal(value, joined[name]), name
+    assert all(a is b for a, b in zip(params, joint_model.host.parameters(), strict=True)), "optimizers keep theirs"
+
+
+def test_a_fossilized_joint_seed_keeps_the_host_and_an_isolated_cull_never_touches_it(
+    joint_model, conv_model, drive_to
+):
+    drive_to(joint_model, "s1", SeedStage.TRAINING)
+    assert set(joint_model.joint_marks) == {"s1"}
+    for epoch in range(1, 5):  # BLENDING, SHADOWING, PROBATIONARY, FOSSILIZED
+        joint_model.record_metrics("s1", improvement=0.1, contribution=0.02, seed_grad_norm=1.0)
+        joint_model.advance("s1", epoch=epoch, reason="test")
+    assert joint_model.slot("s1").stage is SeedStage.FOSSILIZED and joint_model.joint_marks == {}
+    drive_to(conv_model, "s1", SeedStage.TRAINING)
+    assert conv_model.joint_marks == {}
+    with torch.no_grad():
+        conv_model.host.conv1.weight.add_(1.0)
+    moved = conv_model.host.conv1.weight.clone()
+    conv_model.cull("s1", epoch=2, reason="test")
+    assert torch.equal(conv_model.host.conv1.weight, moved)

@@ -1,9 +1,13 @@
+import dataclasses
+
 import pytest
 import torch
 
+from esper.leyline import SeedStage
 from esper.tolaria.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+from esper.tolaria.trainer import Trainer, TrainerConfig
 
-from .conftest import comparable, make_trainer
+from .conftest import FAST_KASMINA, comparable, eager_heuristic, make_trainer
 
 
 def _assert_same(a: dict, b: dict) -> None:
@@ -57,3 +61,22 @@ def test_a_format_1_checkpoint_of_an_older_build_still_resumes_exactly(small_tas
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         read_checkpoint(tmp_path / "nothing-here")
+
+
+def test_a_joint_seeds_mark_of_the_host_survives_a_resume(small_task, tmp_path):
+    kasmina = dataclasses.replace(FAST_KASMINA, isolate_seeds=False)
+    first = Trainer(small_task, eager_heuristic(), TrainerConfig(epochs=6, seed=3), kasmina=kasmina)
+    while first.model.slot("s1").stage is not SeedStage.TRAINING:
+        first.run_epoch()
+    joined = {k: v.clone() for k, v in first.model.host.state_dict().items()}
+    first.run_epoch()  # the host learns on with the seed
+    assert first.model.slot("s1").stage is not SeedStage.FOSSILIZED
+    save_checkpoint(first, tmp_path)
+    resumed = Trainer(small_task, eager_heuristic(), TrainerConfig(epochs=6, seed=3), kasmina=kasmina)
+    restore_checkpoint(resumed, read_checkpoint(tmp_path))
+    assert set(resumed.model.joint_marks) == {"s1"}
+    for trainer in (first, resumed):
+        assert any(not torch.equal(v, joined[k]) for k, v in trainer.model.host.state_dict().items())
+        trainer.model.cull("s1", epoch=trainer.epoch, reason="test")
+        for name, value in trainer.model.host.state_dict().items():
+            assert torch.equal(value, joined[name]), name

@@ -53,6 +53,9 @@ class MorphogeneticModel(nn.Module):
         self.slots = nn.ModuleDict()
         self.events: list[SeedTransition] = []
         self.seeds_made = 0
+        #: for each joint seed in flight (``KasminaConfig.isolate_seeds`` off), the host's state when it joined
+        #: the forward: culling the seed puts the host back (see :meth:`cull`); checkpoints carry them
+        self.joint_marks: dict[str, dict[str, torch.Tensor]] = {}
         modules = dict(host.named_modules())
         taken: dict[str, str] = {}
         unknown = sorted(set(layouts or {}) - set(slots))
@@ -205,6 +208,10 @@ class MorphogeneticModel(nn.Module):
             raise GateFailedError(gate, result.reason, slot_id)
         event = self._event(slot, target, epoch, _with_verdict(result.reason, reason))
         self._enter(slot, target, event)
+        if target is SeedStage.TRAINING and not slot.isolate:
+            self.joint_marks[slot_id] = {k: v.detach().clone() for k, v in self.host.state_dict().items()}
+        elif target is SeedStage.FOSSILIZED:
+            self.joint_marks.pop(slot_id, None)
         if target is SeedStage.BLENDING:
             # A joint seed has been in the forward at full weight since TRAINING: its ramp is already done.
             start = 0.0 if slot.isolate else 1.0
@@ -214,9 +221,18 @@ class MorphogeneticModel(nn.Module):
         return event
 
     def cull(self, slot_id: str, *, epoch: int, reason: str) -> SeedTransition:
-        """Remove a slot's seed: any stage GERMINATED..PROBATIONARY -> CULLED (never gated)."""
+        """Remove a slot's seed: any stage GERMINATED..PROBATIONARY -> CULLED (never gated).
+
+        A joint seed has trained with the host, which adapted to it: the host's own parameters
+        and buffers go back to their values when the seed joined the forward (other seeds keep
+        theirs), so a culled seed leaves no trace on the host, as an isolated one leaves none.
+        """
         slot = self.slot(slot_id)
         check_transition(slot.stage, SeedStage.CULLED, slot_id)
+        mark = self.joint_marks.pop(slot_id, None)
+        if mark is not None:
+            self.host.load_state_dict(mark)
+            reason = f"{reason}; host restored to its state when the seed joined"
         event = self._event(slot, SeedStage.CULLED, epoch, reason)
         slot.seed = None
         slot.alpha = 0.0
