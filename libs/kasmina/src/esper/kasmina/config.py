@@ -25,7 +25,8 @@ class KasminaConfig:
     #: True: a TRAINING seed reads detached host features and stays out of the forward value (the host is
     #: untouched until the seed is proven). False ("joint"): it is in the forward from TRAINING on, at full
     #: weight, and learns together with the host, as growth methods without isolation train; a seed starts
-    #: as the identity, so germinating changes nothing, but a culled seed leaves a host that adapted to it.
+    #: as the identity, so joining changes nothing, and culling it puts the host back as it was when the
+    #: seed joined (MorphogeneticModel.cull; one copy of the host's state per joint seed in flight).
     isolate_seeds: bool = True
 
     def __post_init__(self) -> None:

@@ -68,7 +68,7 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     default: it never waits). With ``isolate_seeds`` off a seed learns jointly
     with the host from the start of its TRAINING stage, in the forward at full
     weight, instead of isolated on detached host features (it still passes the
-    same gates; a culled seed then leaves a host that adapted to it).
+    same gates; culling it puts the host back as it was when the seed joined).
     ``max_train_samples`` trims the training
     split (tests, quick demos); ``spike_sigma`` is the governor's loss-spike
     threshold in standard deviations. ``world_size`` processes train the run
