@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -94,19 +95,25 @@ class Settings:
     host_wait_steps: int = 0
     #: False: seeds learn jointly with the host from TRAINING on (``KasminaConfig.isolate_seeds``)
     isolate_seeds: bool = True
+    #: the task every arm trains (another than ``mnist1d``: the heuristic and oracle arms only)
+    task: str = "mnist1d"
 
 
 #: steps of one pass over MNIST-1D's 3,800 training rows in batches of 100
 STEPS_PER_PASS = 38
+#: the arms whose host is MNIST-1D's (the 5,210-parameter static host is sized for it)
+MNIST1D_ONLY = ("static_small", "static_5k", "bare")
 
 
-def _trainer_config(settings: Settings, seed: int, *, growing: bool = False) -> Any:
+def _trainer_config(
+    settings: Settings, seed: int, *, growing: bool = False, steps_per_pass: int = STEPS_PER_PASS
+) -> Any:
     from esper.tolaria.config import TrainerConfig
     from esper.tolaria.governor import GovernorConfig
 
     steps = settings.steps_per_epoch if growing else None
     return TrainerConfig(
-        epochs=settings.epochs if steps is None else -(-settings.epochs * STEPS_PER_PASS // steps),
+        epochs=settings.epochs if steps is None else -(-settings.epochs * steps_per_pass // steps),
         steps_per_epoch=steps,
         lengthen_settled=settings.lengthen_settled,
         health_every=settings.health_every,
@@ -158,14 +165,14 @@ def _heuristic(config: Any, per_slot: bool) -> Any:
     return HeuristicTamiyo(replace(config, per_slot=per_slot))
 
 
-def _growing_policy(settings: Settings, heuristic: Any, seed: int) -> Any:
+def _growing_policy(settings: Settings, heuristic: Any, seed: int, steps_per_pass: int) -> Any:
     """The policy that grows the ``heuristic`` arm: the benchmark's heuristic, or ``settings.policy``."""
     if settings.policy == "heuristic":
         return _heuristic(heuristic, settings.per_slot)
     from esper.leyline import TrainingJob
     from esper.tamiyo.policies import make_policy
 
-    epochs = _trainer_config(settings, seed, growing=True).epochs
+    epochs = _trainer_config(settings, seed, growing=True, steps_per_pass=steps_per_pass).epochs
     return make_policy(settings.policy, TrainingJob(epochs=epochs, param_budget=BUDGET, seed=seed))
 
 
@@ -197,8 +204,9 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
     from esper.tolaria.runs import KASMINA
     from esper.tolaria.tasks import load_task
 
+    task = load_task(settings.task, host_channels=HOST_CHANNELS.get(arm))
+    per_pass = math.ceil(len(task.train) / 100)  # batches of 100 (_trainer_config)
     config = _trainer_config(settings, seed)
-    task = load_task("mnist1d", host_channels=HOST_CHANNELS.get(arm))
     warm_up()
     if arm == "bare":
         return [_record(arm, seed, bare_run(task, config))]
@@ -209,10 +217,10 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
         kasmina, heuristic = _growth_configs(settings)
         trainer, run = tolaria_run(
             task,
-            _trainer_config(settings, seed, growing=True),
+            _trainer_config(settings, seed, growing=True, steps_per_pass=per_pass),
             Path(out),
             kasmina=kasmina,
-            policy=lambda _model: _growing_policy(settings, heuristic, seed),
+            policy=lambda _model: _growing_policy(settings, heuristic, seed, per_pass),
             param_budget=BUDGET,
             on_trainer=_growing_hooks(settings),
         )
@@ -252,6 +260,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=158)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
+    parser.add_argument(
+        "--task", default="mnist1d", help="a built-in task (other than mnist1d: --arms heuristic,oracle only)"
+    )
     parser.add_argument("--schedule", default="anneal", help="LR schedule of every arm (cosine, constant, anneal)")
     parser.add_argument("--checkpoint-every", type=int, default=1, help="Tolaria arms checkpoint every N epochs")
     parser.add_argument("--spike-sigma", type=float, default=6.0, help="the governor's spike threshold (Tolaria arms)")
@@ -368,6 +379,10 @@ def main() -> None:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"unknown arms {unknown} (known: {', '.join(ARMS)})")
+    if args.task != "mnist1d" and set(arms) & set(MNIST1D_ONLY):
+        parser.error(
+            f"--task {args.task}: arms {', '.join(MNIST1D_ONLY)} are sized for mnist1d; use --arms heuristic,oracle"
+        )
     if args.policy != "heuristic":
         from esper.tamiyo.policies import check_policy
 
@@ -403,6 +418,7 @@ def main() -> None:
         shrink_perturb=_shrink_perturb(parser, args.shrink_perturb),
         host_wait_steps=args.host_wait_steps,
         isolate_seeds=args.isolate_seeds,
+        task=args.task,
     )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     # heuristic runs first: each carries its oracle, so they are the longest jobs
