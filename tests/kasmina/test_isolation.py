@@ -167,6 +167,7 @@ def test_a_fresh_joint_seed_changes_nothing_and_stays_at_full_weight_when_it_ble
     drive_to(joint_model, "s1", SeedStage.TRAINING, perturb=False)
     with torch.no_grad():
         assert torch.equal(joint_model(x), before), "a seed starts as the identity"
+    assert joint_model.slot("s1").report().alpha == 1.0, "reports say the seed is in the forward at full weight"
     joint_model.record_metrics("s1", improvement=0.1, contribution=0.02, seed_grad_norm=1.0)
     joint_model.advance("s1", epoch=1, reason="test")
     slot = joint_model.slot("s1")

@@ -210,6 +210,7 @@ class MorphogeneticModel(nn.Module):
         self._enter(slot, target, event)
         if target is SeedStage.TRAINING and not slot.isolate:
             self.joint_marks[slot_id] = {k: v.detach().clone() for k, v in self.host.state_dict().items()}
+            slot.alpha = 1.0  # what reports and observers see: the seed is in the forward at full weight
         elif target is SeedStage.FOSSILIZED:
             self.joint_marks.pop(slot_id, None)
         if target is SeedStage.BLENDING:

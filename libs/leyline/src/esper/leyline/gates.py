@@ -137,7 +137,7 @@ def evaluate(gate: Gate, inputs: GateInputs, thresholds: GateThresholds) -> Gate
         assert x.improvement is not None
         if x.improvement <= t.min_training_improvement:
             return result(False, f"seed loss improvement {x.improvement:.4g} <= {t.min_training_improvement:.4g}")
-        return result(True, f"isolated training improved loss by {x.improvement:.4g}; isolation held")
+        return result(True, f"training improved loss by {x.improvement:.4g}; no isolation violation")
     if gate is Gate.G3_SHADOW:
         if not math.isfinite(x.alpha) or x.alpha < 1.0 - t.alpha_tolerance:
             return result(False, f"alpha {x.alpha:.3f} has not reached 1.0")
