@@ -8,8 +8,10 @@ import statistics
 import pytest
 import torch
 
+from esper.kasmina import SeedSlot
 from esper.leyline import SeedStage
 from esper.tamiyo.heuristic import BlueprintChoice, HeuristicConfig, HeuristicTamiyo
+from esper.tamiyo.policy import StaticPolicy
 from esper.tolaria.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.governor import Governor, GovernorConfig
@@ -273,3 +275,21 @@ def test_a_joint_seed_trains_in_the_forward_with_the_host_in_one_pass_and_fossil
     assert slot.stage is SeedStage.FOSSILIZED and slot.metrics.isolation_violations == 0
     blending = [e for e in trainer.model.events if SeedStage(e.to_stage) is SeedStage.BLENDING]
     assert blending, "the joint seed went through the same gates"
+
+
+def test_isolation_is_checked_in_an_epoch_where_another_seed_blends(small_task, monkeypatch):
+    trainer = make_trainer(small_task, epochs=6, policy=StaticPolicy())
+    model = trainer.model
+    for slot_id in ("s1", "s2"):
+        model.germinate(slot_id, "conv_light", epoch=0, reason="test")
+        trainer.optimizers[slot_id] = trainer.new_seed_optimizer(model.seed_parameters(slot_id))
+        model.advance(slot_id, epoch=0, reason="test")
+    model.end_epoch(0)
+    model.record_metrics("s1", improvement=0.1, contribution=0.02, seed_grad_norm=1.0)
+    model.advance("s1", epoch=1, reason="test")
+    plan = plan_epoch(model, trainer.optimizers, trainer.host_parameters())
+    assert plan.mode is TrainingMode.BLENDED and plan.isolated == ("s2",)
+    assert train_epoch(trainer).norms["isolation_violations"] == 0
+    # the bug isolation guards against: the TRAINING seed reads the live host features
+    monkeypatch.setattr(SeedSlot, "_seed_input", lambda self, h: h)
+    assert train_epoch(trainer).norms["isolation_violations"] == 1

@@ -307,7 +307,8 @@ def train_epoch(trainer: Trainer, count: int | None = None) -> EpochOutcome:
     norm_sums: dict[str, torch.Tensor] = {}
     loss_sum, score = 0.0, DeferredScore(objective)
     seen = steps = violations = 0
-    monitored = plan.mode is not TrainingMode.ISOLATED  # one monitored step per epoch proves isolation
+    # one monitored step per epoch proves isolation, also while another seed blends (BLENDED mode)
+    monitored = not any(slot.isolated and slot.stage is SeedStage.TRAINING for slot in model.slots.values())
     trip = None
     for index in epoch_batches(trainer, count):
         x, y = trainer.task.train.x[index], trainer.task.train.y[index]
