@@ -99,25 +99,27 @@ class Settings:
     task: str = "mnist1d"
 
 
-#: steps of one pass over MNIST-1D's 3,800 training rows in batches of 100
-STEPS_PER_PASS = 38
+#: every arm's batch size (MNIST-1D's 3,800 training rows: 38 steps a pass)
+BATCH = 100
 #: the arms whose host is MNIST-1D's (the 5,210-parameter static host is sized for it)
 MNIST1D_ONLY = ("static_small", "static_5k", "bare")
 
 
-def _trainer_config(
-    settings: Settings, seed: int, *, growing: bool = False, steps_per_pass: int = STEPS_PER_PASS
-) -> Any:
+def _trainer_config(settings: Settings, seed: int, *, growing: bool = False, steps_per_pass: int = 0) -> Any:
+    """Tolaria's config for an arm; the growing arm's short epochs add up to ``settings.epochs`` passes of
+    ``steps_per_pass`` steps (the task's training rows over :data:`BATCH`)."""
     from esper.tolaria.config import TrainerConfig
     from esper.tolaria.governor import GovernorConfig
 
     steps = settings.steps_per_epoch if growing else None
+    if steps is not None and steps_per_pass < 1:
+        raise ValueError(f"steps_per_pass must be >= 1 with --steps-per-epoch (value {steps_per_pass!r})")
     return TrainerConfig(
         epochs=settings.epochs if steps is None else -(-settings.epochs * steps_per_pass // steps),
         steps_per_epoch=steps,
         lengthen_settled=settings.lengthen_settled,
         health_every=settings.health_every,
-        batch_size=100,
+        batch_size=BATCH,
         lr=1e-2,
         lr_schedule=settings.schedule,
         seed=seed,
@@ -205,7 +207,7 @@ def one(arm: str, seed: int, settings: Settings, with_oracle: bool) -> list[dict
     from esper.tolaria.tasks import load_task
 
     task = load_task(settings.task, host_channels=HOST_CHANNELS.get(arm))
-    per_pass = math.ceil(len(task.train) / 100)  # batches of 100 (_trainer_config)
+    per_pass = math.ceil(len(task.train) / BATCH)
     config = _trainer_config(settings, seed)
     warm_up()
     if arm == "bare":
