@@ -189,25 +189,53 @@ def test_culling_a_joint_seed_puts_the_host_back_as_it_was_when_the_seed_joined(
         for p in params:
             p.add_(1.0)  # the host learns with the seed
     event = joint_model.cull("s1", epoch=3, reason="hurts validation")
-    assert "host restored" in event.reason and "s1" not in joint_model.joint_marks
+    assert "host restored" in event.reason and "s1" not in joint_model.host_marks
     for name, value in joint_model.host.state_dict().items():
         assert torch.equal(value, joined[name]), name
     assert all(a is b for a, b in zip(params, joint_model.host.parameters(), strict=True)), "optimizers keep theirs"
 
 
-def test_a_fossilized_joint_seed_keeps_the_host_and_an_isolated_cull_never_touches_it(
+def test_a_fossilized_joint_seed_keeps_the_host_and_an_isolated_cull_in_training_never_touches_it(
     joint_model, conv_model, drive_to
 ):
     drive_to(joint_model, "s1", SeedStage.TRAINING)
-    assert set(joint_model.joint_marks) == {"s1"}
+    assert set(joint_model.host_marks) == {"s1"}
     for epoch in range(1, 5):  # BLENDING, SHADOWING, PROBATIONARY, FOSSILIZED
         joint_model.record_metrics("s1", improvement=0.1, contribution=0.02, seed_grad_norm=1.0)
         joint_model.advance("s1", epoch=epoch, reason="test")
-    assert joint_model.slot("s1").stage is SeedStage.FOSSILIZED and joint_model.joint_marks == {}
+    assert joint_model.slot("s1").stage is SeedStage.FOSSILIZED and joint_model.host_marks == {}
     drive_to(conv_model, "s1", SeedStage.TRAINING)
-    assert conv_model.joint_marks == {}
+    assert conv_model.host_marks == {}, "an isolated seed in TRAINING has taught the host nothing"
     with torch.no_grad():
         conv_model.host.conv1.weight.add_(1.0)
     moved = conv_model.host.conv1.weight.clone()
-    conv_model.cull("s1", epoch=2, reason="test")
-    assert torch.equal(conv_model.host.conv1.weight, moved)
+    event = conv_model.cull("s1", epoch=2, reason="test")
+    assert torch.equal(conv_model.host.conv1.weight, moved) and "host restored" not in event.reason
+
+
+@pytest.mark.parametrize("stage", [SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY])
+def test_culling_an_isolated_seed_once_it_blends_puts_the_host_back_as_it_was_when_blending_began(
+    conv_model, drive_to, stage
+) -> None:
+    drive_to(conv_model, "s1", SeedStage.TRAINING)
+    with torch.no_grad():
+        conv_model.host.conv1.weight.add_(1.0)  # the host learns on its own while the seed is isolated: kept
+    kept = copy.deepcopy(conv_model.host.state_dict())
+    conv_model.record_metrics("s1", improvement=0.1, contribution=0.02, seed_grad_norm=1.0)
+    conv_model.advance("s1", epoch=1, reason="test")
+    assert set(conv_model.host_marks) == {"s1"}
+    slot, epoch = conv_model.slot("s1"), 2
+    while slot.stage is not stage:
+        conv_model.record_metrics("s1", improvement=0.1, contribution=0.02, seed_grad_norm=1.0)
+        if slot.stage is SeedStage.BLENDING and slot.alpha < 1.0:
+            conv_model.end_epoch(epoch)
+        else:
+            conv_model.advance("s1", epoch=epoch, reason="test")
+        epoch += 1
+    with torch.no_grad():
+        for p in conv_model.host.parameters():
+            p.add_(0.5)  # the host learns with the blending seed in its forward
+    event = conv_model.cull("s1", epoch=9, reason="hurts validation")
+    assert "host restored" in event.reason and conv_model.host_marks == {}
+    for name, value in conv_model.host.state_dict().items():
+        assert torch.equal(value, kept[name]), name

@@ -74,7 +74,7 @@ def test_a_joint_seeds_mark_of_the_host_survives_a_resume(small_task, tmp_path):
     save_checkpoint(first, tmp_path)
     resumed = Trainer(small_task, eager_heuristic(), TrainerConfig(epochs=6, seed=3), kasmina=kasmina)
     restore_checkpoint(resumed, read_checkpoint(tmp_path))
-    assert set(resumed.model.joint_marks) == {"s1"}
+    assert set(resumed.model.host_marks) == {"s1"}
     for trainer in (first, resumed):
         assert any(not torch.equal(v, joined[k]) for k, v in trainer.model.host.state_dict().items())
         trainer.model.cull("s1", epoch=trainer.epoch, reason="test")

@@ -53,9 +53,10 @@ class MorphogeneticModel(nn.Module):
         self.slots = nn.ModuleDict()
         self.events: list[SeedTransition] = []
         self.seeds_made = 0
-        #: for each joint seed in flight (``KasminaConfig.isolate_seeds`` off), the host's state when it joined
-        #: the forward: culling the seed puts the host back (see :meth:`cull`); checkpoints carry them
-        self.joint_marks: dict[str, dict[str, torch.Tensor]] = {}
+        #: for each unproven seed the host has learned with, the host's state when the seed joined its forward
+        #: (TRAINING for a joint seed, BLENDING for an isolated one): culling the seed puts the host back
+        #: (see :meth:`cull`), fossilizing it drops the copy; checkpoints carry them
+        self.host_marks: dict[str, dict[str, torch.Tensor]] = {}
         modules = dict(host.named_modules())
         taken: dict[str, str] = {}
         unknown = sorted(set(layouts or {}) - set(slots))
@@ -208,11 +209,13 @@ class MorphogeneticModel(nn.Module):
             raise GateFailedError(gate, result.reason, slot_id)
         event = self._event(slot, target, epoch, _with_verdict(result.reason, reason))
         self._enter(slot, target, event)
+        if target is (SeedStage.BLENDING if slot.isolate else SeedStage.TRAINING):
+            # from here on the host learns with the seed in its forward
+            self.host_marks[slot_id] = {k: v.detach().clone() for k, v in self.host.state_dict().items()}
         if target is SeedStage.TRAINING and not slot.isolate:
-            self.joint_marks[slot_id] = {k: v.detach().clone() for k, v in self.host.state_dict().items()}
             slot.alpha = 1.0  # what reports and observers see: the seed is in the forward at full weight
         elif target is SeedStage.FOSSILIZED:
-            self.joint_marks.pop(slot_id, None)
+            self.host_marks.pop(slot_id, None)
         if target is SeedStage.BLENDING:
             # A joint seed has been in the forward at full weight since TRAINING: its ramp is already done.
             start = 0.0 if slot.isolate else 1.0
@@ -224,13 +227,15 @@ class MorphogeneticModel(nn.Module):
     def cull(self, slot_id: str, *, epoch: int, reason: str) -> SeedTransition:
         """Remove a slot's seed: any stage GERMINATED..PROBATIONARY -> CULLED (never gated).
 
-        A joint seed has trained with the host, which adapted to it: the host's own parameters
-        and buffers go back to their values when the seed joined the forward (other seeds keep
-        theirs), so a culled seed leaves no trace on the host, as an isolated one leaves none.
+        Once a seed is in the forward (a joint one from TRAINING, an isolated one from BLENDING)
+        the host learns with it and adapts to it: culling it puts the host's own parameters and
+        buffers back to their values when the seed joined (other seeds keep theirs), so an
+        unproven seed leaves no trace on the host. An isolated seed culled in TRAINING never
+        touched it.
         """
         slot = self.slot(slot_id)
         check_transition(slot.stage, SeedStage.CULLED, slot_id)
-        mark = self.joint_marks.pop(slot_id, None)
+        mark = self.host_marks.pop(slot_id, None)
         if mark is not None:
             self.host.load_state_dict(mark)
             reason = f"{reason}; host restored to its state when the seed joined"

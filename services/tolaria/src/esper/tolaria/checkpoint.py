@@ -34,7 +34,7 @@ from esper.tolaria.trainer import EpochRecord, Trainer
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 2
 #: the fields stored through torch.save itself; the rest travels pickled in ``state["rest"]``
-TENSOR_FIELDS = ("model", "optimizers", "data_order", "joint_marks")
+TENSOR_FIELDS = ("model", "optimizers", "data_order", "host_marks")
 _RECORD_FIELDS = tuple(f.name for f in fields(EpochRecord))
 
 
@@ -53,7 +53,7 @@ def save_checkpoint(trainer: Trainer, path: str | Path, *, meta: dict[str, Any] 
         "epoch": trainer.epoch,
         "step": trainer.step,
         "model": trainer.model.state_dict(),
-        "joint_marks": trainer.model.joint_marks,
+        "host_marks": trainer.model.host_marks,
         "lifecycle": lifecycle_state(trainer.model),
         "optimizers": {name: opt.state_dict() for name, opt in trainer.optimizers.items()},
         "tracker": trainer.tracker.state_dict(),
@@ -112,10 +112,9 @@ def restore_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
     restore_lifecycle(model, state["lifecycle"])
     model.load_state_dict(state["model"])
     host = model.host.state_dict()
-    model.joint_marks = {  # absent before joint seeds existed
-        slot_id: {k: v.to(host[k].device) for k, v in mark.items()}
-        for slot_id, mark in state.get("joint_marks", {}).items()
-    }
+    # "joint_marks" in checkpoints written while only joint seeds had marks; neither before joint seeds existed
+    marks = state.get("host_marks", state.get("joint_marks", {}))
+    model.host_marks = {slot_id: {k: v.to(host[k].device) for k, v in mark.items()} for slot_id, mark in marks.items()}
     # the host optimizer steps every parameter but those of seeds that had their own when saved
     separate = set(state["optimizers"]) - {"host"}
     trainer.optimizers = {"host": trainer._optimizer(host_only_parameters(model, separate))}
