@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,18 @@ def test_export_removes_dormant_training_and_culled_slots(conv_model, drive_to) 
     x = torch.randn(4, 40)
     assert torch.equal(exported(x), conv_model(x))
     assert sum(p.numel() for p in exported.parameters()) == 858
+
+
+def test_export_keeps_a_joint_training_seed_at_full_weight(conv_model, drive_to) -> None:
+    joint = wrap(
+        copy.deepcopy(conv_model.host), ConvHost1D.DEFAULT_SLOTS, config=replace(conv_model.config, isolate_seeds=False)
+    )
+    joint.probe(torch.randn(2, 40))
+    drive_to(joint, "s2", SeedStage.TRAINING)  # perturbed: no longer the identity
+    exported = export(joint)
+    x = torch.randn(4, 40)
+    assert torch.equal(exported(x), joint(x)) and not torch.equal(exported(x), conv_model(x))
+    assert sum(p.numel() for p in exported.parameters()) == joint.param_count() > 858
 
 
 @pytest.mark.slow  # starts a second interpreter that imports torch

@@ -144,3 +144,24 @@ def test_host_wait_steps_must_not_be_negative() -> None:
 
     with pytest.raises(ValueError, match=r"field 'host_wait_steps'.*-1"):
         TrainerConfig(host_wait_steps=-1)
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "joint"])
+def test_a_joint_seed_is_in_the_forward_from_training_so_the_host_stops_waiting_then(small_task, isolate) -> None:
+    import dataclasses
+
+    from esper.leyline import SeedStage
+    from esper.tolaria.trainer import Trainer, TrainerConfig
+
+    from .conftest import FAST_KASMINA, eager_heuristic
+
+    kasmina = dataclasses.replace(FAST_KASMINA, isolate_seeds=isolate)
+    trainer = Trainer(small_task, eager_heuristic(), TrainerConfig(epochs=4, host_wait_steps=100), kasmina=kasmina)
+    model = trainer.model
+    assert trainer.host_waits()  # no seed anywhere yet
+    for slot_id in model.slots:
+        model.germinate(slot_id, "conv_light", epoch=0, reason="test")
+        model.advance(slot_id, epoch=0, reason="test")
+    assert all(s.stage is SeedStage.TRAINING for s in model.slots.values())
+    # every seed in TRAINING: a joint one is in the forward, an isolated one is not until it blends
+    assert trainer.host_waits() is isolate

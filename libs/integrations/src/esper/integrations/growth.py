@@ -137,15 +137,16 @@ class GrowthSession:
         self._describe(force=True)
 
     def watch(self) -> None:
-        """Before a batch's forward: once per boundary while a seed trains, watch that batch's backward
+        """Before a batch's forward: once per boundary while a seed trains isolated, watch that batch's backward
         with the isolation monitor (Tolaria watches one step per epoch the same way)."""
-        training = any(s.stage is SeedStage.TRAINING for s in self.model.slots.values())
+        training = any(s.isolated and s.stage is SeedStage.TRAINING for s in self.model.slots.values())
         if self._monitor is None and not self._watched and training:
             self._monitor = GradientIsolationMonitor(self.model).__enter__()
             self._watched = True
 
     def train_batch(self, batch: Batch) -> None:
-        """After the loop's backward on ``batch``: close the monitor, give each TRAINING seed its isolated gradient."""
+        """After the loop's backward on ``batch``: close the monitor, give each isolated TRAINING seed its
+        gradient at full weight (a joint one has its gradient from the loop's own backward already)."""
         if self._monitor is not None:
             self._monitor.__exit__(None, None, None)
             self._violations += self._monitor.violations
@@ -155,13 +156,17 @@ class GrowthSession:
             if slot.stage is not SeedStage.TRAINING or slot.seed is None:
                 continue
             params = [p for p in slot.seed.parameters() if p.requires_grad]
-            with torch.enable_grad(), self.model.alpha_override(slot_id, 1.0):
-                loss = self.loss(self.model(x), y)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for param, grad in zip(params, grads, strict=True):
-                param.grad = grad
-            norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads if g is not None]))
-            self._seed_norms.setdefault(slot_id, []).append(float(norm))
+            if slot.isolated:
+                with torch.enable_grad(), self.model.alpha_override(slot_id, 1.0):
+                    loss = self.loss(self.model(x), y)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for param, grad in zip(params, grads, strict=True):
+                    param.grad = grad
+            else:
+                grads = tuple(p.grad for p in params)
+            norms = [g.norm() for g in grads if g is not None]
+            if norms:
+                self._seed_norms.setdefault(slot_id, []).append(float(torch.linalg.vector_norm(torch.stack(norms))))
 
     @torch.no_grad()
     def boundary(

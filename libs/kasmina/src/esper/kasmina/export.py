@@ -2,8 +2,9 @@
 
 Fossilized seeds are merged into the host (the hooked submodule becomes
 ``nn.Sequential(original, seed)``), blending seeds are merged at their current
-alpha, and slots whose value is the host's (dormant, germinated, training,
-culled, ...) disappear. Seeds are traced into ``torch.fx.GraphModule`` so no
+alpha, a joint seed in TRAINING (in the forward at full weight) as a fossilized
+one, and slots whose value is the host's (dormant, germinated, an isolated seed
+in training, culled, ...) disappear. Seeds are traced into ``torch.fx.GraphModule`` so no
 Esper class is left inside; a host whose own class comes from Esper is traced
 too. The result runs, pickles and loads where Esper is not installed, and
 ``torch.export.export`` accepts it.
@@ -80,12 +81,12 @@ def export(
         slot.remove_hook()
         if slot.seed is None:
             continue
-        if slot.stage is SeedStage.FOSSILIZED:
+        if slot.stage is SeedStage.FOSSILIZED or (slot.stage is SeedStage.TRAINING and not slot.isolate):
             branch = slot.seed
         elif slot.stage in BLENDED_STAGES:
             branch = _Blend(slot.seed, slot.alpha)
         else:
-            continue  # germinated or training: the slot's value is the host's
+            continue  # germinated, or training isolated: the slot's value is the host's
         seed = _trace(branch, f"the seed of slot {slot.slot_id!r}")
         merges.append((slot.module_name, nn.Sequential(slot.target, seed)))
     for module_name, merged in merges:

@@ -200,7 +200,8 @@ class Trainer:
         """Whether the host sits this step out (``config.host_wait_steps``): early in the run, while a slot
         has no seed in the forward yet."""
         return self.step < self.config.host_wait_steps and not all(
-            SeedStage(s.stage) in JOINED_STAGES for s in self.model.slots.values()
+            SeedStage(s.stage) in JOINED_STAGES or (s.stage is SeedStage.TRAINING and not s.isolate)
+            for s in self.model.slots.values()
         )
 
     def set_lr(self) -> float:
