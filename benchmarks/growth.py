@@ -81,7 +81,9 @@ class Settings:
     health_every: int | None = None
     governor_min_ratio: float = 3.0
     cull_needs_loss_harm: bool = True
-    per_slot: bool = False
+    #: one decision per slot at a boundary, as the default job's policy (``heuristic-per-slot``) decides;
+    #: False: one decision per boundary (the policy ``heuristic``)
+    per_slot: bool = True
     #: the growing arm's policy: the benchmark's heuristic (with the flags above), or any policy a job may
     #: name (``learned``, ``heuristic-per-slot``, ``PATH.pt``), built as ``esper train`` builds it
     policy: str = "heuristic"
@@ -93,8 +95,9 @@ class Settings:
     #: the grown run's host does not learn until every slot's seed is in the forward, for up to this many
     #: steps from the start (``TrainerConfig.host_wait_steps``; 0: never)
     host_wait_steps: int = 0
-    #: False: seeds learn jointly with the host from TRAINING on (``KasminaConfig.isolate_seeds``)
-    isolate_seeds: bool = True
+    #: True: seeds train isolated until they blend in; False: jointly with the host from TRAINING on
+    #: (``KasminaConfig.isolate_seeds``; None: Kasmina's default, joint)
+    isolate_seeds: bool | None = None
     #: the task every arm trains (another than ``mnist1d``: the heuristic and oracle arms only)
     task: str = "mnist1d"
 
@@ -157,7 +160,9 @@ def _growth_configs(settings: Settings) -> tuple[Any, Any]:
     if settings.slot_order is not None:
         heuristic = replace(heuristic, slot_order=settings.slot_order)
     heuristic = replace(heuristic, cull_needs_loss_harm=settings.cull_needs_loss_harm)
-    return replace(kasmina, isolate_seeds=settings.isolate_seeds), heuristic
+    if settings.isolate_seeds is not None:
+        kasmina = replace(kasmina, isolate_seeds=settings.isolate_seeds)
+    return kasmina, heuristic
 
 
 def _heuristic(config: Any, per_slot: bool) -> Any:
@@ -314,11 +319,16 @@ def main() -> None:
         "steps from the start (TrainerConfig.host_wait_steps; 76 = two passes)",
     )
     ablation.add_argument(
+        "--isolate-seeds",
+        action=argparse.BooleanOptionalAction,
+        help="a seed trains isolated on detached host features until it blends in (KasminaConfig.isolate_seeds; "
+        "default: off, it learns jointly with the host from TRAINING on, in the forward at full weight)",
+    )
+    ablation.add_argument(
         "--joint",
         dest="isolate_seeds",
         action="store_false",
-        help="seeds learn jointly with the host from TRAINING on, in the forward at full weight "
-        "(KasminaConfig.isolate_seeds off; no isolation, no ramp)",
+        help="the same as --no-isolate-seeds (the default since session 23; earlier commands name it)",
     )
     ablation.add_argument(
         "--steps-per-epoch",
@@ -338,7 +348,11 @@ def main() -> None:
         help="cull on accuracy harm alone, even when the seed lowers validation loss",
     )
     ablation.add_argument(
-        "--per-slot", action="store_true", help="the heuristic decides once per slot at a boundary (not once)"
+        "--per-slot",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the heuristic decides once per slot at a boundary, as the default job's policy heuristic-per-slot "
+        "does (default); --no-per-slot: once per boundary (the policy heuristic)",
     )
     ablation.add_argument(
         "--policy",

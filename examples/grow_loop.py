@@ -18,7 +18,6 @@ decision reads the validation split carved from the training data.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import tempfile
@@ -32,10 +31,10 @@ import torch
 from mnist1d.data import get_dataset_args, make_dataset
 from torch.nn import functional as F
 
-from esper.kasmina import ConvHost1D, GradientIsolationMonitor, KasminaConfig, MorphogeneticModel, export, wrap
+from esper.kasmina import ConvHost1D, KasminaConfig, MorphogeneticModel, export, wrap
+from esper.kasmina.blueprints.init import gradmax_
 from esper.kasmina.graph import describe
 from esper.leyline import (
-    BLENDED_STAGES,
     MEASURED_STAGES,
     STEPPED_STAGES,
     AdaptationCommand,
@@ -110,28 +109,41 @@ def structure(model: MorphogeneticModel) -> tuple[tuple[str, str | None], ...]:
     return tuple((sid, s.seed_id if s.seed is not None else None) for sid, s in model.slots.items())
 
 
+def init_germinated(model: MorphogeneticModel, x: torch.Tensor, y: torch.Tensor) -> None:
+    """GradMax, as Tolaria starts each epoch: a GERMINATED seed's first layer along the host's gradient at its
+    slot on the first 512 training rows; its last layer stays zero, so the seed is still the identity."""
+    germinated = {k: s for k, s in model.slots.items() if s.stage is SeedStage.GERMINATED and s.seed is not None}
+    out: dict[str, torch.Tensor] = {}
+    hooks = [
+        s.target.register_forward_hook(lambda _m, _i, o, k=k: out.__setitem__(k, o)) for k, s in germinated.items()
+    ]
+    if germinated:
+        grads = torch.autograd.grad(F.cross_entropy(model(x[:512]), y[:512]), [out[k] for k in germinated])
+        for (k, slot), grad in zip(germinated.items(), grads, strict=True):
+            gradmax_(slot.seed, out[k].detach(), grad)
+    for hook in hooks:
+        hook.remove()
+
+
 def train_epoch(
     model: MorphogeneticModel, optimizers: Optimizers, data: Data, args: Args, generator: torch.Generator, step: int
-) -> tuple[float, float, dict[str, float], int, int]:
-    """One epoch of steps; returns (train loss, train accuracy, seed gradient norms, isolation violations, step).
+) -> tuple[float, float, dict[str, float], int]:
+    """One epoch of steps; returns (train loss, train accuracy, gradient norms, step).
 
-    The host optimizer steps every parameter no seed owns. A seed's optimizer
-    steps once it is TRAINING. A TRAINING seed's output does not reach the
-    loss (the slot passes the host's features on), so its gradient is taken
-    from a second pass with the seed at alpha 1, w.r.t. the seed alone: it
-    learns its real effect while the host learns nothing from it.
+    The host optimizer steps every parameter no seed owns, a seed's optimizer
+    its seed from TRAINING on: a TRAINING seed is in the forward at full weight
+    and learns from the same backward as the host (Kasmina's default; with
+    ``isolate_seeds`` esper train also runs an isolated pass, left out here).
     """
     x_all, y_all = data["train"]
+    model.train()
+    init_germinated(model, x_all, y_all)
     total_steps = args.epochs * math.ceil(len(y_all) / args.batch_size)
     stages = {sid: SeedStage(slot.stage) for sid, slot in model.slots.items()}
     seeds = {id(p) for s in model.slots.values() if s.seed is not None for p in s.seed.parameters()}
     stepped = {"host": [p for p in model.parameters() if id(p) not in seeds]}
     stepped |= {s: list(model.slots[s].seed.parameters()) for s in optimizers if stages.get(s) in STEPPED_STAGES}
-    isolated = [sid for sid in stepped if stages.get(sid) is SeedStage.TRAINING]
-    # one step per epoch runs under the isolation monitor when seeds train isolated (Kasmina's G2 reads it)
-    check_isolation = bool(isolated) and not any(s in BLENDED_STAGES for s in stages.values())
-    model.train()
-    loss_sum, correct, violations = 0.0, 0, 0
+    loss_sum, correct = 0.0, 0
     norms: dict[str, list[float]] = defaultdict(list)
     order = torch.randperm(len(y_all), generator=generator)
     for start in range(0, len(y_all), args.batch_size):
@@ -140,18 +152,9 @@ def train_epoch(
             opt.zero_grad(set_to_none=True)
             for group in opt.param_groups:
                 group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        monitor = GradientIsolationMonitor(model) if check_isolation and start == 0 else None
-        with monitor or contextlib.nullcontext():
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            loss.backward()
-        violations += monitor.violations if monitor else 0
-        for sid in isolated:
-            params = stepped[sid]
-            with model.alpha_override(sid, 1.0):
-                seed_loss = F.cross_entropy(model(x), y)
-            for p, g in zip(params, torch.autograd.grad(seed_loss, params, allow_unused=True), strict=True):
-                p.grad = g
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
         for name, params in stepped.items():
             with_grad = [p for p in params if p.grad is not None]
             if with_grad:
@@ -161,12 +164,10 @@ def train_epoch(
         loss_sum += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
     mean_norms = {name: sum(v) / len(v) for name, v in norms.items()}
-    return loss_sum / len(y_all), correct / len(y_all), mean_norms, violations, step
+    return loss_sum / len(y_all), correct / len(y_all), mean_norms, step
 
 
-def measure_seeds(
-    model: MorphogeneticModel, data: Data, val: tuple[float, float], norms: dict, violations: int
-) -> None:
+def measure_seeds(model: MorphogeneticModel, data: Data, val: tuple[float, float], norms: dict) -> None:
     """Counterfactuals on the validation split: the same rows with each seed in and switched off."""
     x, y = data["val"]
     for sid, slot in model.slots.items():
@@ -175,9 +176,8 @@ def measure_seeds(
         with model.seed_disabled(sid):
             without_loss, without_acc = evaluate(model, x, y)
         with model.alpha_override(sid, 1.0):
-            full_loss, full_acc = evaluate(model, x, y)
-        # a TRAINING seed is not in the forward value yet: its worth is measured at alpha 1
-        with_loss, with_acc = (full_loss, full_acc) if slot.stage is SeedStage.TRAINING else val
+            full_loss, _ = evaluate(model, x, y)
+        with_loss, with_acc = val  # every live seed is in the forward value (a TRAINING one at full weight)
         model.record_metrics(
             sid,
             improvement=without_loss - full_loss,
@@ -185,7 +185,6 @@ def measure_seeds(
             contribution_loss=without_loss - with_loss,
             seed_grad_norm=norms.get(sid, 0.0),
             host_grad_norm=norms.get("host", 0.0),
-            isolation_violations=violations,
         )
 
 
@@ -212,7 +211,7 @@ def main() -> None:
     data = load_data(args)
     x_train = data["train"][0]
 
-    # -- the host, wrapped: three slots after the activations, Tolaria's lifecycle tempo
+    # -- the host, wrapped: three slots after the activations, Tolaria's lifecycle tempo (seeds joint, the default)
     kasmina = KasminaConfig(
         thresholds=GateThresholds(min_training_epochs=2, min_shadowing_epochs=1, min_probation_epochs=1),
         blend_epochs=3,
@@ -224,9 +223,10 @@ def main() -> None:
     graph = describe(model, x_train[:2])  # what Tamiyo knows of the network: slots, shapes, priced blueprints
     graph_of = structure(model)
 
-    # -- the controller: the heuristic, validated by the safety monitor with the service's defaults
+    # -- the controller: the default job's heuristic (once per slot at a boundary), validated by the safety
+    #    monitor with the service's defaults
     job = TrainingJob(epochs=args.epochs, seed=args.seed, param_budget=args.param_budget)
-    policy = make_policy("heuristic", job)
+    policy = make_policy(job.policy, job)
     safety = SafetyMonitor(DEFAULT_SAFETY)
     tracker = SignalTracker()
 
@@ -236,10 +236,10 @@ def main() -> None:
     print(f"data: train {len(x_train)}, validation {len(data['val'][1])}, test {len(data['test'][1])}")
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        train_loss, train_acc, norms, violations, step = train_epoch(model, optimizers, data, args, generator, step)
+        train_loss, train_acc, norms, step = train_epoch(model, optimizers, data, args, generator, step)
         val_loss, val_acc = evaluate(model, *data["val"])
         tests.append(evaluate(model, *data["test"])[1])  # for the record only: nothing below reads it
-        measure_seeds(model, data, (val_loss, val_acc), norms, violations)
+        measure_seeds(model, data, (val_loss, val_acc), norms)
         t = tracker.update(
             epoch=epoch, train_loss=train_loss, val_loss=val_loss, train_accuracy=train_acc, val_accuracy=val_acc
         )

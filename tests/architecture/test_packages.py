@@ -300,10 +300,11 @@ def start_service(tmp_path: Path) -> Iterator[Callable[[str], Service]]:
 
 
 async def publish_run(redis_url: str, run_id: str) -> None:
-    """What Tolaria publishes when a run starts and its first epoch ends (the job as the CLI submits it)."""
+    """What Tolaria publishes when a run starts and its first epoch ends (a job asking the heuristic once per
+    boundary; the torch-free probe runs the default, once per slot)."""
     bus = RedisBus.from_url(redis_url)
     try:
-        await bus.publish(ls.CONTROL_JOBS, Envelope(payload=TrainingJob(epochs=5), run_id=run_id))
+        await bus.publish(ls.CONTROL_JOBS, Envelope(payload=TrainingJob(epochs=5, policy="heuristic"), run_id=run_id))
         await bus.publish(ls.TELEMETRY_TRAINING, Envelope(payload=graph(), run_id=run_id))
         await bus.publish(ls.TELEMETRY_TRAINING, Envelope(payload=signals(1), run_id=run_id))
     finally:
@@ -326,7 +327,7 @@ def test_tamiyo_service_process_steers_a_run_where_torch_cannot_be_imported(
     service = start_service(clean_redis_url)
     service.wait_for(lambda: httpx.get(service.url + "/readyz").status_code == 200, "the service to be ready")
     asyncio.run(publish_run(clean_redis_url, "run-notorch"))
-    # the boundary after epoch 1: the default heuristic decides once (the probe runs the per-slot one)
+    # the boundary after epoch 1: the heuristic asked once per boundary decides once
     decisions: list[AdaptationDecision] = service.wait_for(  # type: ignore[assignment]
         lambda: (
             (d := published_for(clean_redis_url, "run-notorch", ls.CONTROL_DECISIONS, AdaptationDecision))

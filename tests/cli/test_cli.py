@@ -14,7 +14,8 @@ def _train(out, *extra):
 def test_train_writes_report_events_and_curves(tmp_path, capsys):
     assert _train(tmp_path / "run") == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert (report["task"], report["policy"], report["seed"], report["epochs"]) == ("mnist1d", "heuristic", 1, 3)
+    described = (report["task"], report["policy"], report["seed"], report["epochs"])
+    assert described == ("mnist1d", "heuristic-per-slot", 1, 3)
     assert (tmp_path / "run" / "curves.png").is_file() and (tmp_path / "run" / "events.jsonl").is_file()
     assert "test accuracy" in capsys.readouterr().out
 
@@ -25,7 +26,7 @@ def test_policy_none_trains_the_static_host(tmp_path):
     assert report["params_initial"] == report["params_final"] == 858 and report["seed_events"] == []
 
 
-@pytest.mark.parametrize("extra", [[], ["--no-isolate-seeds"]], ids=["isolated", "joint"])
+@pytest.mark.parametrize("extra", [["--isolate-seeds"], []], ids=["isolated", "joint"])
 def test_resume_continues_to_the_same_numbers(tmp_path, extra):
     common = ["--lr-schedule", "constant", *extra]
     assert (
@@ -61,7 +62,7 @@ def test_resume_continues_to_the_same_numbers(tmp_path, extra):
         == 0
     )
     assert main(["train", "--resume", str(tmp_path / "split"), "--epochs", "4", "--no-progress"]) == 0
-    assert read_checkpoint(tmp_path / "split")["meta"]["isolate_seeds"] is not bool(extra)
+    assert read_checkpoint(tmp_path / "split")["meta"]["isolate_seeds"] is bool(extra)
     a = json.loads((tmp_path / "straight" / "report.json").read_text())
     b = json.loads((tmp_path / "split" / "report.json").read_text())
     strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]  # noqa: E731
@@ -76,7 +77,7 @@ def test_report_prints_a_summary(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "run: task mnist1d, policy heuristic, seed 1, 3 epochs" in out and "parameters: 858 ->" in out
+    assert "run: task mnist1d, policy heuristic-per-slot, seed 1, 3 epochs" in out and "parameters: 858 ->" in out
 
 
 def test_cifar10_without_data_is_a_clear_error(tmp_path, capsys):

@@ -184,10 +184,14 @@ def test_demo_runs_one_job_writes_the_report_and_stops_everything(run_up, clean_
     assert up.finish(timeout_s=240) == 0, up.output
     report_line = up.wait_for(r"^report: (\S+)")
     report = json.loads(Path(report_line.group(1)).read_text())
-    assert report["epochs"] == 3 and report["policy"] == "heuristic"
+    assert report["epochs"] == 3 and report["policy"] == "heuristic-per-slot"
     assert report["mode"] == "lockstep"
-    # lockstep: every epoch is decided, once (the default heuristic makes one decision per boundary)
-    assert sorted(d["epoch"] for d in report["decisions"]) == [1, 2, 3] and len(report["decisions"]) == 3
+    # lockstep: every epoch is decided, once: each boundary whole (the default heuristic decides once per slot)
+    by_epoch: dict[int, list[tuple[int, int]]] = {}
+    for d in report["decisions"]:
+        by_epoch.setdefault(d["epoch"], []).append((d["index"], d["count"]))
+    assert sorted(by_epoch) == [1, 2, 3]
+    assert all(sorted(b) == [(i, len(b)) for i in range(len(b))] for b in by_epoch.values()), by_epoch
     assert len(report["narrative"]) >= 3 and all(isinstance(line, str) and line for line in report["narrative"])
     assert "test accuracy" in up.output  # the esper report summary
     assert gone(list(up.pids().values()))

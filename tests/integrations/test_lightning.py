@@ -2,8 +2,9 @@
 
 One fit (scikit-learn digits as 64 features, an MLP with two slots, eight epochs) is shared by the
 tests; each checks one behaviour: the policy decided at every validation end, seeds germinated
-through Kasmina's gates and trained through the optimizer the callback extended, isolation held,
-the messages went to the events file, and the export is a plain module equal to the grown model.
+through Kasmina's gates and trained through the optimizer the callback extended (jointly with the
+host, the default), no isolation violation, the messages went to the events file, and the export is
+a plain module equal to the grown model.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def test_germinated_seeds_join_the_optimizer_and_train(fit: Fit) -> None:
         assert any(not torch.equal(b, a.detach()) for b, a in zip(before, after, strict=True)), sid
 
 
-def test_isolation_held_and_the_gates_saw_measured_contributions(fit: Fit) -> None:
+def test_no_isolation_violation_and_the_gates_saw_measured_contributions(fit: Fit) -> None:
     report = fit.callback.report
     assert report is not None and report["isolation_violations"] == 0
     signals = [e for e in fit.events if e["type"] == "training_signals"]

@@ -15,9 +15,10 @@ DriveTo = Callable[..., None]
 
 @pytest.fixture
 def fast_config() -> KasminaConfig:
-    """Gates that pass as soon as the metrics are good: no minimum epochs, a two-epoch ramp."""
+    """Gates that pass as soon as the metrics are good: no minimum epochs, a two-epoch ramp; seeds isolated
+    (the tests of joint seeds, the default, replace ``isolate_seeds``)."""
     thresholds = GateThresholds(min_training_epochs=0, min_shadowing_epochs=0, min_probation_epochs=0)
-    return KasminaConfig(thresholds=thresholds, blend_epochs=2, embargo_epochs=2)
+    return KasminaConfig(thresholds=thresholds, blend_epochs=2, embargo_epochs=2, isolate_seeds=True)
 
 
 @pytest.fixture

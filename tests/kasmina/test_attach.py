@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from esper.kasmina import ConvHost1D, MLPHost, SeedSlot, wrap
+from esper.kasmina import ConvHost1D, KasminaConfig, MLPHost, SeedSlot, wrap
 from esper.leyline import SeedStage
 
 
@@ -59,13 +59,13 @@ def test_dormant_slots_leave_output_bit_identical(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(HOSTS))
-def test_training_seed_leaves_output_bit_identical(name: str) -> None:
+def test_an_isolated_training_seed_leaves_output_bit_identical(name: str) -> None:
     make, slots, shape, blueprint = HOSTS[name]
     torch.manual_seed(2)
     host = make().eval()
     bare = copy.deepcopy(host)
     x = torch.randn(*shape)
-    model = wrap(host, slots)
+    model = wrap(host, slots, config=KasminaConfig(isolate_seeds=True))
     model.probe(x)
     slot_id = next(iter(slots))
     model.germinate(slot_id, blueprint, epoch=0, reason="test")
@@ -77,6 +77,26 @@ def test_training_seed_leaves_output_bit_identical(name: str) -> None:
     assert torch.equal(model(x), bare(x))
     with model.alpha_override(slot_id, 1.0):
         assert not torch.allclose(model(x), bare(x)), "the seed must change the output when switched fully on"
+
+
+@pytest.mark.parametrize("name", sorted(HOSTS))
+def test_a_fresh_joint_seed_joins_the_forward_without_changing_the_output(name: str) -> None:
+    make, slots, shape, blueprint = HOSTS[name]
+    torch.manual_seed(2)
+    host = make().eval()
+    bare = copy.deepcopy(host)
+    x = torch.randn(*shape)
+    model = wrap(host, slots)  # the default: seeds learn jointly with the host
+    model.probe(x)
+    slot_id = next(iter(slots))
+    model.germinate(slot_id, blueprint, epoch=0, reason="test")
+    model.advance(slot_id, epoch=0, reason="test")
+    assert model.slot(slot_id).stage is SeedStage.TRAINING and not model.slot(slot_id).isolated
+    assert torch.equal(model(x), bare(x)), "a seed starts as the identity"
+    with torch.no_grad():
+        for p in model.seed_parameters(slot_id):
+            p.add_(torch.randn_like(p))
+    assert not torch.allclose(model(x), bare(x)), "a joint seed in TRAINING is in the forward"
 
 
 def test_wrap_does_not_change_the_host_class_or_state_dict_keys() -> None:

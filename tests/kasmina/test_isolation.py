@@ -95,7 +95,8 @@ def test_blending_output_is_the_alpha_mix(conv_model, drive_to) -> None:
 def test_alpha_follows_the_schedule_over_the_tempo(schedule: str, drive_to) -> None:
     from esper.leyline import GateThresholds
 
-    config = KasminaConfig(thresholds=GateThresholds(min_training_epochs=0), blend_epochs=4, alpha_schedule=schedule)
+    thresholds = GateThresholds(min_training_epochs=0)  # an isolated seed's ramp (a joint one starts at 1)
+    config = KasminaConfig(thresholds=thresholds, blend_epochs=4, alpha_schedule=schedule, isolate_seeds=True)
     model = wrap(ConvHost1D(), ConvHost1D.DEFAULT_SLOTS, config=config)
     model.probe(torch.randn(2, 40))
     drive_to(model, "s1", SeedStage.BLENDING)

@@ -25,10 +25,11 @@ from esper.tamiyo.service.control import RunControl
 from esper.tamiyo.service.loop import DecisionLoop
 from esper.tamiyo.service.metrics import TamiyoMetrics
 
-#: digits loads in a fraction of a second and has the three slots of ConvHost1D.
-JOB = TrainingJob(task="digits", epochs=20)
-#: the same job with the heuristic that decides once per slot at a boundary (the default decides once)
-PER_SLOT_JOB = TrainingJob(task="digits", epochs=20, policy="heuristic-per-slot")
+#: digits loads in a fraction of a second and has the three slots of ConvHost1D; its heuristic decides once
+#: per boundary, which keeps the scenarios to one decision a boundary
+JOB = TrainingJob(task="digits", epochs=20, policy="heuristic")
+#: the same job with the default policy, the heuristic asked once per slot at a boundary
+PER_SLOT_JOB = TrainingJob(task="digits", epochs=20)
 SLOTS = ("s1", "s2", "s3")
 
 

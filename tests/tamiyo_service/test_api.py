@@ -55,7 +55,7 @@ def test_a_submitted_run_is_listed_at_once_and_its_job_published(api, clean_redi
     run_id = submit(api, run_id="run-abc", seed=3, lockstep=True)
     assert run_id == "run-abc"
     listed = api.get("/runs", headers=AUTH).json()
-    assert [r["run_id"] for r in listed] == ["run-abc"] and listed[0]["policy"] == "heuristic"
+    assert [r["run_id"] for r in listed] == ["run-abc"] and listed[0]["policy"] == "heuristic-per-slot"
     jobs = published(clean_redis_url, ls.CONTROL_JOBS)
     assert jobs[0].run_id == "run-abc"
     assert jobs[0].payload == TrainingJob(task="digits", epochs=5, seed=3, lockstep=True)
@@ -231,8 +231,8 @@ def test_health_routes_and_metrics(api):
     feed(api, run_id, *(signals(e) for e in range(2)))
     text = api.get("/metrics").text
     assert "esper_tamiyo_decision_latency_seconds_bucket" in text and "esper_tamiyo_policy_seconds_count" in text
-    # epoch 0 waits, epoch 1 germinates once (the default heuristic decides once per boundary)
-    assert 'esper_tamiyo_decisions_total{action="germinate",issued_by="heuristic"} 1.0' in text
+    # epoch 0 waits, epoch 1 germinates in each of the three slots (the default heuristic decides once per slot)
+    assert 'esper_tamiyo_decisions_total{action="germinate",issued_by="heuristic"} 3.0' in text
     assert 'esper_tamiyo_decisions_total{action="wait",issued_by="heuristic"} 1.0' in text
     assert api.get("/docs").status_code == 200
     assert "/runs/{run_id}/adaptations" in api.get("/openapi.json").json()["paths"]

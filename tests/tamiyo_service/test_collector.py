@@ -110,5 +110,5 @@ def test_a_run_whose_policy_cannot_be_built_records_why_and_is_not_decided():
         return run, policy, collector.skip_reason(run, signals(0))
 
     run, policy, skip = asyncio.run(go())
-    assert policy is None and "no weights for policy 'heuristic'" in run.error
+    assert policy is None and "no weights for policy 'heuristic-per-slot'" in run.error
     assert skip is not None and skip[0] == "no_policy"

@@ -45,7 +45,9 @@ async def plateau(s, epochs, run_id=RUN) -> None:
         await s.loop.handle(envelope(run_id, signals(epoch)))
 
 
-@pytest.mark.parametrize(("job", "slots"), [(JOB, SLOTS[:1]), (PER_SLOT_JOB, SLOTS)], ids=["default", "per-slot"])
+@pytest.mark.parametrize(
+    ("job", "slots"), [(JOB, SLOTS[:1]), (PER_SLOT_JOB, SLOTS)], ids=["per-boundary", "per-slot (default)"]
+)
 def test_a_plateau_germinates_and_each_command_is_published_before_its_decision(clean_redis_url, job, slots):
     order: list[str] = []
 
@@ -63,8 +65,8 @@ def test_a_plateau_germinates_and_each_command_is_published_before_its_decision(
         await s.aclose()
 
     asyncio.run(go())
-    # the heuristic grows from the first epoch after the host's own (epoch 1 here): one seed (the default) or
-    # one seed per slot (per-slot)
+    # the heuristic grows from the first epoch after the host's own (epoch 1 here): one seed (once per boundary) or
+    # one seed per slot (per slot, the default)
     assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G] * len(slots))]
     germinations = [e.payload for e in published(clean_redis_url, ls.CONTROL_DECISIONS)][1:]
     ids = [f"{RUN}:e1:germinate:{slot}" for slot in slots]
@@ -93,7 +95,8 @@ def test_a_redelivered_epoch_is_skipped_and_counted(clean_redis_url):
         return run, s.metrics
 
     run, metrics = asyncio.run(go())
-    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G])]  # epoch 1 decided once
+    # epoch 1 decided once: one germination per slot (a run known only from its telemetry has the default job)
+    assert decided(clean_redis_url) == [(0, [DecisionAction.WAIT]), (1, [G, G, G])]
     assert run.stale_skipped == 1
     assert metrics.skipped.labels("redelivered")._value.get() == 1
 

@@ -252,7 +252,7 @@ def test_without_torch_the_switch_is_a_422_naming_the_policy_and_the_extra(clean
 
     # the service is up and the run keeps its policy, deciding the next epoch
     assert httpx.get(f"{service.url}/readyz").status_code == 200
-    assert httpx.get(f"{service.url}/runs/run-t", headers=AUTH).json()["policy"] == "heuristic"
+    assert httpx.get(f"{service.url}/runs/run-t", headers=AUTH).json()["policy"] == "heuristic-per-slot"
     publish(clean_redis_url, "run-t", signals(2))
     assert decided(service, clean_redis_url, "run-t", 2).policy == "heuristic"
     report = json.loads(service.stop().strip().splitlines()[-1])

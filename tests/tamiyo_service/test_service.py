@@ -111,10 +111,12 @@ def test_the_service_decides_survives_a_restart_and_stops_on_sigterm(service):
     assert body["decisions"][-1]["action"] == "germinate" and body["stale_skipped"] == 1
     assert body["slots"][0]["stage"] == SeedStage.DORMANT.name
     decisions = [e.payload for e in published(service.redis_url, ls.CONTROL_DECISIONS)]
-    # every epoch decided once (epoch 1 not again after the restart), each a whole boundary of one decision
-    # (the default heuristic): a WAIT, then a germination each (the telemetry still shows every slot dormant)
+    # every epoch decided once (epoch 1 not again after the restart), each a whole boundary: a WAIT, then one
+    # germination per slot (the default heuristic decides once per slot; the telemetry still shows every slot
+    # dormant, so epoch 2 asks for the same three)
     decided = [(b[0].epoch, [(d.action.value, d.slot_id) for d in b]) for b in boundaries(run_id, decisions)]
-    assert decided == [(0, [("wait", None)]), (1, [("germinate", "s1")]), (2, [("germinate", "s1")])]
+    every_slot = [("germinate", s) for s in ("s1", "s2", "s3")]
+    assert decided == [(0, [("wait", None)]), (1, every_slot), (2, every_slot)]
     metrics = httpx.get(f"{service.url}/metrics").text
     assert "esper_tamiyo_decision_latency_seconds_count 1.0" in metrics
     assert service.terminate() == 0

@@ -9,6 +9,7 @@ FAST_KASMINA = KasminaConfig(
     thresholds=GateThresholds(min_training_epochs=1, min_shadowing_epochs=1, min_probation_epochs=1),
     blend_epochs=2,
     embargo_epochs=1,
+    isolate_seeds=True,  # the machinery of isolated seeds; tests of joint ones (the default) replace it
 )
 
 

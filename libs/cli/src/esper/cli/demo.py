@@ -72,6 +72,8 @@ def decisions_from_archive(archive_dir: Path, run_id: str) -> list[dict[str, Any
         rows.append(
             {
                 "epoch": d["epoch"],
+                "index": d.get("index", 0),  # which of the boundary's decisions (one per slot at most)
+                "count": d.get("count", 1),
                 "action": d["action"],
                 "slot": d.get("slot_id"),
                 "blueprint": d.get("blueprint"),

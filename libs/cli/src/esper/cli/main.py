@@ -66,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
         "--policy",
         type=_policy,
         default=_JOB.policy,
-        help="heuristic, heuristic-per-slot, none (the static host), learned (the learned policy shipped with "
+        help="heuristic-per-slot (default: the heuristic, asked once per slot at each boundary), heuristic (once "
+        "per boundary), none (the static host), learned (the learned policy shipped with "
         "Esper), or a learned policy file PATH.pt from 'esper simic train' (NAME?sample draws its actions, seeded)",
     )
     train.add_argument(
@@ -96,8 +97,8 @@ def parser() -> argparse.ArgumentParser:
         "--isolate-seeds",
         action=argparse.BooleanOptionalAction,
         default=_JOB.isolate_seeds,
-        help="a new seed trains isolated on detached host features before it blends in (default: on); "
-        "--no-isolate-seeds: it learns jointly with the host from the start, in the forward at full weight",
+        help="a new seed trains isolated on detached host features before it blends in (default: off: it "
+        "learns jointly with the host from the start of TRAINING, in the forward at full weight)",
     )
     train.add_argument("--seed", type=int, default=_JOB.seed, help="global seed: the same seed reproduces the run")
     train.add_argument("--out", type=Path, default=None, help="run folder (default runs/TASK-POLICY-sSEED)")

@@ -63,7 +63,10 @@ def add_parser(sub: Any) -> None:
     submit.add_argument("--lengthen-settled", action=argparse.BooleanOptionalAction, default=None)
     submit.add_argument("--host-wait-steps", type=int, default=None)
     submit.add_argument(
-        "--isolate-seeds", action=argparse.BooleanOptionalAction, default=None, help="default: seeds train isolated"
+        "--isolate-seeds",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: seeds learn jointly with the host",
     )
     submit.add_argument("--seed", type=int, default=None)
     submit.add_argument("--data-dir", default=None)

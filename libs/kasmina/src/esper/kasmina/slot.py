@@ -65,11 +65,12 @@ class SeedSlot(nn.Module):
         target: nn.Module,
         in_sequence_model: bool = False,
         layout: str | None = None,
-        isolate: bool = True,
+        isolate: bool = False,
     ) -> None:
         super().__init__()
         self.slot_id = slot_id
-        #: False: a TRAINING seed is in the forward value and the host learns through it (KasminaConfig.isolate_seeds)
+        #: True: a TRAINING seed reads detached host features and stays out of the forward value; False (joint):
+        #: it is in the forward value and the host learns through it (KasminaConfig.isolate_seeds)
         self.isolate = isolate
         self.module_name = module_name
         self.stage = SeedStage.DORMANT

@@ -27,9 +27,9 @@ class GateThresholds(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     field and value of anything wrong.
     """
 
-    #: G2: epochs of isolated training before blending.
+    #: G2: epochs of training (isolated or joint, ``KasminaConfig.isolate_seeds``) before blending.
     min_training_epochs: NonNegInt = 3
-    #: G2: the drop in the seed's own training loss over its isolated phase must exceed this.
+    #: G2: the drop in the seed's own training loss over its TRAINING stage must exceed this.
     min_training_improvement: float = 0.0
     #: G2: host gradients seen through the seed path that are tolerated.
     max_isolation_violations: NonNegInt = 0

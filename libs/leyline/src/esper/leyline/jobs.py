@@ -52,8 +52,10 @@ def is_task_name(task: str) -> bool:
 class TrainingJob(Message, frozen=True, kw_only=True):
     """One training run: task, host size, budget, seed, schedule and the policy that steers it.
 
-    ``policy`` names a policy Tamiyo knows (``"heuristic"``, ``"none"`` for the
-    static host). With ``lockstep`` (the default) Tolaria waits up to
+    ``policy`` names a policy Tamiyo knows (``"heuristic-per-slot"``, the
+    default: the heuristic asked once per slot at each boundary;
+    ``"heuristic"``: once per boundary; ``"none"`` for the static host). With
+    ``lockstep`` (the default) Tolaria waits up to
     ``lockstep_timeout_ms`` after each epoch for Tamiyo's decision on it, so a
     run through the services makes exactly the decisions the same run makes in
     one process; without it Tolaria never waits and rejects a command decided
@@ -65,10 +67,11 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     waited (one round of decisions per pass then). ``host_wait_steps``: for up
     to that many steps from the start the host does not learn until every slot
     holds a seed in the forward (it waits for the seeds it will carry; 0, the
-    default: it never waits). With ``isolate_seeds`` off a seed learns jointly
-    with the host from the start of its TRAINING stage, in the forward at full
-    weight, instead of isolated on detached host features (it still passes the
-    same gates; culling it puts the host back as it was when the seed joined).
+    default: it never waits). A seed learns jointly with the host from the
+    start of its TRAINING stage, in the forward at full weight; with
+    ``isolate_seeds`` on it trains isolated on detached host features until it
+    blends in instead. Either way it passes the same gates, and culling it puts
+    the host back as it was when the seed joined the forward.
     ``max_train_samples`` trims the training
     split (tests, quick demos); ``spike_sigma`` is the governor's loss-spike
     threshold in standard deviations. ``world_size`` processes train the run
@@ -79,12 +82,12 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     message_type = "training_job"
 
     task: TaskName = "mnist1d"
-    policy: Name = "heuristic"
+    policy: Name = "heuristic-per-slot"
     epochs: Epochs = 40
     steps_per_epoch: Steps | None = None
     lengthen_settled: bool = True
     host_wait_steps: WaitSteps = 0
-    isolate_seeds: bool = True
+    isolate_seeds: bool = False
     seed: Seed = 0
     data_dir: Path | None = None
     max_train_samples: Samples | None = None

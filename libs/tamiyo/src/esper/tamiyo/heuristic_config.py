@@ -46,7 +46,7 @@ class HeuristicConfig:
     cull_patience: int = 2
     #: a seed is harmful only if it also does not lower validation loss (its ``contribution_loss`` is not > 0)
     cull_needs_loss_harm: bool = True
-    #: epochs of isolated training after which a seed that cannot pass G2 is culled
+    #: epochs in TRAINING after which a seed that cannot pass G2 is culled
     max_training_epochs: int = 12
     #: epochs on probation after which a seed that cannot pass G5 is culled
     max_probation_epochs: int = 6

@@ -31,7 +31,7 @@ from esper.tolaria.report import EVENTS_NAME, EventLog, write_report
 from esper.tolaria.tasks import load_task
 from esper.tolaria.trainer import EpochRecord, Sink, Trainer, TrainerConfig
 
-#: Kasmina's lifecycle tempo for Tolaria's runs: short isolated training, a quick blend.
+#: Kasmina's lifecycle tempo for Tolaria's runs: a short TRAINING stage, a quick blend (seeds joint by default).
 KASMINA = KasminaConfig(
     thresholds=GateThresholds(min_training_epochs=2, min_shadowing_epochs=1, min_probation_epochs=1),
     blend_epochs=3,
