@@ -45,29 +45,28 @@ HOSTS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(HOSTS))
-def test_dormant_slots_leave_output_bit_identical(name: str) -> None:
-    make, slots, shape, _ = HOSTS[name]
-    torch.manual_seed(1)
+def _wrapped(name: str, seed: int, config: KasminaConfig | None = None):
+    """HOSTS[name] wrapped and probed, a copy of the bare host, an input, and its first slot and blueprint."""
+    make, slots, shape, blueprint = HOSTS[name]
+    torch.manual_seed(seed)
     host = make().eval()
     bare = copy.deepcopy(host)
     x = torch.randn(*shape)
-    model = wrap(host, slots)
+    model = wrap(host, slots, config=config)
     model.probe(x)
+    return model, bare, x, next(iter(slots)), blueprint
+
+
+@pytest.mark.parametrize("name", sorted(HOSTS))
+def test_dormant_slots_leave_output_bit_identical(name: str) -> None:
+    model, bare, x, _, _ = _wrapped(name, 1)
     assert torch.equal(model(x), bare(x))
     assert all(isinstance(s, SeedSlot) and not s.hooked for s in model.slots.values())
 
 
 @pytest.mark.parametrize("name", sorted(HOSTS))
 def test_an_isolated_training_seed_leaves_output_bit_identical(name: str) -> None:
-    make, slots, shape, blueprint = HOSTS[name]
-    torch.manual_seed(2)
-    host = make().eval()
-    bare = copy.deepcopy(host)
-    x = torch.randn(*shape)
-    model = wrap(host, slots, config=KasminaConfig(isolate_seeds=True))
-    model.probe(x)
-    slot_id = next(iter(slots))
+    model, bare, x, slot_id, blueprint = _wrapped(name, 2, KasminaConfig(isolate_seeds=True))
     model.germinate(slot_id, blueprint, epoch=0, reason="test")
     with torch.no_grad():
         for p in model.seed_parameters(slot_id):
@@ -81,14 +80,7 @@ def test_an_isolated_training_seed_leaves_output_bit_identical(name: str) -> Non
 
 @pytest.mark.parametrize("name", sorted(HOSTS))
 def test_a_fresh_joint_seed_joins_the_forward_without_changing_the_output(name: str) -> None:
-    make, slots, shape, blueprint = HOSTS[name]
-    torch.manual_seed(2)
-    host = make().eval()
-    bare = copy.deepcopy(host)
-    x = torch.randn(*shape)
-    model = wrap(host, slots)  # the default: seeds learn jointly with the host
-    model.probe(x)
-    slot_id = next(iter(slots))
+    model, bare, x, slot_id, blueprint = _wrapped(name, 2)  # the default: seeds learn jointly with the host
     model.germinate(slot_id, blueprint, epoch=0, reason="test")
     model.advance(slot_id, epoch=0, reason="test")
     assert model.slot(slot_id).stage is SeedStage.TRAINING and not model.slot(slot_id).isolated
