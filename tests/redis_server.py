@@ -6,12 +6,14 @@ puts this folder on ``sys.path``) or use the fixtures there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import redis
@@ -24,6 +26,16 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(names: Iterable[str]) -> dict[str, int]:
+    """A distinct free port per name: every socket stays bound until all are chosen, so no two names share a
+    port (separate ``free_port()`` calls may hand the same port out twice, and two services then race for it)."""
+    with contextlib.ExitStack() as stack:
+        socks = {name: stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for name in names}
+        for sock in socks.values():
+            sock.bind(("127.0.0.1", 0))
+        return {name: int(sock.getsockname()[1]) for name, sock in socks.items()}
 
 
 def redis_server_available() -> bool:

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 import redis
-from redis_server import RedisServer, free_port  # tests/ is on sys.path (tests/conftest.py)
+from redis_server import RedisServer, free_ports  # tests/ is on sys.path (tests/conftest.py)
 
 from esper.cli.stack import RestartPolicy, ServiceSpec, Stack, default_specs
 from esper.leyline import Envelope, LayerHealth, encode
@@ -137,7 +137,7 @@ class _Driver:
         self.server.start()
         names = list(SERVICES) + [f"tolaria-{i}" for i in range(2, self.config.tolarias + 1)]
         self.proxies = {name: CuttableProxy(self.server.port).start() for name in names}
-        ports = {name: free_port() for name in names}
+        ports = free_ports(names)
         specs = [
             ServiceSpec(s.name, s.module, s.port, ("--redis-url", self.proxies[s.name].url()))
             for s in default_specs(ports)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 from acl_redis import AclRedis
-from redis_server import free_port, redis_server_available
+from redis_server import free_ports, redis_server_available
 
 from esper.leyline import Envelope, TelemetryEvent, decode, encode
 from esper.leyline import streams as ls
@@ -154,7 +154,7 @@ def test_the_real_services_train_and_dead_letter_as_their_users(acl_redis: AclRe
     admin = acl_redis.client()
     admin.acl_log_reset()
     names = ("tamiyo", "tolaria", "nissa")
-    ports = {name: free_port() for name in names}
+    ports = free_ports(names)
     specs = [ServiceSpec(s.name, s.module, s.port, s.args, acl_redis.env(s.name)) for s in default_specs(ports)]
     stack = Stack(
         specs,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis_server import free_ports
 
-from esper.cli.redis_local import free_port
 from esper.cli.stack import RestartPolicy, Stack, default_specs
 
 from .harness import TOKEN, StackClient
@@ -25,7 +25,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     client.flushdb()
     client.close()
     root: Path = tmp_path_factory.mktemp("stack")
-    ports = {name: free_port() for name in ("tamiyo", "tolaria", "nissa")}
+    ports = free_ports(("tamiyo", "tolaria", "nissa"))
     running = Stack(
         default_specs(ports),
         redis_url=redis_url,
