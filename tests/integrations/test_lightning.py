@@ -102,7 +102,13 @@ def fit(tmp_path_factory: pytest.TempPathFactory) -> Fit:
 
 def test_the_policy_decides_at_every_validation_end(fit: Fit) -> None:
     decisions = [e for e in fit.events if e["type"] == "adaptation_decision"]
-    assert [d["epoch"] for d in decisions] == list(range(1, EPOCHS + 1))
+    assert sorted({d["epoch"] for d in decisions}) == list(range(1, EPOCHS + 1))
+    # each validation end decided whole: the default heuristic asks once per slot, each decision says which
+    by_epoch: dict[int, list[tuple[int, int]]] = {}
+    for d in decisions:
+        by_epoch.setdefault(d["epoch"], []).append((d["index"], d["count"]))
+    assert all(sorted(b) == [(i, len(b)) for i in range(len(b))] for b in by_epoch.values()), by_epoch
+    assert any(len(b) > 1 for b in by_epoch.values()), "the two slots were asked about at one validation end"
     assert fit.callback.report is not None and fit.callback.report["epochs"] == EPOCHS
 
 

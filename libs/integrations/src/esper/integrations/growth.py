@@ -64,6 +64,8 @@ from esper.tamiyo.tracker import SignalTracker
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
 MEASURED = frozenset({SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY})
+#: The policy a session builds unless told: the default job's (the heuristic asked once per slot)
+DEFAULT_POLICY = TrainingJob().policy
 
 
 def accuracy_sum(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,7 @@ class GrowthSession:
         slots: Mapping[str, str],
         *,
         layouts: Mapping[str, str] | None = None,
-        policy: str | Policy = "heuristic",
+        policy: str | Policy = DEFAULT_POLICY,
         param_budget: int | None = None,
         kasmina: KasminaConfig | None = None,
         loss: Loss = F.cross_entropy,
@@ -103,7 +105,7 @@ class GrowthSession:
         sinks: Iterable[Callable[[Message], None]] = (),
     ) -> None:
         self.model: MorphogeneticModel = wrap(host, slots, config=kasmina, layouts=layouts)
-        job = TrainingJob(policy=policy if isinstance(policy, str) else "heuristic", param_budget=param_budget)
+        job = TrainingJob(policy=policy if isinstance(policy, str) else DEFAULT_POLICY, param_budget=param_budget)
         self.policy = make_policy(policy, job) if isinstance(policy, str) else policy
         self.param_budget, self.run_id = param_budget, run_id
         self.loss, self.score = loss, score

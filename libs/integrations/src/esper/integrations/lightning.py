@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from esper.integrations.growth import Batch, Changes, GrowthSession, Loss, accuracy_sum
+from esper.integrations.growth import DEFAULT_POLICY, Batch, Changes, GrowthSession, Loss, accuracy_sum
 from esper.kasmina import KasminaConfig
 from esper.leyline import Message
 from esper.tamiyo.policy import Policy
@@ -74,7 +74,7 @@ class EsperCallback(pl.Callback):
         slots: Mapping[str, str],
         *,
         layouts: Mapping[str, str] | None = None,
-        policy: str | Policy = "heuristic",
+        policy: str | Policy = DEFAULT_POLICY,
         param_budget: int | None = None,
         kasmina: KasminaConfig | None = None,
         loss: Loss = F.cross_entropy,
