@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
-from esper.leyline import BLENDED_STAGES, SeedStage
+from esper.leyline import BLENDED_STAGES
 
 
 class _Blend(nn.Module):
@@ -81,10 +81,10 @@ def export(
         slot.remove_hook()
         if slot.seed is None:
             continue
-        if slot.stage is SeedStage.FOSSILIZED or (slot.stage is SeedStage.TRAINING and not slot.isolate):
-            branch = slot.seed
-        elif slot.stage in BLENDED_STAGES:
+        if slot.stage in BLENDED_STAGES:
             branch = _Blend(slot.seed, slot.alpha)
+        elif slot.in_forward:  # fossilized, or a joint seed in TRAINING: at full weight
+            branch = slot.seed
         else:
             continue  # germinated, or training isolated: the slot's value is the host's
         seed = _trace(branch, f"the seed of slot {slot.slot_id!r}")

@@ -121,6 +121,15 @@ class SeedSlot(nn.Module):
         return h.detach() if self.isolate else h
 
     @property
+    def in_forward(self) -> bool:
+        """Whether the seed is in the forward value: a joint one from TRAINING on, an isolated one from BLENDING on
+        (the host learns with it from then; Kasmina's host marks and Tolaria's host wait count from here)."""
+        stage = self.stage
+        if stage is SeedStage.TRAINING:
+            return not self.isolate
+        return stage in BLENDED_STAGES or stage is SeedStage.FOSSILIZED
+
+    @property
     def isolated(self) -> bool:
         """Whether the seed now learns apart from the host (an isolating slot in GERMINATED or TRAINING)."""
         return self.isolate and self.stage in ISOLATED_STAGES

@@ -62,7 +62,7 @@ from esper.tolaria.config import EpochRecord, TrainerConfig, reaches_multiple, s
 from esper.tolaria.distributed import DataParallel
 from esper.tolaria.evaluation import HEALTH_ROWS, Evaluation, LayerCapture, evaluate, layer_health, measure_seed
 from esper.tolaria.governor import Governor, Trip, offending_slot
-from esper.tolaria.modes import JOINED_STAGES, MEASURED_STAGES, SETTLED_STAGES
+from esper.tolaria.modes import MEASURED_STAGES, SETTLED_STAGES
 from esper.tolaria.schedule import lr_factor
 from esper.tolaria.steps import host_only_parameters, train_epoch
 from esper.tolaria.tasks import Task
@@ -199,10 +199,7 @@ class Trainer:
     def host_waits(self) -> bool:
         """Whether the host sits this step out (``config.host_wait_steps``): early in the run, while a slot
         has no seed in the forward yet."""
-        return self.step < self.config.host_wait_steps and not all(
-            SeedStage(s.stage) in JOINED_STAGES or (s.stage is SeedStage.TRAINING and not s.isolate)
-            for s in self.model.slots.values()
-        )
+        return self.step < self.config.host_wait_steps and not all(s.in_forward for s in self.model.slots.values())
 
     def set_lr(self) -> float:
         """Set every optimizer's rate for the current step; returns the schedule's rate for the host."""
