@@ -99,3 +99,17 @@ def test_gae_lets_no_time_pass_over_a_step_of_zero_discount_steps():
     assert returns[0, 0] == pytest.approx(1.0)
     plain, _ = compute_gae(rewards, values, dones, torch.tensor([0.5]), torch.tensor([1.0]), 0.9, 0.5)
     assert plain[0, 0] == pytest.approx(0.9 * 0.6 - 0.3 + 0.45 * (1.0 - 0.6))
+
+
+def test_esper_simic_train_takes_the_rollout_length_and_learning_rate():
+    from esper.cli.simic import train_config
+
+    args = parser().parse_args(["simic", "train", "--rollout-steps", "72", "--lr", "1e-4", "--timesteps", "5760"])
+    ppo = train_config(args).ppo
+    assert (ppo.num_steps, ppo.learning_rate, ppo.total_timesteps) == (72, 1e-4, 5760)
+    defaults = train_config(parser().parse_args(["simic", "train"])).ppo
+    assert (defaults.num_steps, defaults.learning_rate, defaults.total_timesteps) == (18, 3e-4, 2880)
+    with pytest.raises(ValueError, match=r"field 'num_steps': .*value 0"):
+        train_config(parser().parse_args(["simic", "train", "--rollout-steps", "0"]))
+    with pytest.raises(ValueError, match=r"field 'learning_rate': .*value -0.1"):
+        train_config(parser().parse_args(["simic", "train", "--lr", "-0.1"]))

@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from esper.cli import compare as compare_command
 
@@ -45,6 +46,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     train.add_argument("--timesteps", type=int, default=None, help="PPO decisions in all (default 2880)")
     train.add_argument("--envs", type=int, default=2, help="environments in subprocesses")
     train.add_argument(
+        "--rollout-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="PPO: decisions per environment between updates (default 18: two 10-epoch episodes once per epoch)",
+    )
+    train.add_argument("--lr", type=float, default=None, help="PPO: Adam's learning rate, annealed (default 3e-4)")
+    train.add_argument(
         "--per-slot",
         action="store_true",
         help="PPO asks again at a boundary about the slots not acted on yet, as the deployed GNN policy is asked "
@@ -75,6 +84,34 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def train_config(args: argparse.Namespace) -> Any:
+    """The :class:`esper.simic.train.TrainConfig` a fresh ``esper simic train`` job runs with."""
+    from dataclasses import replace
+
+    from esper.simic.env import EnvConfig
+    from esper.simic.offline import OfflineConfig
+    from esper.simic.train import TrainConfig, _ppo_defaults
+    from esper.tamiyo.gnn.network import NetworkConfig
+
+    ppo = _ppo_defaults()
+    return TrainConfig(
+        env=EnvConfig(epochs=args.epochs, per_slot=args.per_slot),
+        network=NetworkConfig(hidden=args.hidden),
+        record_episodes=args.episodes,
+        offline=OfflineConfig(epochs=args.offline_epochs, balance=not args.no_balance, seed=args.seed),
+        ppo=replace(
+            ppo,
+            total_timesteps=ppo.total_timesteps if args.timesteps is None else args.timesteps,
+            num_steps=ppo.num_steps if args.rollout_steps is None else args.rollout_steps,
+            learning_rate=ppo.learning_rate if args.lr is None else args.lr,
+            value_warmup_updates=args.value_warmup,
+        ),
+        num_envs=args.envs,
+        seed=args.seed,
+        init=None if args.init is None else str(args.init),
+    )
+
+
 def simic(args: argparse.Namespace) -> int:
     import torch
 
@@ -88,9 +125,7 @@ def simic(args: argparse.Namespace) -> int:
         print(json.dumps(distill_job.distill(args)))
         return 0
 
-    from esper.simic.env import EnvConfig
-    from esper.simic.offline import OfflineConfig
-    from esper.simic.train import TrainConfig, TrainingJob, _ppo_defaults, train
+    from esper.simic.train import TrainingJob, train
 
     torch.set_num_threads(1)
     progress = not args.no_progress
@@ -99,21 +134,6 @@ def simic(args: argparse.Namespace) -> int:
     if args.resume:
         summary = TrainingJob.resume(args.out, total_timesteps=args.timesteps, progress=progress).run()
     else:
-        from dataclasses import replace
-
-        from esper.tamiyo.gnn.network import NetworkConfig
-
-        ppo = _ppo_defaults()
-        config = TrainConfig(
-            env=EnvConfig(epochs=args.epochs, per_slot=args.per_slot),
-            network=NetworkConfig(hidden=args.hidden),
-            record_episodes=args.episodes,
-            offline=OfflineConfig(epochs=args.offline_epochs, balance=not args.no_balance, seed=args.seed),
-            ppo=replace(ppo, total_timesteps=args.timesteps or 2880, value_warmup_updates=args.value_warmup),
-            num_envs=args.envs,
-            seed=args.seed,
-            init=None if args.init is None else str(args.init),
-        )
-        summary = train(config, args.out, progress=progress)
+        summary = train(train_config(args), args.out, progress=progress)
     print(json.dumps(summary, default=str))
     return 0

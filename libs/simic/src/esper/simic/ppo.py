@@ -80,6 +80,8 @@ class PPOConfig:
             raise ValueError(
                 f"field 'value_warmup_updates': must be a non-negative integer (value {self.value_warmup_updates!r})"
             )
+        if not (isinstance(self.learning_rate, (int, float)) and 0.0 < self.learning_rate < float("inf")):
+            raise ValueError(f"field 'learning_rate': must be a positive number (value {self.learning_rate!r})")
         for name in ("gamma", "gae_lambda"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
