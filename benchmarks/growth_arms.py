@@ -32,6 +32,7 @@ from esper.kasmina import KasminaConfig, MorphogeneticModel, export
 from esper.leyline import SeedStage
 from esper.tolaria.checkpoint import save_checkpoint
 from esper.tolaria.config import TrainerConfig, reaches_multiple, seed_everything
+from esper.tolaria.device import resolve_device
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.report import EVENTS_NAME, EventLog
 from esper.tolaria.schedule import lr_factor
@@ -272,8 +273,10 @@ def bare_run(task: Task, config: TrainerConfig) -> ArmRun:
     schedule, and the same per-epoch evaluation of the validation and test splits.
     """
     started, cpu_started = time.perf_counter(), time.process_time()
+    device = resolve_device(config.device)  # where the trainer's arms train too
+    task = task.to(device)
     seed_everything(config.seed)
-    model = task.build_host()
+    model = task.build_host().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     train = task.train
@@ -286,9 +289,9 @@ def bare_run(task: Task, config: TrainerConfig) -> ArmRun:
     for _ in range(config.epochs):
         model.train()
         order = torch.randperm(n, generator=generator)
-        train_loss = torch.zeros(())
+        train_loss = torch.zeros((), device=device)
         for start in range(0, n, batch):
-            index = order[start : start + batch]
+            index = order[start : start + batch].to(device, non_blocking=True)
             x, y = train.x[index], train.y[index]
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_factor(config.lr_schedule, step, total_steps)

@@ -40,12 +40,25 @@ def test_gpu_values_put_tolaria_on_gpu_nodes(helm: str) -> None:
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     tamiyo = find(docs, "Deployment", "tamiyo")["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in tamiyo["containers"][0]["resources"]["limits"]
+    # and trains there: a pod that cannot see its GPU refuses jobs instead of training on the CPU
+    assert {"name": "ESPER_DEVICE", "value": "cuda"} in container["env"]
 
 
 def test_default_values_ask_for_no_gpu(default_docs: list[dict[str, Any]]) -> None:
     pod = find(default_docs, "Deployment", "tolaria")["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
     assert "nodeSelector" not in pod
+    assert all(e["name"] != "ESPER_DEVICE" for e in pod["containers"][0]["env"])
+
+
+@pytest.mark.parametrize(("values", "device"), [((), "cpu"), (("-f", str(CHART / "values-gpu.yaml")), "cuda")])
+def test_the_distributed_job_s_ranks_train_on_the_values_device(
+    helm: str, values: tuple[str, ...], device: str
+) -> None:
+    docs = render(helm, *values, "--set", "tolaria.distributedJob.enabled=true")
+    job = next(d for d in docs if d["kind"] == "Job" and "-ddp-" in d["metadata"]["name"])
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "ESPER_DEVICE", "value": device} in env
 
 
 @pytest.mark.parametrize("component", ["tamiyo", "tolaria", "nissa", "urza", "tezzeret"])

@@ -80,6 +80,7 @@ def test_the_gpu_override_reserves_nvidia_gpus_for_tolaria_and_builds_cuda_torch
     devices = tolaria["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
     assert "cu1" in tolaria["build"]["args"]["TORCH_INDEX_URL"]
+    assert tolaria["environment"]["ESPER_DEVICE"] == "cuda"
 
 
 def test_prometheus_scrapes_every_service_on_its_port() -> None:

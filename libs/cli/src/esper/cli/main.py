@@ -5,6 +5,7 @@ subcommands of their own modules (up, runs, simic, slots).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
         "data, every epoch of the default length; a crash loses at most N-1 epochs)",
     )
     train.add_argument(
+        "--device",
+        default=None,
+        help="where the run trains: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N "
+        "(default: the ESPER_DEVICE environment variable, else auto; not stored in the run, so --resume may move it)",
+    )
+    train.add_argument(
         "--nproc",
         type=_positive,
         default=None,
@@ -139,9 +146,13 @@ def parser() -> argparse.ArgumentParser:
 def train(args: argparse.Namespace) -> int:
     # Tolaria (torch) is imported by the commands that train, so `esper runs ...` and the rest start fast
     from esper.tolaria.checkpoint import read_checkpoint
+    from esper.tolaria.device import DEVICE_ENV, resolve_device
     from esper.tolaria.report import format_summary
     from esper.tolaria.runs import job_from_dict, run
 
+    if args.device is not None:  # the process's device (its ranks, --nproc, inherit it), refused before any folder
+        resolve_device(args.device)
+        os.environ[DEVICE_ENV] = args.device
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
             raise ValueError(

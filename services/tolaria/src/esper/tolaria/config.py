@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from esper.tolaria.device import check_device, configured_device
 from esper.tolaria.governor import GovernorConfig
 from esper.tolaria.schedule import check_schedule
 
@@ -28,6 +29,10 @@ class TrainerConfig:
     grad_clip: float = 5.0
     seed: int = 0
     eval_batch_size: int = 1000
+    #: where the run trains (``esper.tolaria.device``): "auto" (CUDA when available, else the CPU), "cpu",
+    #: "cuda" or "cuda:N"; the model, its seeds and the task's splits live there. Default: the process's
+    #: (``ESPER_DEVICE``, else "auto")
+    device: str = field(default_factory=configured_device)
     governor: GovernorConfig = field(default_factory=GovernorConfig)
     #: TRAINING seeds learn from one extra forward/backward at alpha 1 per step (else the straight-through
     #: gradient alone, which does not see the seed's own output)
@@ -74,6 +79,7 @@ class TrainerConfig:
             if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise ValueError(f"field {name!r}: must be a finite number > 0 (value {getattr(self, name)!r})")
         check_schedule(self.lr_schedule)
+        check_device(self.device)
         if self.seed_init not in SEED_INITS:
             raise ValueError(f"field 'seed_init': must be one of {', '.join(SEED_INITS)} (value {self.seed_init!r})")
 

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from esper.leyline import SeedStage, TrainingJob
+from esper.tolaria.device import configured_device
 from esper.tolaria.evaluation import Evaluation
 from esper.tolaria.objective import CLASSIFICATION, Objective
 from esper.tolaria.tasks import Split
@@ -51,6 +52,10 @@ class DataParallel:
             raise RuntimeError("DataParallel needs torch.distributed initialized (see init_from_env / launch)")
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
+        #: where this rank's scalar collectives run: NCCL reduces only CUDA tensors (this rank's device), gloo CPU ones
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        )
 
     @property
     def leader(self) -> bool:
@@ -71,7 +76,7 @@ class DataParallel:
 
     def mean_loss(self, value: float, count: int) -> float:
         """The global batch's mean loss from this rank's shard mean ``value`` over ``count`` rows."""
-        t = torch.tensor([value * count, float(count)], dtype=torch.float64)
+        t = torch.tensor([value * count, float(count)], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t[0] / t[1])
 
@@ -97,9 +102,9 @@ class DataParallel:
 
     def sums(self, *values: float) -> list[float]:
         """Each value summed over the ranks."""
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return [float(v) for v in t]
+        return [float(v) for v in t.tolist()]
 
     def broadcast_module(self, module: nn.Module) -> None:
         """Give every rank rank 0's parameters and buffers (after a seed was created, at the start)."""
@@ -148,7 +153,7 @@ class DataParallel:
             mine = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in module.parameters()])
             leader = mine.clone()
             dist.broadcast(leader, src=0)
-            gap = (mine - leader).abs().max() if mine.numel() else torch.zeros((), dtype=torch.float64)
+            gap = (mine - leader).abs().max() if mine.numel() else mine.new_zeros(())
             gap = gap.reshape(1)
             dist.all_reduce(gap, op=dist.ReduceOp.MAX)
             return float(gap[0])
@@ -161,8 +166,9 @@ def free_port() -> int:
 
 
 def backend() -> str:
-    """NCCL where CUDA is available, else gloo."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """NCCL where the ranks train on CUDA (the process's device, :func:`esper.tolaria.device.configured_device`,
+    resolves to a CUDA device), else gloo."""
+    return "nccl" if torch.cuda.is_available() and configured_device() != "cpu" else "gloo"
 
 
 def init_from_env() -> DataParallel:
@@ -171,10 +177,10 @@ def init_from_env() -> DataParallel:
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
             raise RuntimeError(f"environment variable {name} is not set: start with torchrun or esper train --nproc")
+    if torch.cuda.is_available():  # before the group: "auto" and "cuda" then mean this rank's own GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ["RANK"])) % torch.cuda.device_count())
     if not dist.is_initialized():
         dist.init_process_group(backend())
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ["RANK"])) % torch.cuda.device_count())
     return DataParallel()
 
 

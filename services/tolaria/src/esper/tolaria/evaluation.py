@@ -119,10 +119,10 @@ class LayerCapture:
         stats = []
         for slot_id, name in self.layers.items():
             h = self.captured[slot_id].float()
-            variance, mean = torch.var_mean(h) if h.numel() > 1 else (torch.zeros(()), h.mean())
+            variance, mean = torch.var_mean(h) if h.numel() > 1 else (h.new_zeros(()), h.mean())
             unit_max = h.amax(dim=[d for d in range(h.dim()) if d != 1]) if h.dim() > 1 else h.amax().reshape(1)
             grads = [p.grad for p in modules[name].parameters() if p.grad is not None]
-            grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.zeros(())
+            grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else h.new_zeros(())
             dead = (unit_max <= 0).float().mean()
             errors = (~torch.isfinite(h)).sum().float()
             stats.append(torch.stack([mean, variance, dead, grad_norm.float(), errors]))

@@ -74,6 +74,7 @@ def build_report(trainer: Trainer, meta: dict[str, Any]) -> dict[str, Any]:
         "policy": meta.get("policy", trainer.policy.name if trainer.policy is not None else "none"),
         "seed": meta.get("seed", trainer.config.seed),
         "mode": meta.get("mode", "in-process"),
+        "device": str(trainer.device),
         "epochs": trainer.epoch,
         "planned_epochs": trainer.config.epochs,
         "steps": trainer.step,
@@ -161,7 +162,8 @@ def format_summary(report: dict[str, Any]) -> str:
     """A readable multi-line summary of a ``report.json``."""
     lines = [
         f"run: task {report['task']}, policy {report['policy']}, seed {report['seed']}, "
-        f"{report['epochs']} epochs, {report['wall_seconds']:.1f} s, decided {report.get('mode', 'in-process')}",
+        f"{report['epochs']} epochs, {report['wall_seconds']:.1f} s, decided {report.get('mode', 'in-process')}"
+        + (f", on {report['device']}" if report.get("device") else ""),
         f"test {report.get('score', 'accuracy')}: final {_pct(report['final_test_accuracy'])}, "
         f"best {_pct(report['best_test_accuracy'])}",
         f"validation {report.get('score', 'accuracy')}: final {_pct(report.get('final_val_accuracy'))}, "

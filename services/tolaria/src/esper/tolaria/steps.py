@@ -310,8 +310,10 @@ def train_epoch(trainer: Trainer, count: int | None = None) -> EpochOutcome:
     # one monitored step per epoch proves isolation, also while another seed blends (BLENDED mode)
     monitored = not any(slot.isolated and slot.stage is SeedStage.TRAINING for slot in model.slots.values())
     trip = None
+    train = trainer.task.train
     for index in epoch_batches(trainer, count):
-        x, y = trainer.task.train.x[index], trainer.task.train.y[index]
+        index = index.to(train.x.device, non_blocking=True)  # the data order is drawn on the CPU (checkpointed)
+        x, y = train.x[index], train.y[index]
         if trainer.parallel is not None:
             x, y = trainer.parallel.shard(x, y)
         modes[plan.mode.value] += 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -47,6 +47,12 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def to(self, device: torch.device) -> Split:
+        """This split with both tensors on ``device`` (the split itself when they are there already)."""
+        if self.x.device == device and self.y.device == device:
+            return self
+        return Split(self.x.to(device), self.y.to(device))
+
 
 @dataclass(frozen=True, slots=True)
 class Task:
@@ -74,6 +80,14 @@ class Task:
     def input_shape(self) -> tuple[int, ...]:
         """Per-sample input shape."""
         return tuple(self.train.x.shape[1:])
+
+    def to(self, device: torch.device) -> Task:
+        """This task with its three splits on ``device`` (a run keeps its data where it trains); the task
+        itself when they are there already."""
+        train, val, test = self.train.to(device), self.val.to(device), self.test.to(device)
+        if train is self.train and val is self.val and test is self.test:
+            return self
+        return replace(self, train=train, val=val, test=test)
 
 
 class ConvHost2D(nn.Module):

@@ -59,6 +59,7 @@ from esper.tamiyo.safety import SafetyMonitor
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.commands import apply_slot_command
 from esper.tolaria.config import EpochRecord, TrainerConfig, reaches_multiple, seed_everything
+from esper.tolaria.device import resolve_device
 from esper.tolaria.distributed import DataParallel
 from esper.tolaria.evaluation import HEALTH_ROWS, Evaluation, LayerCapture, evaluate, layer_health, measure_seed
 from esper.tolaria.governor import Governor, Trip, offending_slot
@@ -102,7 +103,7 @@ class Trainer:
         parallel: DataParallel | None = None,
         kernels: KernelLoader | None = None,
     ) -> None:
-        self.task, self.policy = task, policy
+        self.policy = policy
         #: where germinated seeds come from when their kernel loads (``esper.kasmina.kernels``); None: eager only
         self.kernels = kernels
         #: This process's part of a data parallel run (``esper.tolaria.distributed``); None in one process.
@@ -110,9 +111,14 @@ class Trainer:
         self.run_id, self.param_budget = run_id, param_budget
         self.safety = safety or SafetyMonitor(DEFAULT_SAFETY)
         self.config = config or TrainerConfig()
+        #: where the model, its seeds and the task's splits live (``config.device`` resolved on this machine)
+        self.device = resolve_device(self.config.device)
+        self.task = task.to(self.device)
         seed_everything(self.config.seed)
-        self.model: MorphogeneticModel = wrap(task.build_host(), task.slots, config=kasmina, layouts=task.layouts)
-        self.model.probe(task.train.x[:2])
+        # built on the CPU and then moved: the initial weights are the same wherever the run trains
+        host = task.build_host()
+        self.model: MorphogeneticModel = wrap(host, task.slots, config=kasmina, layouts=task.layouts).to(self.device)
+        self.model.probe(self.task.train.x[:2])
         if parallel is not None:
             parallel.broadcast_module(self.model)
         self.params_initial = self.model.param_count()

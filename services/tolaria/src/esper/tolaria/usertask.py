@@ -258,7 +258,9 @@ def test_metrics(model: nn.Module, task: Task, batch_size: int = 1000) -> dict[s
         outputs = torch.cat([model(task.test.x[i : i + batch_size]) for i in range(0, len(task.test), batch_size)])
     finally:
         model.train(was_training)
-    return {name: float(metric(outputs, task.test.y)) for name, metric in task.metrics.items()}
+    # on the CPU: a task's metric may well be numpy or scikit-learn code
+    outputs, targets = outputs.detach().cpu(), task.test.y.cpu()
+    return {name: float(metric(outputs, targets)) for name, metric in task.metrics.items()}
 
 
 __all__ = ["DataSource", "define_task", "load_object", "load_reference", "test_metrics"]

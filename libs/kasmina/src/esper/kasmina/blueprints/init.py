@@ -113,7 +113,7 @@ def gradmax_directions(h: torch.Tensor, g: torch.Tensor, layers: GradMaxLayers) 
         patches = F.pad(h, (p1, p1)).unfold(2, k1, 1)[:, :, :length]  # (N, C, L, k1)
         patches = patches.permute(0, 2, 1, 3).reshape(h.shape[0], length, -1).double()  # (N, L, C*k1)
         gd = g.double()
-        scatter = torch.zeros(patches.shape[2], patches.shape[2], dtype=torch.float64)
+        scatter = torch.zeros(patches.shape[2], patches.shape[2], dtype=torch.float64, device=patches.device)
         for tap in range(k2):  # last's output at t reads first's output at t + tap - p2
             shift = tap - p2
             lo, hi = max(0, -shift), min(length, length - shift)
