@@ -112,3 +112,18 @@ def test_esper_train_refuses_a_cuda_device_here_before_making_a_folder(tmp_path,
     assert not out.exists()
     assert main(["train", "--device", "gpu", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
     assert "field 'device': must be 'auto', 'cpu', 'cuda' or 'cuda:N' (value 'gpu')" in capsys.readouterr().err
+
+
+@no_cuda
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("cuda", "'cuda' but this machine has no CUDA device"), ("gpu", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")],
+)
+def test_the_tolaria_service_stops_at_start_on_a_device_it_cannot_use(monkeypatch, value, says):
+    import asyncio
+
+    from esper.tolaria.service.__main__ import main as service_main
+
+    monkeypatch.setenv(DEVICE_ENV, value)
+    with pytest.raises(SystemExit, match=rf"^tolaria: field 'ESPER_DEVICE': .*{re.escape(says)}"):
+        asyncio.run(service_main(["--redis-url", "redis://127.0.0.1:1/0"]))

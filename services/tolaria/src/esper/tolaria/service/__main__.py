@@ -8,6 +8,11 @@ Flags: the common service flags (``esper.service.add_arguments``: ``--redis-url`
 (``ESPER_LEASE_MS``: how long a run's lease outlives its last renewal; a dead
 replica's runs move to another after about three times this).
 
+Runs train on ``ESPER_DEVICE`` (``esper.tolaria.device``: ``auto``, the default,
+is the GPU when torch has one, else the CPU). The setting is checked at start:
+a replica told ``cuda`` that cannot use a GPU stops, naming the device, instead
+of refusing every job or training on the CPU.
+
 With ``ESPER_URZA_URL`` set, germinated seeds come from compiled kernels
 through one loader per process (:func:`esper.kasmina.kernels.process_loader`;
 cache ``ESPER_KERNEL_CACHE``), built eagerly with a ``kernel_fallback`` event
@@ -26,6 +31,7 @@ from collections.abc import Sequence
 from esper.kasmina.kernels import process_loader
 from esper.oona import RedisBus
 from esper.service import add_arguments, configure_logging, serve, settings_from
+from esper.tolaria.device import DEVICE_ENV, configured_device, resolve_device
 from esper.tolaria.service.app import DEFAULT_LEASE_MS, TolariaService
 
 SERVICE = "tolaria"
@@ -71,6 +77,11 @@ async def main(argv: Sequence[str] | None = None) -> int:
     if args.lease_ms < 100:
         raise SystemExit(f"{SERVICE}: --lease-ms must be >= 100 (value {args.lease_ms!r})")
     configure_logging(settings)
+    try:
+        device = resolve_device(configured_device(), DEVICE_ENV)
+    except ValueError as exc:
+        raise SystemExit(f"{SERVICE}: {exc}") from None
+    logging.getLogger(__name__).info("runs train on %s", device)
     try:
         kernels = process_loader()  # checked now, so a bad setting stops the service instead of every job
     except ValueError as exc:
