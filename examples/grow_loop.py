@@ -8,9 +8,8 @@ the heuristic decide through Tamiyo's one decide step (policy -> safety monitor
 At the end the grown network is exported to a plain ``nn.Module``, saved,
 reloaded, and checked against the model it came from.
 
-What ``esper train`` does, minus its extras (governor rollbacks, checkpoints,
-the bus, reports). The test split is evaluated for the record only; every
-decision reads the validation split carved from the training data.
+What ``esper train`` does, minus its extras (governor rollbacks, checkpoints, the bus, reports). The
+test split is evaluated for the record only; every decision reads the validation split.
 
     .venv/bin/python examples/grow_loop.py --epochs 30
 """
@@ -188,8 +187,9 @@ def measure_seeds(model: MorphogeneticModel, data: Data, val: tuple[float, float
         )
 
 
-def apply(model: MorphogeneticModel, optimizers: Optimizers, command: AdaptationCommand, epoch: int, args: Args) -> str:
-    """Carry out a slot command through Kasmina's lifecycle; Kasmina's gates may still refuse it."""
+def apply(model: MorphogeneticModel, optimizers: Optimizers, command: AdaptationCommand, epoch: int, args: Args,
+          val: tuple[torch.Tensor, torch.Tensor]) -> str:  # fmt: skip
+    """A slot command through Kasmina's lifecycle (its gates may refuse); a cull restores the host only if that pays."""
     slot, reason = command.slot_id, command.reason
     try:
         if command.action is CommandAction.GERMINATE:
@@ -198,7 +198,8 @@ def apply(model: MorphogeneticModel, optimizers: Optimizers, command: Adaptation
         elif command.action in (CommandAction.ADVANCE, CommandAction.FOSSILIZE):
             model.advance(slot, epoch=epoch, reason=reason)
         elif command.action is CommandAction.CULL:
-            model.cull(slot, epoch=epoch, reason=reason)
+            restore = slot not in model.host_marks or model.restore_pays(slot, lambda: evaluate(model, *val)[0])
+            model.cull(slot, epoch=epoch, reason=reason, restore_host=restore)
             optimizers.pop(slot, None)
     except ValueError as exc:  # a failing gate or an illegal transition
         return f"refused by Kasmina: {exc}"
@@ -223,8 +224,7 @@ def main() -> None:
     graph = describe(model, x_train[:2])  # what Tamiyo knows of the network: slots, shapes, priced blueprints
     graph_of = structure(model)
 
-    # -- the controller: the default job's heuristic (once per slot at a boundary), validated by the safety
-    #    monitor with the service's defaults
+    # -- the controller: the default job's heuristic (once per slot), checked by the safety monitor as a service is
     job = TrainingJob(epochs=args.epochs, seed=args.seed, param_budget=args.param_budget)
     policy = make_policy(job.policy, job)
     safety = SafetyMonitor(DEFAULT_SAFETY)
@@ -257,7 +257,7 @@ def main() -> None:
         for decided in decide_boundary(policy, signals, snapshot, safety, graph=graph):  # one per slot at most
             d = decided.decision
             if decided.command is not None:
-                outcome = apply(model, optimizers, decided.command, epoch, args)
+                outcome = apply(model, optimizers, decided.command, epoch, args, data["val"])
                 what = " ".join(filter(None, (d.action.value, d.slot_id, d.blueprint)))
                 print(f"  decision e{epoch}: {what} ({d.reason}) -> {outcome}")
             elif not d.accepted:

@@ -62,3 +62,25 @@ def test_a_training_seed_learns_and_the_host_learns_through_it_only_when_joint(i
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         assert all(torch.equal(a, b) for a, b in zip(seed, [p.grad for p in model.seed_parameters("s1")], strict=True))
+
+
+@pytest.mark.parametrize("worse", ["host", "mark"])
+def test_culling_a_joint_seed_keeps_whichever_host_does_better_on_the_validation_batches(worse: str) -> None:
+    from esper.integrations.growth import Changes
+    from esper.leyline import AdaptationCommand, CommandAction
+
+    session, _ = _session(isolate=False)
+    model = session.model
+    with torch.no_grad():  # one of the two hosts made plainly worse: the cull must keep the other
+        damaged = model.host.parameters() if worse == "host" else model.host_marks["s1"].values()
+        for t in damaged:
+            t.add_(3.0 * torch.randn_like(t))
+    expected = copy.deepcopy(model.host_marks["s1"] if worse == "host" else model.host.state_dict())
+    torch.manual_seed(1)
+    batches = [(torch.randn(64, 8), torch.randint(0, 3, (64,)))]
+    cull = AdaptationCommand(command_id="c", action=CommandAction.CULL, slot_id="s1")
+    session._apply(cull, Changes(), batches)
+    assert model.slot("s1").stage is SeedStage.CULLED and "s1" not in model.host_marks
+    reason = model.events[-1].reason
+    assert ("host restored" if worse == "host" else "host kept as it is") in reason, reason
+    assert all(torch.equal(v, expected[k]) for k, v in model.host.state_dict().items())

@@ -202,7 +202,7 @@ class GrowthSession:
         for decided in decide_boundary(self.policy, signals, snapshot, self.safety, graph=self.graph):
             self.publish(decided.decision)
             if decided.command is not None:
-                self.publish(self._apply(decided.command, changes))
+                self.publish(self._apply(decided.command, changes, batches))
                 self._transitions()
         self.model.end_epoch(self.epoch)
         self._transitions()
@@ -307,7 +307,7 @@ class GrowthSession:
             )
         self._violations = 0
 
-    def _apply(self, command: AdaptationCommand, changes: Changes) -> CommandResult:
+    def _apply(self, command: AdaptationCommand, changes: Changes, batches: list[Batch]) -> CommandResult:
         slot_id = command.slot_id
         assert slot_id is not None
         reason = command.reason or command.action.value
@@ -323,7 +323,11 @@ class GrowthSession:
             elif command.action is CommandAction.CULL:
                 seed = self.model.slot(slot_id).seed
                 changes.removed[slot_id] = list(seed.parameters()) if seed is not None else []
-                self.model.cull(slot_id, epoch=self.epoch, reason=reason)
+                # as Tolaria does: the host is put back only where that does better on validation
+                restore = slot_id not in self.model.host_marks or self.model.restore_pays(
+                    slot_id, lambda: self._evaluate(batches)[0]
+                )
+                self.model.cull(slot_id, epoch=self.epoch, reason=reason, restore_host=restore)
             else:
                 raise ValueError(f"field 'action': {command.action.value!r} is not applied by a growth session")
             status = CommandStatus.APPLIED

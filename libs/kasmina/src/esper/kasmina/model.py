@@ -7,7 +7,7 @@ event log exactly as they were.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -224,19 +224,23 @@ class MorphogeneticModel(nn.Module):
             slot.alpha = 1.0
         return event
 
-    def cull(self, slot_id: str, *, epoch: int, reason: str) -> SeedTransition:
+    def cull(self, slot_id: str, *, epoch: int, reason: str, restore_host: bool = True) -> SeedTransition:
         """Remove a slot's seed: any stage GERMINATED..PROBATIONARY -> CULLED (never gated).
 
         Once a seed is in the forward (a joint one from TRAINING, an isolated one from BLENDING)
         the host learns with it and adapts to it: culling it puts the host's own parameters and
         buffers back to their values when the seed joined (other seeds keep theirs), so an
         unproven seed leaves no trace on the host. An isolated seed culled in TRAINING never
-        touched it.
+        touched it. ``restore_host=False`` keeps the host as it is (the copy is dropped): what
+        the trainers choose where undoing costs more than it saves (:meth:`restore_pays`).
         """
         slot = self.slot(slot_id)
         check_transition(slot.stage, SeedStage.CULLED, slot_id)
         mark = self.host_marks.pop(slot_id, None)
-        if mark is not None:
+        if mark is not None and not restore_host:
+            kept = "without the seed it does better than as it was when the seed joined"
+            reason = f"{reason}; host kept as it is ({kept})"
+        elif mark is not None:
             self.host.load_state_dict(mark)
             reason = f"{reason}; host restored to its state when the seed joined"
         event = self._event(slot, SeedStage.CULLED, epoch, reason)
@@ -244,6 +248,28 @@ class MorphogeneticModel(nn.Module):
         slot.alpha = 0.0
         self._enter(slot, SeedStage.CULLED, event)
         return event
+
+    def restore_pays(self, slot_id: str, loss: Callable[[], float]) -> bool:
+        """Whether culling ``slot_id``'s seed should put the host back as it was when the seed joined.
+
+        Undoing protects the host from what it learned with a seed that is then
+        culled, but it also undoes everything else the host learned since: with
+        several seeds in flight, seeds that stay were trained on the host as it
+        is now, and an old host under them can cost more than the culled seed
+        ever did. ``loss()`` (the caller's validation loss) is measured with the
+        seed switched off, on the host as it is and on the host as it was; True
+        when the old one is lower (on a tie the host stays). The model is left
+        exactly as it was. The slot must hold a copy (``slot_id in host_marks``).
+        """
+        now = {k: v.detach().clone() for k, v in self.host.state_dict().items()}
+        try:
+            with self.seed_disabled(slot_id):
+                kept = loss()
+                self.host.load_state_dict(self.host_marks[slot_id])
+                restored = loss()
+        finally:
+            self.host.load_state_dict(now)
+        return restored < kept
 
     def set_alpha(self, slot_id: str, alpha: float, *, epoch: int, reason: str) -> None:
         """Set a BLENDING slot's alpha in [0, 1]; the schedule ramps on from there to 1 over a full tempo."""

@@ -256,7 +256,8 @@ class Trainer:
         culprit = offending_slot(self.model)
         reason = f"governor: {trip.reason}; rolled back to the end of epoch {restored}"
         if culprit is not None:
-            self.model.cull(culprit, epoch=epoch, reason=reason)
+            restore = culprit not in self.model.host_marks or self.restore_pays(culprit)
+            self.model.cull(culprit, epoch=epoch, reason=reason, restore_host=restore)
             self.optimizers.pop(culprit, None)
         self.publish(
             TelemetryEvent(
@@ -336,7 +337,15 @@ class Trainer:
             self.new_seed_optimizer,
             kernels=self.kernels,
             on_event=self.publish,
+            restore_host=self.restore_pays,
         )
+
+    def restore_pays(self, slot_id: str) -> bool:
+        """Whether culling ``slot_id``'s seed should put the host back as it was when the seed joined: the
+        lower validation loss without the seed decides (:meth:`MorphogeneticModel.restore_pays`)."""
+        score = evaluate if self.parallel is None else self.parallel.evaluate  # every rank decides alike
+        val, batch, objective = self.task.val, self.config.eval_batch_size, self.task.objective
+        return self.model.restore_pays(slot_id, lambda: score(self.model, val, batch, objective).loss)
 
     def run_epoch(
         self, commands: Iterable[AdaptationCommand] = (), *, at_boundary: BoundaryHook | None = None
