@@ -88,7 +88,9 @@ def measure(
     return runs
 
 
-def summarize(runs: list[dict[str, Any]], arms: list[str], resamples: int = 10_000) -> dict[str, Any]:
+def summarize(
+    runs: list[dict[str, Any]], arms: list[str], resamples: int = 10_000, baseline: str = BASELINE
+) -> dict[str, Any]:
     """The summary of the module docstring over complete (variant, seed) pairs."""
     table: dict[tuple[str, int], dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in runs:
@@ -99,12 +101,12 @@ def summarize(runs: list[dict[str, Any]], arms: list[str], resamples: int = 10_0
         raise ValueError("field 'runs': no (variant, seed) pair has a run of every arm")
 
     def diff(arm: str, key: str = "test_accuracy") -> np.ndarray:
-        return np.array([table[p][arm][key] - table[p][BASELINE][key] for p in pairs])
+        return np.array([table[p][arm][key] - table[p][baseline][key] for p in pairs])
 
     per_arm = {}
     for arm in arms:
         d = diff(arm)
-        low, high = bootstrap_median(d, resamples) if arm != BASELINE else (0.0, 0.0)
+        low, high = bootstrap_median(d, resamples) if arm != baseline else (0.0, 0.0)
         per_arm[arm] = {
             "test_accuracy": round(float(np.median([table[p][arm]["test_accuracy"] for p in pairs])), 4),
             "params": float(np.median([table[p][arm]["params"] for p in pairs])),
@@ -120,7 +122,7 @@ def summarize(runs: list[dict[str, Any]], arms: list[str], resamples: int = 10_0
     for p in pairs:
         others = [q for q in pairs if q != p]
         best = max(arms, key=lambda a: np.mean([table[q][a]["val_accuracy"] for q in others]))
-        fixed.append((best, table[p][best]["test_accuracy"] - table[p][BASELINE]["test_accuracy"]))
+        fixed.append((best, table[p][best]["test_accuracy"] - table[p][baseline]["test_accuracy"]))
     # an arm per variant, chosen by validation accuracy on that variant's other seeds
     chosen = []
     for task, seed in pairs:
@@ -129,7 +131,7 @@ def summarize(runs: list[dict[str, Any]], arms: list[str], resamples: int = 10_0
             continue
         best = max(arms, key=lambda a: np.mean([table[q][a]["val_accuracy"] for q in others]))
         chosen.append(
-            (best, table[(task, seed)][best]["test_accuracy"] - table[(task, seed)][BASELINE]["test_accuracy"])
+            (best, table[(task, seed)][best]["test_accuracy"] - table[(task, seed)][baseline]["test_accuracy"])
         )
     per_variant = {}
     for task in sorted({t for t, _ in pairs}):
@@ -139,9 +141,9 @@ def summarize(runs: list[dict[str, Any]], arms: list[str], resamples: int = 10_0
         family, _, seed = task.rpartition("-")
         per_variant[task] = {
             "label_noise": round(label_noise(Variant(family, int(seed))), 3),
-            "heuristic": round(means[BASELINE], 4),
+            "baseline": round(means[baseline], 4),
             "best": ranked[0],
-            "best_margin": round(means[ranked[0]] - means[BASELINE], 4),
+            "best_margin": round(means[ranked[0]] - means[baseline], 4),
             "top3": ranked[:3],
         }
 
@@ -185,6 +187,9 @@ def main() -> None:
     parser.add_argument("--summary-only", action="store_true", help="summarize --out without running anything")
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument(
+        "--baseline", default=BASELINE, help=f"the arm every difference is taken from (default {BASELINE!r})"
+    )
+    parser.add_argument(
         "--families",
         default=",".join(FAMILIES),
         help=f"comma-separated variant families, alternating by variant (of {', '.join(ALL_FAMILIES)})",
@@ -196,8 +201,8 @@ def main() -> None:
         parser.error(f"--families: unknown or no families {unknown or families} (known: {', '.join(ALL_FAMILIES)})")
     torch.set_num_threads(1)
     arms = [arm_named(n) for n in args.arms.split(",") if n] or default_arms()
-    if BASELINE not in [a.name for a in arms]:
-        arms.insert(0, arm_named(BASELINE))
+    if args.baseline not in [a.name for a in arms]:
+        arms.insert(0, arm_named(args.baseline))
     env = EnvConfig(
         epochs=args.epochs,
         param_budget_ratio=args.budget_ratio,
@@ -211,7 +216,7 @@ def main() -> None:
         if args.summary_only
         else measure(arms, args.variants, args.seeds, env, args.out, args.first_seed, args.first_variant, families)
     )
-    summary = summarize(runs, [a.name for a in arms], args.resamples)
+    summary = summarize(runs, [a.name for a in arms], args.resamples, args.baseline)
     print(
         json.dumps(
             {
@@ -222,6 +227,7 @@ def main() -> None:
                 "epochs": args.epochs,
                 "samples": args.samples,
                 "families": list(families),
+                "baseline": args.baseline,
                 "batch_size": args.batch_size,
                 "seconds": round(time.perf_counter() - started, 1),
                 **summary,
