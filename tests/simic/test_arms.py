@@ -26,6 +26,9 @@ def test_a_plan_needs_known_letters_one_per_slot_naming_the_field():
     with pytest.raises(ValueError, match="field 'arm'"):
         arm_named("no-such-arm")
     assert arm_named("plan-BLH").plan == "BLH"
+    assert arm_named("plan-BLH").per_slot is False
+    per_slot = arm_named("plan-LLL-per-slot")
+    assert (per_slot.plan, per_slot.per_slot, per_slot.name) == ("LLL", True, "plan-LLL-per-slot")
     assert len({a.name for a in default_arms()}) == len(default_arms())
 
 

@@ -97,5 +97,8 @@ def arm_named(name: str, arms: list[Arm] | None = None) -> Arm:
         if arm.name == name:
             return arm
     if name.startswith("plan-"):
-        return Arm(name, plan=name.removeprefix("plan-"))
+        plan = name.removeprefix("plan-")
+        if plan.endswith("-per-slot"):  # every planned slot seeded at the same boundary
+            return Arm(name, plan=plan.removesuffix("-per-slot"), per_slot=True)
+        return Arm(name, plan=plan)
     raise ValueError(f"field 'arm': unknown arm {name!r}")
