@@ -8,6 +8,12 @@
 * ``redis_server_factory`` (function): start extra private servers a test may
   stop and start again (``RedisServer``, see ``tests/redis_server.py``); they are
   stopped after the test.
+
+Runs train on the CPU unless a test names a device (``ESPER_DEVICE=cpu`` for the
+session and the processes it starts, unless already set): many tests compare a
+run digit for digit with one made another way, and on a machine with a GPU the
+default ``auto`` would train one side there. ``tests/tolaria/test_device.py``
+names CUDA where the machine has it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import pytest
 import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("ESPER_DEVICE", "cpu")
 
 from redis_server import RedisServer, redis_server_available
 
