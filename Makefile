@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # Where the CPU build of torch comes from; override for another index.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test run lint proto proto-check bench bench-growth chaos clean deploy-check compose-test compose-chaos
+.PHONY: install test run lint proto proto-check bench bench-growth chaos clean deploy-check compose-test compose-chaos gpu-check
 
 install: $(STAMP)
 
@@ -41,6 +41,16 @@ compose-chaos: install
 
 run: install
 	$(BIN)/esper up --demo
+
+# On a machine with a CUDA GPU (and CUDA torch): the device tests, the CUDA ones included (they skip
+# elsewhere), then a short grown run on the GPU whose report must say so. Fails at once without CUDA.
+gpu-check: install
+	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device')"
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/tolaria/test_device.py
+	rm -rf /tmp/esper-gpu-check && $(BIN)/esper train --device cuda --epochs 4 --max-train-samples 1000 \
+		--out /tmp/esper-gpu-check --no-progress
+	$(BIN)/python -c "import json; r = json.load(open('/tmp/esper-gpu-check/report.json')); \
+		assert r['device'].startswith('cuda'), r['device']; print('gpu-check:', r['device'], r['final_test_accuracy'])"
 
 lint: install
 	$(BIN)/ruff check libs services tests benchmarks
