@@ -198,8 +198,7 @@ def apply(model: MorphogeneticModel, optimizers: Optimizers, command: Adaptation
         elif command.action in (CommandAction.ADVANCE, CommandAction.FOSSILIZE):
             model.advance(slot, epoch=epoch, reason=reason)
         elif command.action is CommandAction.CULL:
-            restore = slot not in model.host_marks or model.restore_pays(slot, lambda: evaluate(model, *val)[0])
-            model.cull(slot, epoch=epoch, reason=reason, restore_host=restore)
+            model.cull(slot, epoch=epoch, reason=reason, val_loss=lambda: evaluate(model, *val)[0])
             optimizers.pop(slot, None)
     except ValueError as exc:  # a failing gate or an illegal transition
         return f"refused by Kasmina: {exc}"

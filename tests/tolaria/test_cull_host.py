@@ -59,7 +59,7 @@ def test_a_host_that_learned_well_since_the_seed_joined_is_kept(joined):
     for _ in range(4):  # the host learns on for four epochs: far better than at epoch 2
         trainer.run_epoch()
     now = host_state(trainer)
-    assert not trainer.restore_pays("s2")
+    assert not trainer.model.restore_pays("s2", trainer.val_loss)
     assert same(host_state(trainer), now), "asking changes nothing"
     reason = cull(trainer)
     assert "host kept as it is (without the seed it does better" in reason
@@ -73,7 +73,7 @@ def test_a_host_the_seed_left_worse_is_put_back(joined):
         for p in trainer.model.host.parameters():
             p.add_(torch.randn_like(p))
     damaged = val_loss_without_seed(trainer)
-    assert trainer.restore_pays("s2")
+    assert trainer.model.restore_pays("s2", trainer.val_loss)
     reason = cull(trainer)
     assert "host restored to its state when the seed joined" in reason
     assert same(host_state(trainer), mark)
@@ -85,8 +85,8 @@ def test_the_governor_s_cull_of_a_culprit_keeps_the_better_host_too(joined, monk
     for _ in range(4):
         trainer.run_epoch()
     asked = []
-    real = trainer.restore_pays
-    monkeypatch.setattr(trainer, "restore_pays", lambda slot_id: asked.append(slot_id) or real(slot_id))
+    real = trainer.val_loss
+    monkeypatch.setattr(trainer, "val_loss", lambda: asked.append(1) or real())
     trainer._rollback(trainer.epoch, Trip(kind="non_finite", loss=float("nan"), reason="loss is NaN"))
-    assert asked == ["s2"]
+    assert len(asked) == 2, "both hosts were scored on validation"
     assert "host kept as it is" in trainer.model.events[-1].reason

@@ -324,10 +324,7 @@ class GrowthSession:
                 seed = self.model.slot(slot_id).seed
                 changes.removed[slot_id] = list(seed.parameters()) if seed is not None else []
                 # as Tolaria does: the host is put back only where that does better on validation
-                restore = slot_id not in self.model.host_marks or self.model.restore_pays(
-                    slot_id, lambda: self._evaluate(batches)[0]
-                )
-                self.model.cull(slot_id, epoch=self.epoch, reason=reason, restore_host=restore)
+                self.model.cull(slot_id, epoch=self.epoch, reason=reason, val_loss=lambda: self._evaluate(batches)[0])
             else:
                 raise ValueError(f"field 'action': {command.action.value!r} is not applied by a growth session")
             status = CommandStatus.APPLIED

@@ -224,20 +224,23 @@ class MorphogeneticModel(nn.Module):
             slot.alpha = 1.0
         return event
 
-    def cull(self, slot_id: str, *, epoch: int, reason: str, restore_host: bool = True) -> SeedTransition:
+    def cull(
+        self, slot_id: str, *, epoch: int, reason: str, val_loss: Callable[[], float] | None = None
+    ) -> SeedTransition:
         """Remove a slot's seed: any stage GERMINATED..PROBATIONARY -> CULLED (never gated).
 
         Once a seed is in the forward (a joint one from TRAINING, an isolated one from BLENDING)
         the host learns with it and adapts to it: culling it puts the host's own parameters and
         buffers back to their values when the seed joined (other seeds keep theirs), so an
         unproven seed leaves no trace on the host. An isolated seed culled in TRAINING never
-        touched it. ``restore_host=False`` keeps the host as it is (the copy is dropped): what
-        the trainers choose where undoing costs more than it saves (:meth:`restore_pays`).
+        touched it. With ``val_loss`` (the caller's validation loss) the host is put back only
+        where that lowers it (:meth:`restore_pays`), else kept as it is; the trainers pass it.
         """
         slot = self.slot(slot_id)
         check_transition(slot.stage, SeedStage.CULLED, slot_id)
+        restore = slot_id in self.host_marks and (val_loss is None or self.restore_pays(slot_id, val_loss))
         mark = self.host_marks.pop(slot_id, None)
-        if mark is not None and not restore_host:
+        if mark is not None and not restore:
             kept = "without the seed it does better than as it was when the seed joined"
             reason = f"{reason}; host kept as it is ({kept})"
         elif mark is not None:

@@ -28,7 +28,7 @@ def apply_slot_command(
     *,
     kernels: KernelLoader | None = None,
     on_event: Callable[[TelemetryEvent], None] | None = None,
-    restore_host: Callable[[str], bool] | None = None,
+    val_loss: Callable[[], float] | None = None,
 ) -> CommandResult:
     """Carry out a slot command (germinate, advance, fossilize, cull, set_alpha) on ``model``.
 
@@ -36,8 +36,8 @@ def apply_slot_command(
     germination and loses one on cull. With ``kernels``, a germinated seed comes
     from its compiled kernel when that loads; when it does not, the seed is built
     eagerly and ``on_event`` receives the ``kernel_fallback`` event saying why.
-    Culling a seed the host has learned with asks ``restore_host(slot_id)`` whether
-    to put the host back as it was when the seed joined (default: always).
+    Culling a seed the host has learned with puts the host back as it was when the
+    seed joined only where that lowers ``val_loss()`` (without it: always).
     """
 
     def result(status: CommandStatus, reason: str) -> CommandResult:
@@ -78,9 +78,7 @@ def apply_slot_command(
                 )
             model.advance(slot_id, epoch=epoch, reason=reason)
         elif action is CommandAction.CULL:
-            # a mark exists only for a seed the host has learned with (cullable: not yet fossilized)
-            restore = slot_id not in model.host_marks or restore_host is None or restore_host(slot_id)
-            model.cull(slot_id, epoch=epoch, reason=reason, restore_host=restore)
+            model.cull(slot_id, epoch=epoch, reason=reason, val_loss=val_loss)
             optimizers.pop(slot_id, None)
         elif action is CommandAction.SET_ALPHA:
             assert command.alpha is not None

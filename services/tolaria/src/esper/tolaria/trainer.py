@@ -256,8 +256,7 @@ class Trainer:
         culprit = offending_slot(self.model)
         reason = f"governor: {trip.reason}; rolled back to the end of epoch {restored}"
         if culprit is not None:
-            restore = culprit not in self.model.host_marks or self.restore_pays(culprit)
-            self.model.cull(culprit, epoch=epoch, reason=reason, restore_host=restore)
+            self.model.cull(culprit, epoch=epoch, reason=reason, val_loss=self.val_loss)
             self.optimizers.pop(culprit, None)
         self.publish(
             TelemetryEvent(
@@ -337,15 +336,13 @@ class Trainer:
             self.new_seed_optimizer,
             kernels=self.kernels,
             on_event=self.publish,
-            restore_host=self.restore_pays,
+            val_loss=self.val_loss,
         )
 
-    def restore_pays(self, slot_id: str) -> bool:
-        """Whether culling ``slot_id``'s seed should put the host back as it was when the seed joined: the
-        lower validation loss without the seed decides (:meth:`MorphogeneticModel.restore_pays`)."""
+    def val_loss(self) -> float:
+        """The model's loss on the validation split now (what a cull weighs the host's two states by)."""
         score = evaluate if self.parallel is None else self.parallel.evaluate  # every rank decides alike
-        val, batch, objective = self.task.val, self.config.eval_batch_size, self.task.objective
-        return self.model.restore_pays(slot_id, lambda: score(self.model, val, batch, objective).loss)
+        return score(self.model, self.task.val, self.config.eval_batch_size, self.task.objective).loss
 
     def run_epoch(
         self, commands: Iterable[AdaptationCommand] = (), *, at_boundary: BoundaryHook | None = None
