@@ -2,14 +2,17 @@
 stop only the one this process started.
 
 The CI machines are Debian bookworm, root, with no container registry and no bridge networking
-(traffic may only go to loopback), so an engine started here runs with ``--bridge=none
---iptables=false`` (flags, so no ``/etc/docker/daemon.json`` is written) and every container
-uses the host's network. Debian's client (``/usr/bin/docker``) is preferred: it has BuildKit
+(traffic may only go to loopback), so an engine started here runs without a bridge or iptables
+rules and every container uses the host's network. Those settings go in a config file of its
+own, written to the run's work dir on top of the machine's ``/etc/docker/daemon.json`` (which is
+never written): dockerd refuses to start when a setting is both a flag and in its config file,
+and a machine set up by hand often has these very settings there. Debian's client (``/usr/bin/docker``) is preferred: it has BuildKit
 built in, which this builder needs for ``docker build --network host`` from local images.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,9 +20,14 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: Debian packages that provide the engine, compose v1 and the base-image tool.
 ENGINE_PACKAGES = ("docker.io", "docker-compose", "debootstrap")
+#: The machine's own dockerd settings, read (never written) by an engine started here.
+SYSTEM_CONFIG = Path("/etc/docker/daemon.json")
+#: No bridge, no iptables rules: the CI machines allow loopback traffic only.
+NETWORK_SETTINGS: dict[str, Any] = {"bridge": "none", "iptables": False, "ip-masq": False}
 
 
 class EngineError(RuntimeError):
@@ -65,8 +73,8 @@ def apt_install(packages: list[str], log: Path) -> None:
                 raise EngineError(f"`{' '.join(cmd)}` failed; see {log}")
 
 
-def placement() -> list[str]:
-    """Where a started dockerd listens and keeps its state.
+def placement() -> dict[str, Any]:
+    """Where a started dockerd listens and keeps its state, as config-file settings.
 
     ``DOCKER_HOST`` (a unix socket; the clients read it too) and ``ESPER_DOCKERD_DATA_ROOT``
     let a second, separate engine run beside the usual one, e.g. to build from an empty
@@ -75,12 +83,27 @@ def placement() -> list[str]:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if not host.startswith("unix://"):
         raise EngineError(f"DOCKER_HOST={host!r}: only a unix socket can be started here")
-    flags = [f"--host={host}"]
+    settings: dict[str, Any] = {"hosts": [host]}
     root = os.environ.get("ESPER_DOCKERD_DATA_ROOT")
     if root:
         name = Path(root).name
-        flags += [f"--data-root={root}", f"--exec-root=/run/{name}", f"--pidfile=/run/{name}.pid"]
-    return flags
+        settings |= {"data-root": root, "exec-root": f"/run/{name}", "pidfile": f"/run/{name}.pid"}
+    return settings
+
+
+def daemon_config(system: Path = SYSTEM_CONFIG) -> dict[str, Any]:
+    """The started engine's settings: the machine's (``system``, when it exists), then this run's
+    network and placement over them."""
+    settings: dict[str, Any] = {}
+    if system.exists():
+        try:
+            loaded = json.loads(system.read_text())
+        except json.JSONDecodeError as error:
+            raise EngineError(f"{system}: not valid JSON ({error}), so dockerd could not start with it") from None
+        if not isinstance(loaded, dict):
+            raise EngineError(f"{system}: expected a JSON object of settings, got {type(loaded).__name__}")
+        settings |= loaded
+    return settings | NETWORK_SETTINGS | placement()
 
 
 @dataclass
@@ -106,9 +129,11 @@ class Engine:
         dockerd = shutil.which("dockerd")
         if dockerd is None:
             raise EngineError("dockerd is not installed (Debian package docker.io)")
+        config = self.workdir / "daemon.json"
+        config.write_text(json.dumps(daemon_config(), indent=2) + "\n")
         log = (self.workdir / "dockerd.log").open("ab")
         self.started = subprocess.Popen(
-            [dockerd, "--bridge=none", "--iptables=false", "--ip-masq=false", *placement()],
+            [dockerd, f"--config-file={config}"],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
