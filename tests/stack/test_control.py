@@ -73,6 +73,12 @@ def test_invalid_input_is_422_naming_the_field(client: StackClient) -> None:
     assert "epochs" in response.text
 
 
+def test_an_unknown_precision_is_422_naming_the_field_and_value(client: StackClient) -> None:
+    response = client.api.post("/runs", json={"precision": "fp16"})
+    assert response.status_code == 422
+    assert "precision" in response.text and "fp16" in response.text, response.text
+
+
 def test_an_unknown_run_is_404(client: StackClient) -> None:
     assert client.api.get("/runs/no-such-run").status_code == 404
     assert client.api.post("/runs/no-such-run/pause").status_code == 404

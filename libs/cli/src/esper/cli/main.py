@@ -15,7 +15,7 @@ from esper.cli import runs as runs_command
 from esper.cli import simic as simic_command
 from esper.cli import slots as slots_command
 from esper.cli import up as up_command
-from esper.leyline import BUILTIN_TASKS, LR_SCHEDULES, TrainingJob, is_task_name, validate
+from esper.leyline import BUILTIN_TASKS, LR_SCHEDULES, PRECISIONS, TrainingJob, is_task_name, validate
 from esper.tamiyo.policies import POLICIES, SHIPPED_POLICIES, check_policy, is_known_policy, is_policy_file
 
 _JOB = TrainingJob()
@@ -109,6 +109,13 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=_JOB.lr)
     train.add_argument("--batch-size", type=_positive, default=_JOB.batch_size)
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_JOB.lr_schedule)
+    train.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=_JOB.precision,
+        help="fp32 (default), or bf16: forward passes under bfloat16 autocast, weights and optimizer state in "
+        "float32 (for GPUs with bfloat16: Ampere or newer)",
+    )
     train.add_argument("--param-budget", type=_positive, default=None, help="largest parameter count seeds may grow to")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument(
@@ -183,6 +190,7 @@ def train(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 lr=args.lr,
                 lr_schedule=args.lr_schedule,
+                precision=args.precision,
                 param_budget=args.param_budget,
                 world_size=args.nproc or 1,
             )

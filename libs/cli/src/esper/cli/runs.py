@@ -75,6 +75,7 @@ def add_parser(sub: Any) -> None:
     submit.add_argument("--batch-size", type=int, default=None)
     submit.add_argument("--lr", type=float, default=None)
     submit.add_argument("--lr-schedule", default=None)
+    submit.add_argument("--precision", default=None, help="fp32 (default) or bf16 (bfloat16 autocast)")
     submit.add_argument("--param-budget", type=int, default=None)
     submit.add_argument("--lockstep", action=argparse.BooleanOptionalAction, default=None, help="default: lockstep")
     submit.add_argument("--lockstep-timeout-ms", type=int, default=None)
@@ -187,7 +188,7 @@ def format_policies(policies: list[dict[str, Any]]) -> str:
 def _submit_body(args: argparse.Namespace) -> dict[str, Any]:
     names = ["run_id", "task", "policy", "epochs", "steps_per_epoch", "lengthen_settled", "host_wait_steps"]
     names += ["isolate_seeds", "seed", "data_dir", "max_train_samples", "host_channels"]
-    names += ["batch_size", "lr", "lr_schedule", "param_budget", "lockstep", "lockstep_timeout_ms"]
+    names += ["batch_size", "lr", "lr_schedule", "precision", "param_budget", "lockstep", "lockstep_timeout_ms"]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 

@@ -21,7 +21,7 @@ from esper.leyline.deadletter import DeadLetter
 from esper.leyline.envelope import Envelope, new_id
 from esper.leyline.gates import Gate, GateInputs, GateResult, GateThresholds, evaluate
 from esper.leyline.graph import LAYOUTS, BlueprintOption, GraphEdge, GraphNode, ModelGraph, NodeKind, SlotOptions
-from esper.leyline.jobs import BUILTIN_TASKS, LR_SCHEDULES, TrainingJob, is_task_name
+from esper.leyline.jobs import BUILTIN_TASKS, LR_SCHEDULES, PRECISIONS, TrainingJob, is_task_name
 from esper.leyline.message import MESSAGE_TYPES, Message, Record
 from esper.leyline.observation import (
     FEATURE_NAMES,
@@ -64,6 +64,7 @@ __all__ = [
     "LAYOUTS",
     "LR_SCHEDULES",
     "MEASURED_STAGES",
+    "PRECISIONS",
     "RUN_ACTIONS",
     "SEEDED_STAGES",
     "SLOT_ACTIONS",

@@ -22,6 +22,10 @@ BUILTIN_TASKS = ("mnist1d", "digits", "cifar10")
 #: Learning-rate schedules (Tolaria's ``schedule`` module implements them).
 LR_SCHEDULES = ("cosine", "constant", "anneal")
 LrSchedule = Literal["cosine", "constant", "anneal"]
+#: Arithmetic of a run's forward passes (Tolaria's ``precision`` module): float32 throughout, or bfloat16
+#: autocast (weights, gradients and optimizer state stay float32).
+PRECISIONS = ("fp32", "bf16")
+Precision = Literal["fp32", "bf16"]
 
 #: A task: a built-in name or ``package.module:function``.
 TASK_PATTERN = r"^(mnist1d|digits|cifar10|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$"
@@ -71,7 +75,10 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     start of its TRAINING stage, in the forward at full weight; with
     ``isolate_seeds`` on it trains isolated on detached host features until it
     blends in instead. Either way it passes the same gates, and culling it puts
-    the host back as it was when the seed joined the forward.
+    the host back as it was when the seed joined the forward unless the host as
+    it is scores lower validation loss. ``precision`` ``"bf16"`` runs the
+    forward passes (training and evaluation) under bfloat16 autocast, weights
+    and optimizer state in float32; ``"fp32"`` (the default) runs float32 throughout.
     ``max_train_samples`` trims the training
     split (tests, quick demos); ``spike_sigma`` is the governor's loss-spike
     threshold in standard deviations. ``world_size`` processes train the run
@@ -95,6 +102,7 @@ class TrainingJob(Message, frozen=True, kw_only=True):
     batch_size: BatchSize = 100
     lr: LearningRate = 1e-2
     lr_schedule: LrSchedule = "cosine"
+    precision: Precision = "fp32"
     param_budget: Budget | None = None
     spike_sigma: Sigma = 6.0
     lockstep: bool = True

@@ -11,6 +11,7 @@ import torch
 
 from esper.tolaria.device import check_device, configured_device
 from esper.tolaria.governor import GovernorConfig
+from esper.tolaria.precision import check_precision
 from esper.tolaria.schedule import check_schedule
 
 #: How a new seed is initialized (see TrainerConfig.seed_init).
@@ -33,6 +34,9 @@ class TrainerConfig:
     #: "cuda" or "cuda:N"; the model, its seeds and the task's splits live there. Default: the process's
     #: (``ESPER_DEVICE``, else "auto")
     device: str = field(default_factory=configured_device)
+    #: "fp32", or "bf16": the forward passes under bfloat16 autocast, weights and optimizer state in float32
+    #: (``esper.tolaria.precision``)
+    precision: str = "fp32"
     governor: GovernorConfig = field(default_factory=GovernorConfig)
     #: TRAINING seeds learn from one extra forward/backward at alpha 1 per step (else the straight-through
     #: gradient alone, which does not see the seed's own output)
@@ -80,6 +84,7 @@ class TrainerConfig:
                 raise ValueError(f"field {name!r}: must be a finite number > 0 (value {getattr(self, name)!r})")
         check_schedule(self.lr_schedule)
         check_device(self.device)
+        check_precision(self.precision)
         if self.seed_init not in SEED_INITS:
             raise ValueError(f"field 'seed_init': must be one of {', '.join(SEED_INITS)} (value {self.seed_init!r})")
 

@@ -75,6 +75,7 @@ def build_report(trainer: Trainer, meta: dict[str, Any]) -> dict[str, Any]:
         "seed": meta.get("seed", trainer.config.seed),
         "mode": meta.get("mode", "in-process"),
         "device": str(trainer.device),
+        "precision": trainer.config.precision,
         "epochs": trainer.epoch,
         "planned_epochs": trainer.config.epochs,
         "steps": trainer.step,
@@ -86,7 +87,7 @@ def build_report(trainer: Trainer, meta: dict[str, Any]) -> dict[str, Any]:
         "params_final": trainer.model.param_count(),
         # "accuracy" above is the objective's score: accuracy, or R² for a regression task
         "score": trainer.task.objective.score_name,
-        "test_metrics": test_metrics(trainer.model, trainer.task, trainer.config.eval_batch_size),
+        "test_metrics": test_metrics(trainer.model, trainer.task, trainer.config.eval_batch_size, trainer.autocast),
         "seed_events": seed_events(trainer),
         "rollbacks": trainer.governor.rollbacks,
         "wall_seconds": trainer.wall_seconds,
@@ -163,7 +164,8 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [
         f"run: task {report['task']}, policy {report['policy']}, seed {report['seed']}, "
         f"{report['epochs']} epochs, {report['wall_seconds']:.1f} s, decided {report.get('mode', 'in-process')}"
-        + (f", on {report['device']}" if report.get("device") else ""),
+        + (f", on {report['device']}" if report.get("device") else "")
+        + (f", {report['precision']} autocast" if report.get("precision", "fp32") != "fp32" else ""),
         f"test {report.get('score', 'accuracy')}: final {_pct(report['final_test_accuracy'])}, "
         f"best {_pct(report['best_test_accuracy'])}",
         f"validation {report.get('score', 'accuracy')}: final {_pct(report.get('final_val_accuracy'))}, "

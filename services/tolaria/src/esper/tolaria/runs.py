@@ -79,6 +79,7 @@ def build_trainer(
         batch_size=job.batch_size,
         lr=job.lr,
         lr_schedule=job.lr_schedule,
+        precision=job.precision,
         seed=job.seed,
         governor=GovernorConfig(sigma=job.spike_sigma),
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Collection
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from esper.tolaria.distributed import DataParallel
 from esper.tolaria.governor import Governor, Trip
 from esper.tolaria.modes import STEPPED_STAGES, TrainingMode, training_mode
 from esper.tolaria.objective import CLASSIFICATION, Objective
+from esper.tolaria.precision import Autocast
 
 if TYPE_CHECKING:
     from esper.tolaria.trainer import Trainer
@@ -209,6 +211,7 @@ def train_step(
     monitor: GradientIsolationMonitor | None = None,
     objective: Objective = CLASSIFICATION,
     parallel: DataParallel | None = None,
+    autocast: Autocast = nullcontext,
 ) -> tuple[torch.Tensor, torch.Tensor, float, Trip | None, dict[str, torch.Tensor]]:
     """One step on the batch ``x`` (N, ...), ``y`` (N,): forward, governor check, backward, clip, step.
 
@@ -218,11 +221,13 @@ def train_step(
     isolation violations: the backward then runs before the governor's check.
     With ``parallel`` the batch is this rank's shard: the governor judges the
     global batch's loss, and gradients are all-reduced before clipping.
+    ``autocast`` is entered around the forward passes and their losses (the run's precision).
     """
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
-    logits = model(x)
-    loss = objective.loss(logits, y)
+    with autocast():
+        logits = model(x)
+        loss = objective.loss(logits, y)
     if monitor is not None:
         loss.backward()
     value = loss.item()  # the one host sync per step: the governor judges the loss before the step
@@ -234,7 +239,7 @@ def train_step(
     if monitor is None:
         loss.backward()
     if plan.isolated:
-        isolated_seed_gradients(model, x, y, plan.isolated, objective)
+        isolated_seed_gradients(model, x, y, plan.isolated, objective, autocast)
     if parallel is not None:
         parallel.reduce_gradients([p for params in plan.stepped.values() for p in params], len(y))
     norms = {}
@@ -252,6 +257,7 @@ def isolated_seed_gradients(
     y: torch.Tensor,
     slot_ids: tuple[str, ...],
     objective: Objective = CLASSIFICATION,
+    autocast: Autocast = nullcontext,
 ) -> None:
     """Replace each isolated seed's gradient by that of the loss with the seed at alpha 1.
 
@@ -264,7 +270,7 @@ def isolated_seed_gradients(
     """
     for slot_id in slot_ids:
         params = list(model.slots[slot_id].seed.parameters())  # type: ignore[union-attr]
-        with model.alpha_override(slot_id, 1.0):
+        with model.alpha_override(slot_id, 1.0), autocast():
             loss = objective.loss(model(x), y)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for param, grad in zip(params, grads, strict=True):
@@ -322,14 +328,14 @@ def train_epoch(trainer: Trainer, count: int | None = None) -> EpochOutcome:
             with GradientIsolationMonitor(model) as monitor:
                 logits, _, value, trip, norms = train_step(
                     model, trainer.optimizers, plan, x, y, governor=trainer.governor, grad_clip=cfg.grad_clip,
-                    monitor=monitor, objective=objective, parallel=trainer.parallel,
+                    monitor=monitor, objective=objective, parallel=trainer.parallel, autocast=trainer.autocast,
                 )  # fmt: skip
             violations += monitor.violations
             monitored = True
         else:
             logits, _, value, trip, norms = train_step(
                 model, trainer.optimizers, plan, x, y, governor=trainer.governor, grad_clip=cfg.grad_clip,
-                objective=objective, parallel=trainer.parallel,
+                objective=objective, parallel=trainer.parallel, autocast=trainer.autocast,
             )  # fmt: skip
         if trip is not None:
             break

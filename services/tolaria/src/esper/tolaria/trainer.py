@@ -64,9 +64,10 @@ from esper.tolaria.distributed import DataParallel
 from esper.tolaria.evaluation import HEALTH_ROWS, Evaluation, LayerCapture, evaluate, layer_health, measure_seed
 from esper.tolaria.governor import Governor, Trip, offending_slot
 from esper.tolaria.modes import MEASURED_STAGES, SETTLED_STAGES
+from esper.tolaria.precision import autocast_for
 from esper.tolaria.schedule import lr_factor
 from esper.tolaria.steps import host_only_parameters, train_epoch
-from esper.tolaria.tasks import Task
+from esper.tolaria.tasks import Split, Task
 
 Sink = Callable[[Message], None]
 
@@ -114,6 +115,8 @@ class Trainer:
         #: where the model, its seeds and the task's splits live (``config.device`` resolved on this machine)
         self.device = resolve_device(self.config.device)
         self.task = task.to(self.device)
+        #: entered around every forward pass that trains or scores the run (``config.precision``)
+        self.autocast = autocast_for(self.config.precision, self.device)
         seed_everything(self.config.seed)
         # built on the CPU and then moved: the initial weights are the same wherever the run trains
         host = task.build_host()
@@ -273,7 +276,10 @@ class Trainer:
         for slot_id, slot in self.model.slots.items():
             if SeedStage(slot.stage) not in MEASURED_STAGES:
                 continue
-            m = measure_seed(self.model, slot_id, self.task.val, val, self.config.eval_batch_size, self.task.objective)
+            with self.autocast():
+                m = measure_seed(
+                    self.model, slot_id, self.task.val, val, self.config.eval_batch_size, self.task.objective
+                )
             self.model.record_metrics(
                 slot_id,
                 improvement=m.improvement,
@@ -339,10 +345,16 @@ class Trainer:
             val_loss=self.val_loss,
         )
 
+    def score(self, split: Split) -> Evaluation:
+        """``split`` scored as the run scores it: under the run's precision and, in a parallel run, sharded
+        over the ranks and reduced (every rank gets the same numbers, so every rank decides alike)."""
+        score = evaluate if self.parallel is None else self.parallel.evaluate
+        with self.autocast():
+            return score(self.model, split, self.config.eval_batch_size, self.task.objective)
+
     def val_loss(self) -> float:
         """The model's loss on the validation split now (what a cull weighs the host's two states by)."""
-        score = evaluate if self.parallel is None else self.parallel.evaluate  # every rank decides alike
-        return score(self.model, self.task.val, self.config.eval_batch_size, self.task.objective).loss
+        return self.score(self.task.val).loss
 
     def run_epoch(
         self, commands: Iterable[AdaptationCommand] = (), *, at_boundary: BoundaryHook | None = None
@@ -365,15 +377,14 @@ class Trainer:
             train_loss, train_acc, modes, trip, norms = out.loss, out.accuracy, out.modes, out.trip, out.norms
         if trip is not None:
             self._rollback(epoch, trip)
-        score = evaluate if self.parallel is None else self.parallel.evaluate  # sharded and reduced
         health_due = self.health is None or self._due(self.config.health_every, epoch)  # None: checkpoint without it
         # layer health read off the validation pass when its first batch holds the rows health looks at
         fused = health_due and self.parallel is None and self.config.eval_batch_size >= HEALTH_ROWS
         with LayerCapture(self.model, self.task.slots) if fused else nullcontext() as capture:
-            val = score(self.model, self.task.val, self.config.eval_batch_size, self.task.objective)
+            val = self.score(self.task.val)
         test = None
         if self._due(self.config.test_every, epoch) or epoch >= self.config.epochs:
-            test = score(self.model, self.task.test, self.config.eval_batch_size, self.task.objective)
+            test = self.score(self.task.test)
         self._measure(val, norms)
         tracked = self.tracker.update(
             epoch=epoch, train_loss=train_loss, val_loss=val.loss, train_accuracy=train_acc, val_accuracy=val.accuracy

@@ -34,6 +34,7 @@ import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from esper.tolaria.objective import CLASSIFICATION, Metric, Objective, ObjectiveName, Regression
+from esper.tolaria.precision import Autocast
 from esper.tolaria.tasks import Split, Task
 
 DataSource = Dataset | DataLoader | tuple[Any, Any] | Split
@@ -248,18 +250,25 @@ def _trimmed(task: Task, rows: int) -> Task:
 
 
 @torch.no_grad()
-def test_metrics(model: nn.Module, task: Task, batch_size: int = 1000) -> dict[str, float]:
-    """The task's own ``metrics`` on its whole test split (eval mode, restored afterwards)."""
+def test_metrics(
+    model: nn.Module, task: Task, batch_size: int = 1000, autocast: Autocast = nullcontext
+) -> dict[str, float]:
+    """The task's own ``metrics`` on its whole test split (eval mode, restored afterwards), the forward
+    passes under ``autocast`` (the run's precision)."""
     if not task.metrics:
         return {}
     was_training = model.training
     model.eval()
     try:
-        outputs = torch.cat([model(task.test.x[i : i + batch_size]) for i in range(0, len(task.test), batch_size)])
+        with autocast():
+            batches = [model(task.test.x[i : i + batch_size]) for i in range(0, len(task.test), batch_size)]
+        outputs = torch.cat(batches)
     finally:
         model.train(was_training)
-    # on the CPU: a task's metric may well be numpy or scikit-learn code
+    # on the CPU, and never bfloat16: a task's metric may well be numpy or scikit-learn code
     outputs, targets = outputs.detach().cpu(), task.test.y.cpu()
+    if outputs.dtype == torch.bfloat16:
+        outputs = outputs.float()
     return {name: float(metric(outputs, targets)) for name, metric in task.metrics.items()}
 
 
