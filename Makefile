@@ -42,16 +42,11 @@ compose-chaos: install
 run: install
 	$(BIN)/esper up --demo
 
-# On a machine with a CUDA GPU (and CUDA torch): the device tests, the CUDA ones included (they skip
-# elsewhere), then a short grown run on the GPU whose report must say so. Fails at once without CUDA.
+# On a machine with a CUDA GPU (and CUDA torch in .venv): deploy/gpu/check.sh, the device and precision
+# tests with their CUDA cases (they skip elsewhere), a short grown run on the GPU in each precision whose
+# report must say so, and benchmarks/precision.py there. Fails at once without CUDA.
 gpu-check: install
-	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device')"
-	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/tolaria/test_device.py tests/tolaria/test_precision.py
-	for p in fp32 bf16; do rm -rf /tmp/esper-gpu-check-$$p && $(BIN)/esper train --device cuda --precision $$p \
-		--epochs 4 --max-train-samples 1000 --out /tmp/esper-gpu-check-$$p --no-progress || exit 1; \
-	$(BIN)/python -c "import json; r = json.load(open('/tmp/esper-gpu-check-$$p/report.json')); \
-		assert r['device'].startswith('cuda') and r['precision'] == '$$p', r; \
-		print('gpu-check:', r['device'], r['precision'], r['final_test_accuracy'], r['wall_seconds'])" || exit 1; done
+	PYTHON=$(BIN)/python deploy/gpu/check.sh
 
 lint: install
 	$(BIN)/ruff check libs services tests benchmarks
