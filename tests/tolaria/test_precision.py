@@ -140,3 +140,17 @@ def test_esper_train_refuses_an_unknown_precision(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--precision", "fp16"])
     assert "--precision: invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_a_bf16_run_resumes_exactly_and_in_bf16(tmp_path):
+    from esper.tolaria.runs import run
+
+    job = TrainingJob(epochs=4, max_train_samples=300, precision="bf16", seed=2)
+    straight = run(job, tmp_path / "straight", progress=False)
+    run(job, tmp_path / "resumed", progress=False, stop_after=2)
+    # the precision is the run's: a resume takes it from the checkpoint, whatever the job given says
+    resumed = run(TrainingJob(epochs=4), tmp_path / "resumed", progress=False, resume=True)
+    assert straight["precision"] == resumed["precision"] == "bf16"
+    strip = [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in straight["history"]]
+    assert [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in resumed["history"]] == strip
+    assert resumed["params_final"] > resumed["params_initial"]
