@@ -149,7 +149,9 @@ def test_errors_name_the_status_and_the_field(esper, monkeypatch):
     code, _, err = esper("show", "missing-run")
     assert code == 1 and "404" in err and "missing-run" in err
     code, _, err = esper("submit", "--epochs", "0")
-    assert code == 1 and "422" in err and "epochs" in err
+    assert code == 1 and "422" in err and "epochs: Input should be greater than or equal to 1 (value 0)" in err
+    code, _, err = esper("submit", "--precision", "fp16")
+    assert code == 1 and "precision: Input should be 'bf16' or 'fp32' (value 'fp16')" in err
     monkeypatch.setenv("ESPER_API_TOKEN", "wrong")
     code, _, err = esper("submit")
     assert code == 1 and "403" in err and "wrong bearer token" in err

@@ -121,9 +121,15 @@ def _reason(response: httpx.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("reason"), str):
         return str(body["reason"])
     detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list):  # FastAPI validation errors: name each field
-        return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in detail)
+    if isinstance(detail, list):  # FastAPI validation errors: name each field, and the value refused
+        return "; ".join(_field_error(e) for e in detail)
     return str(detail if detail is not None else body)
+
+
+def _field_error(error: dict[str, Any]) -> str:
+    """``field: message (value V)`` from one FastAPI validation error (no value where the field was missing)."""
+    text = f"{'.'.join(str(p) for p in error.get('loc', [])[1:])}: {error.get('msg')}"
+    return text if "input" not in error or error.get("type") == "missing" else f"{text} (value {error['input']!r})"
 
 
 def _pct(value: float | None) -> str:
