@@ -1,8 +1,9 @@
 """The arithmetic of a run's forward passes: float32 throughout, or bfloat16 autocast.
 
 ``bf16`` runs every forward pass that trains or scores the run (the training
-step, the isolated seeds' extra pass, the validation and test passes and the
-counterfactual seed measurements) under :func:`torch.autocast` with
+step, the isolated seeds' extra pass, the validation and test passes, the
+counterfactual seed measurements, a cull's validation loss and the task's own
+metrics) under :func:`torch.autocast` with
 ``torch.bfloat16``: matrix products and convolutions run in bfloat16, while
 reductions, softmax and the loss stay in float32, as do the weights, their
 gradients and the optimizers' state. bfloat16 has float32's exponent range, so
