@@ -202,3 +202,37 @@ def test_a_fit_resumed_from_a_lightning_checkpoint_keeps_its_seeds_and_their_opt
     assert resumed.session.epoch == 7 and resumed.session.model.events[: len(first.session.model.events)] == (
         first.session.model.events
     )
+
+
+def test_the_callback_grows_a_model_trained_in_lightnings_bf16_mixed_precision(tmp_path: Path) -> None:
+    """Lightning's own autocast (``precision="bf16-mixed"``, what GPU users pick): seeds still germinate,
+    train in bfloat16 and fossilize, their parameters stay float32, and the export is the grown model."""
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    digits = load_digits()
+    x, y = torch.tensor(digits.data[:900] / 16.0, dtype=torch.float32), torch.tensor(digits.target[:900])
+    train, val = DataLoader(TensorDataset(x[:600], y[:600]), batch_size=50), DataLoader(TensorDataset(x[600:], y[600:]))
+    callback = EsperCallback(slots={"s1": "net.1", "s2": "net.3"}, export_path=tmp_path / "grown.pt")
+    seed_dtypes: set[torch.dtype] = set()
+
+    class SeedOutputs(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, *_args: object) -> None:
+            for slot in callback.session.model.slots.values() if callback.session is not None else ():
+                if slot.seed is not None and not getattr(slot.seed, "_dtype_hook", False):
+                    slot.seed.register_forward_hook(lambda _m, _i, out: seed_dtypes.add(out.dtype))
+                    slot.seed._dtype_hook = True
+
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS, accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback, SeedOutputs()],
+    )  # fmt: skip
+    module = DigitsMLP()
+    trainer.fit(module, train, val)
+    slots = callback.session.model.slots
+    assert any(s.stage.name == "FOSSILIZED" for s in slots.values()), {k: s.stage for k, s in slots.items()}
+    assert torch.bfloat16 in seed_dtypes
+    assert {p.dtype for p in module.parameters()} == {torch.float32}
+    exported = torch.load(tmp_path / "grown.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(exported(x[600:]), callback.session.model(x[600:]))
