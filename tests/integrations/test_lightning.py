@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -236,3 +237,68 @@ def test_the_callback_grows_a_model_trained_in_lightnings_bf16_mixed_precision(t
     exported = torch.load(tmp_path / "grown.pt", weights_only=False)
     with torch.no_grad():
         assert torch.equal(exported(x[600:]), callback.session.model(x[600:]))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "seed_lr"),
+    [
+        (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.8**e), None),  # broke at its next step
+        (lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3), 1.5e-3),  # restarts mid-fit
+    ],
+)
+def test_the_module_s_scheduler_drives_the_seed_groups_too(schedule, seed_lr) -> None:
+    from sklearn.datasets import load_digits
+
+    class Scheduled(DigitsMLP):
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.Adam(self.parameters(), lr=3e-3)
+            return {"optimizer": optimizer, "lr_scheduler": schedule(optimizer)}
+
+    torch.manual_seed(0)
+    digits = load_digits()
+    x, y = torch.tensor(digits.data[:900] / 16.0, dtype=torch.float32), torch.tensor(digits.target[:900])
+    train, val = DataLoader(TensorDataset(x[:600], y[:600]), batch_size=50), DataLoader(TensorDataset(x[600:], y[600:]))
+    callback = EsperCallback(slots={"s1": "net.1", "s2": "net.3"}, seed_lr=seed_lr)
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+    )  # fmt: skip
+    trainer.fit(Scheduled(), train, val)
+    groups = trainer.optimizers[0].param_groups
+    assert len(groups) == 1 + len(callback._groups) > 1, "no seed joined the optimizer"
+    ratio = 1.0 if seed_lr is None else seed_lr / 3e-3
+    host_lr = groups[0]["lr"]
+    assert host_lr != 3e-3  # the schedule moved it
+    assert [g["lr"] for g in groups[1:]] == pytest.approx([ratio * host_lr] * (len(groups) - 1))
+
+
+def test_a_scheduled_fit_resumes_with_its_seed_groups_on_the_schedule(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    class Scheduled(DigitsMLP):
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.Adam(self.parameters(), lr=3e-3)
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.8**e),
+            }
+
+    torch.manual_seed(1)
+    digits = load_digits()
+    x, y = torch.tensor(digits.data[:600] / 16.0, dtype=torch.float32), torch.tensor(digits.target[:600])
+    train, val = DataLoader(TensorDataset(x[:500], y[:500]), batch_size=50), DataLoader(TensorDataset(x[500:], y[500:]))
+
+    def trainer(epochs: int, callback: EsperCallback) -> pl.Trainer:
+        return pl.Trainer(
+            max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+        )  # fmt: skip
+
+    before = trainer(4, EsperCallback(slots={"s1": "net.1", "s2": "net.3"}))
+    before.fit(Scheduled(), train, val)
+    assert len(before.optimizers[0].param_groups) > 1, "no seed joined before the checkpoint"
+    before.save_checkpoint(tmp_path / "esper.ckpt")
+    after = trainer(8, EsperCallback(slots={"s1": "net.1", "s2": "net.3"}))
+    after.fit(Scheduled(), train, val, ckpt_path=tmp_path / "esper.ckpt")
+    lrs = [g["lr"] for g in after.optimizers[0].param_groups]
+    assert len(lrs) > 1 and lrs == pytest.approx([3e-3 * 0.8**8] * len(lrs))

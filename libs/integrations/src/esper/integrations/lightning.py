@@ -11,14 +11,19 @@ What happens when (a :class:`~esper.integrations.growth.GrowthSession` does the 
 - fit start: the slots are attached to the module (no hook while dormant: the
   module runs exactly as before); the first training batch probes their
   shapes and layouts;
-- every training batch: after the backward, each TRAINING seed gets its
-  isolated gradient (the host learns nothing from it); one batch per epoch is
-  watched by Kasmina's isolation monitor;
+- every training batch: seeds learn jointly with the host by default; with
+  ``KasminaConfig.isolate_seeds`` each TRAINING seed gets its isolated
+  gradient after the backward (the host learns nothing from it) and one batch
+  per epoch is watched by Kasmina's isolation monitor;
 - every validation end (not the sanity check): the model is evaluated on the
   validation batches, with each live seed on and off, Tamiyo's decide step
   runs, its command goes through Kasmina's gates; a germinated seed's
-  parameters join the first optimizer as a new parameter group (its learning
-  rate: ``seed_lr``, else the first group's), a culled seed's group leaves it;
+  parameters join the first optimizer as a new parameter group, a culled
+  seed's group leaves it. The seed group copies the first group's settings;
+  its base rate is ``seed_lr``, else the first group's. The module's
+  learning-rate schedulers on that optimizer drive the seed group as they drive
+  the first, scaled to its base rate, from where the schedule stands
+  (``esper.integrations.schedulers``);
 - fit end: the grown model is exported (:attr:`EsperCallback.exported`, saved to
   ``export_path`` when given) and the report and every message are kept
   (:attr:`EsperCallback.report`, ``events_path`` as JSON lines);
@@ -28,10 +33,9 @@ What happens when (a :class:`~esper.integrations.growth.GrowthSession` does the 
   before Lightning reloads the optimizer state.
 
 Batches are ``(x, y)`` pairs (``batch_to_xy`` adapts others); the loss and
-score default to cross-entropy and accuracy. Not covered yet: learning-rate
-schedulers for the seed group (it keeps the rate it was added with), the
-report's history before a resume (it starts at the resumed epoch), and
-multi-device strategies.
+score default to cross-entropy and accuracy. Not covered yet: the report's
+history before a resume (it starts at the resumed epoch), and multi-device
+strategies.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from esper.integrations.growth import DEFAULT_POLICY, Batch, Changes, GrowthSession, Loss, accuracy_sum
+from esper.integrations.schedulers import add_group, remove_groups
 from esper.kasmina import KasminaConfig
 from esper.leyline import Message
 from esper.tamiyo.policy import Policy
@@ -137,7 +142,8 @@ class EsperCallback(pl.Callback):
             for slot_id in self._restore["groups"]:  # the order the saved optimizer state has them in
                 seed = self.session.model.slot(slot_id).seed
                 if optimizer is not None and seed is not None:
-                    self._update_optimizer(optimizer, Changes(added={slot_id: list(seed.parameters())}))
+                    changes = Changes(added={slot_id: list(seed.parameters())})
+                    self._update_optimizer(trainer, optimizer, changes)
             self._restore = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
@@ -197,23 +203,20 @@ class EsperCallback(pl.Callback):
             val, train_loss=train_loss, train_score=train_score, learning_rate=lr, step=trainer.global_step
         )
         if optimizer is not None:
-            self._update_optimizer(optimizer, changes)
+            self._update_optimizer(trainer, optimizer, changes)
         self._losses.clear()
 
-    def _update_optimizer(self, optimizer: torch.optim.Optimizer, changes: Changes) -> None:
+    def _update_optimizer(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer, changes: Changes) -> None:
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        host = optimizer.param_groups[0]
+        ratio = 1.0 if self.seed_lr is None else self.seed_lr / float(host.get("initial_lr", host["lr"]))
         for slot_id, params in changes.added.items():
-            group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-            if self.seed_lr is not None:
-                group["lr"] = self.seed_lr
-            optimizer.add_param_group({**group, "params": params})
+            add_group(optimizer, params, schedulers, ratio=ratio)
             self._groups.append(slot_id)
         for slot_id, params in changes.removed.items():
             if slot_id in self._groups:
                 self._groups.remove(slot_id)
-            gone = {id(p) for p in params}
-            optimizer.param_groups[:] = [g for g in optimizer.param_groups if not gone & {id(p) for p in g["params"]}]
-            for p in params:
-                optimizer.state.pop(p, None)
+            remove_groups(optimizer, params, schedulers)
 
     @staticmethod
     def _to(batch: Batch, device: torch.device) -> Batch:
