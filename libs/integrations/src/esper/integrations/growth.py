@@ -15,7 +15,9 @@ belong to Esper, so this class offers the same steps as calls the loop makes:
    Tamiyo's :func:`~esper.tamiyo.decide.decide_boundary` runs with the default safety
    monitor, its command is applied through Kasmina's gates, and the epoch ends;
    the returned :class:`Changes` say which seed parameters the loop's optimizer
-   must add or drop;
+   must add or drop (:func:`esper.integrations.schedulers.add_group` and
+   :func:`~esper.integrations.schedulers.remove_groups` do it and keep the
+   loop's learning-rate schedulers in step, as ``EsperCallback`` does);
 4. :meth:`GrowthSession.export` at the end.
 
 Every message (graphs, signals, decisions, command results, seed transitions)
