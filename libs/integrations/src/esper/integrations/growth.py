@@ -5,10 +5,12 @@ belong to Esper, so this class offers the same steps as calls the loop makes:
 
 1. :meth:`GrowthSession.probe` on the first batch (slots learn their shapes
    and layouts, the :class:`~esper.leyline.ModelGraph` is described);
-2. :meth:`GrowthSession.train_batch` around each backward pass: the isolated
-   seed pass (a TRAINING seed learns from the loss at alpha 1 on detached host
-   features; the host learns nothing from it) and, once per boundary, a
-   :class:`~esper.kasmina.GradientIsolationMonitor` that counts leaks;
+2. :meth:`GrowthSession.train_batch` around each backward pass: seeds learn
+   jointly with the host by default; an isolated seed
+   (``KasminaConfig.isolate_seeds``) in TRAINING gets the isolated pass (it
+   learns from the loss at alpha 1 on detached host features; the host learns
+   nothing from it) and, once per boundary, a
+   :class:`~esper.kasmina.GradientIsolationMonitor` counts leaks;
 3. :meth:`GrowthSession.boundary` at each validation end: the model is
    evaluated on the validation batches with every live seed switched off and at
    alpha 1 (the counterfactuals the gates read), ``TrainingSignals`` are built,
