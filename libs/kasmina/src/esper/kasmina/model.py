@@ -238,14 +238,14 @@ class MorphogeneticModel(nn.Module):
         """
         slot = self.slot(slot_id)
         check_transition(slot.stage, SeedStage.CULLED, slot_id)
-        restore = slot_id in self.host_marks and (val_loss is None or self.restore_pays(slot_id, val_loss))
-        mark = self.host_marks.pop(slot_id, None)
-        if mark is not None and not restore:
-            kept = "without the seed it does better than as it was when the seed joined"
-            reason = f"{reason}; host kept as it is ({kept})"
-        elif mark is not None:
-            self.host.load_state_dict(mark)
-            reason = f"{reason}; host restored to its state when the seed joined"
+        if slot_id in self.host_marks:
+            if val_loss is None or self.restore_pays(slot_id, val_loss):
+                self.host.load_state_dict(self.host_marks[slot_id])
+                reason = f"{reason}; host restored to its state when the seed joined"
+            else:
+                kept = "without the seed it does better than as it was when the seed joined"
+                reason = f"{reason}; host kept as it is ({kept})"
+            del self.host_marks[slot_id]
         event = self._event(slot, SeedStage.CULLED, epoch, reason)
         slot.seed = None
         slot.alpha = 0.0
